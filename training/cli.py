@@ -1,0 +1,60 @@
+"""``subjectgen``: a thin command line over typed functions.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; only the chosen subcommand's module is imported, so ``subjectgen --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from subjectgen_diffusers.errors import SubjectgenError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("training.commands.demo", "the whole path offline on the built-in tiny model and sample photos"),
+    "prepare": ("training.commands.prepare", "face-aware square crops and masks from a folder of photos"),
+    "regularize": ("training.commands.regularize", "generate regularisation images with any text-to-image model"),
+    "train": ("training.commands.train", "train a subject: Custom Diffusion, Cross Initialization or both"),
+    "generate": ("training.commands.generate", "sample images of a trained subject from prompt files"),
+    "evaluate": ("training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
+    "experiment": ("training.commands.experiment", "run subjects x setups end to end and write the report"),
+    "export": ("training.commands.export", "export a subject to diffusers textual-inversion/Custom Diffusion or A1111 files"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="subjectgen", description="Teach Stable Diffusion a person from a few photos.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except SubjectgenError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``subjectgen`` subcommand: argument parsing only, the work happens in typed functions."""
