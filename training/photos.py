@@ -7,6 +7,7 @@ warning as long as enough remain. A folder written by ``subjectgen prepare`` car
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,23 @@ def candidate_files(folder: Path) -> list[Path]:
     )
 
 
+def read_manifest_prompts(folder: Path) -> dict[str, str]:
+    """``file -> prompt`` from a ``manifest.jsonl`` (as written by ``subjectgen regularize``), if the folder has one."""
+    manifest = folder / "manifest.jsonl"
+    if not manifest.is_file():
+        return {}
+    prompts = {}
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            prompts[entry["file"]] = entry["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            logger.warning("%s line %d is not a manifest entry with `file` and `prompt`; ignored", manifest, number)
+    return prompts
+
+
 def check_folder(folder: str | Path, what: str = "--photos") -> Path:
     folder = Path(folder)
     if not folder.exists():
@@ -88,6 +106,7 @@ def load_photo_folder(
 ) -> list[Photo]:
     """Load every readable image in ``folder``; skip unreadable ones with a warning, fail if too few remain."""
     folder = check_folder(folder, what)
+    manifest_captions = read_manifest_prompts(folder)
     photos: list[Photo] = []
     skipped: list[str] = []
     for path in candidate_files(folder):
@@ -103,6 +122,7 @@ def load_photo_folder(
         mask = Image.open(mask_path).convert("L") if mask_path.is_file() else None
         caption_path = path.with_suffix(".txt")
         caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else None
+        caption = manifest_captions.get(path.name, caption)
         photos.append(Photo(path, image, mask, caption))
     for entry in skipped:
         logger.warning("%s: skipping %s", what, entry)
