@@ -1,0 +1,171 @@
+"""Evaluate a folder of generated images against reference photos and write ``results.json``.
+
+Per image: whether a face is found, identity similarity to the references (Celeb Basis protocol, see
+:mod:`training.evaluation.metrics`), CLIP-T with the prompt minus the subject token, CLIP-I with the references.
+Encoders are built once per call; the file is written atomically and read by :mod:`training.report` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from subjectgen_diffusers.atomic_io import atomic_write_json
+from subjectgen_diffusers.errors import SubjectgenError
+from training.evaluation import metrics
+from training.evaluation.clip_score import DEFAULT_CLIP_MODEL
+from training.photos import candidate_files, load_image, load_photo_folder
+from training.prompts import DEFAULT_SUBJECT_PHRASE, prompt_for_clip
+
+logger = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+MANIFEST_NAME = "manifest.jsonl"
+
+
+class EvaluateError(SubjectgenError):
+    """The images or references cannot be evaluated; the message says what to change."""
+
+
+@dataclass
+class EvaluateConfig:
+    images: str  # folder of generated images (with the manifest.jsonl written by `subjectgen generate`)
+    reference: str  # folder of reference photos of the subject
+    out: str  # results.json path
+    face_model: str = "dlib"  # identity encoder: dlib | arcface | any registered name | none
+    clip_model: str = DEFAULT_CLIP_MODEL  # Hub id or local folder of a CLIP model, or none
+    subject_phrase: str = DEFAULT_SUBJECT_PHRASE  # what replaces {} in the prompt for CLIP-T
+    device: str | None = None  # default: cuda when available, else cpu
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise EvaluateError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluateConfig:
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise EvaluateError(f"unknown evaluation keys {unknown}; allowed keys are {allowed}.")
+        return cls(**data)
+
+
+def read_image_entries(folder: str | Path) -> list[dict[str, Any]]:
+    """The images to score: the manifest's entries (file, prompt_template, ...) or every image in the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluateError(f"--images {folder} is not a folder: pass the folder `subjectgen generate` wrote.")
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        missing = [e["file"] for e in entries if not (folder / e["file"]).is_file()]
+        if missing:
+            raise EvaluateError(f"{manifest} lists {len(missing)} missing image(s), e.g. {missing[0]}: rerun generate.")
+    else:
+        logger.warning("%s has no %s: images are scored without prompts (no CLIP-T).", folder, MANIFEST_NAME)
+        entries = [{"file": p.name} for p in candidate_files(folder)]
+    if not entries:
+        raise EvaluateError(f"--images {folder} holds no images.")
+    return entries
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
+    """Score every image of ``config.images``; write and return ``config.out`` (results.json)."""
+    from tqdm.auto import tqdm
+
+    from training.evaluation.identity import build_identity_encoder
+
+    entries = read_image_entries(config.images)
+    references = [photo.image for photo in load_photo_folder(config.reference, what="--reference")]
+    images = [load_image(Path(config.images) / entry["file"]) for entry in entries]
+    templates = [entry.get("prompt_template") or entry.get("prompt") for entry in entries]
+
+    identity = [None] * len(images)
+    face_found: list[bool | None] = [None] * len(images)
+    references_with_face = None
+    if config.face_model != "none":
+        encoder = build_identity_encoder(config.face_model, identity_registry)
+        reference_embeddings = [e for e in (encoder.embed(image) for image in references) if e is not None]
+        references_with_face = len(reference_embeddings)
+        if not reference_embeddings:
+            raise EvaluateError(
+                f"no face found in any of the {len(references)} reference photos in {config.reference}: pass photos "
+                "where the face is visible (or --face-model none to skip identity)."
+            )
+        for index, image in enumerate(tqdm(images, desc="faces", unit="img")):
+            embedding = encoder.embed(image)
+            face_found[index] = embedding is not None
+            identity[index] = metrics.identity_score(embedding, reference_embeddings, encoder.similarity)
+
+    clip_text: list[float | None] = [None] * len(images)
+    clip_image: list[float | None] = [None] * len(images)
+    if config.clip_model != "none":
+        from training.evaluation.clip_score import ClipEmbedder
+
+        embedder = ClipEmbedder(config.clip_model, device=_device(config.device), batch_size=config.batch_size)
+        image_embeddings = embedder.embed_images(images)
+        clip_image = metrics.clip_image_scores(image_embeddings, embedder.embed_images(references))
+        with_prompt = [i for i, template in enumerate(templates) if template]
+        if with_prompt:
+            texts = [prompt_for_clip(templates[i], config.subject_phrase) for i in with_prompt]
+            scores = metrics.clip_text_scores(image_embeddings[with_prompt], embedder.embed_texts(texts))
+            for i, score in zip(with_prompt, scores):
+                clip_text[i] = score
+
+    results = build_results(config, entries, templates, face_found, identity, clip_text, clip_image,
+                            num_references=len(references), references_with_face=references_with_face)
+    atomic_write_json(config.out, results)
+    return Path(config.out)
+
+
+def build_results(config, entries, templates, face_found, identity, clip_text, clip_image, *,
+                  num_references: int, references_with_face: int | None) -> dict[str, Any]:
+    """Assemble the ``results.json`` document (``images`` + ``summary``) from per-image scores."""
+    images = []
+    for i, entry in enumerate(entries):
+        images.append({
+            "file": entry["file"],
+            "prompt": templates[i],
+            "clip_prompt": prompt_for_clip(templates[i], config.subject_phrase) if templates[i] else None,
+            "seed": entry.get("seed"),
+            "face_found": face_found[i],
+            "identity": identity[i],
+            "clip_text": clip_text[i],
+            "clip_image": clip_image[i],
+        })
+    return {
+        "version": RESULTS_VERSION,
+        "protocol": metrics.PROTOCOL_NOTE if config.face_model != "none" else "identity not computed (--face-model none)",
+        "settings": {
+            "images": str(config.images),
+            "reference": str(config.reference),
+            "face_model": config.face_model,
+            "clip_model": config.clip_model,
+            "subject_phrase": config.subject_phrase,
+            "num_references": num_references,
+            "references_with_face": references_with_face,
+        },
+        "images": images,
+        "summary": {"overall": metrics.summarize(images), "per_prompt": metrics.summarize_by(images, "prompt")},
+    }
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluateError(f"{path} does not exist: run `subjectgen evaluate` first.")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "images" not in data or "summary" not in data:
+        raise EvaluateError(f"{path} is not a results.json written by `subjectgen evaluate` (needs images and summary).")
+    return data

@@ -1,0 +1,77 @@
+"""Pure metric functions: identity score, CLIP scores and their aggregates (no models, no files).
+
+Identity follows the protocol of Celeb Basis (Yuan et al. 2023, Sec. 4): the score of an image is the mean
+similarity of its most confident face to the reference faces, and an image in which no face is detected scores 0
+and counts against the face-detection rate. CLIP-T is the cosine similarity of an image with its prompt, CLIP-I the
+mean cosine similarity with the reference photos (Custom Diffusion, Kumari et al. 2023). Standard deviations are
+population standard deviations (ddof = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+NO_FACE_IDENTITY = 0.0
+PROTOCOL_NOTE = (
+    "Celeb Basis protocol: an image in which no face is detected scores identity 0 and counts in the "
+    "face-detection rate; identity means include those zeros."
+)
+
+
+def identity_score(
+    embedding: np.ndarray | None,
+    references: Sequence[np.ndarray],
+    similarity: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
+    """Mean similarity of one face to the reference faces; :data:`NO_FACE_IDENTITY` when no face was found."""
+    if embedding is None:
+        return NO_FACE_IDENTITY
+    if not references:
+        raise ValueError("identity_score needs at least one reference embedding")
+    return float(np.mean([similarity(embedding, reference) for reference in references]))
+
+
+def clip_text_scores(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> list[float]:
+    """Row-wise cosine similarity of unit-norm image and text embeddings (image i with text i)."""
+    if image_embeddings.shape != text_embeddings.shape:
+        raise ValueError(f"need one text per image, got {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}")
+    return (image_embeddings * text_embeddings).sum(-1).tolist()
+
+
+def clip_image_scores(image_embeddings: torch.Tensor, reference_embeddings: torch.Tensor) -> list[float]:
+    """Mean cosine similarity of each unit-norm image embedding with every reference embedding."""
+    return (image_embeddings @ reference_embeddings.T).mean(-1).tolist()
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float] | None:
+    """``{"mean", "std", "n"}`` of the values that are not None; None when there are none."""
+    present = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not present:
+        return None
+    array = np.asarray(present)
+    return {"mean": float(array.mean()), "std": float(array.std()), "n": len(present)}
+
+
+def summarize(images: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-image results: count, face-detection rate, mean/std of identity, CLIP-T and CLIP-I."""
+    detected = [entry["face_found"] for entry in images if entry.get("face_found") is not None]
+    return {
+        "count": len(images),
+        "face_detection_rate": float(np.mean(detected)) if detected else None,
+        "identity": mean_std(entry.get("identity") for entry in images),
+        "clip_text": mean_std(entry.get("clip_text") for entry in images),
+        "clip_image": mean_std(entry.get("clip_image") for entry in images),
+    }
+
+
+def summarize_by(images: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """:func:`summarize` per distinct value of ``key`` (in first-seen order); entries without it go under ``""``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in images:
+        groups.setdefault(entry.get(key) or "", []).append(entry)
+    return {name: summarize(group) for name, group in groups.items()}
