@@ -1,0 +1,207 @@
+"""Deterministic pixel-rule detectors for the toy world: what is in a (generated) cartoon-face image.
+
+No learned model: each attribute is read by nearest-palette classification of the pixels in a window placed relative
+to the head, which is located by matching the lower half of the head ellipse against the skin-coloured pixels (so
+hair, hats and glasses do not disturb it). Used as
+
+- *likeness* (toy identity): how many of the subject's fixed attributes are present -- half the score is the hidden,
+  never-captioned mark (its colour *and* place), half is skin, hair colour, hair style and eye colour;
+- *prompt-following*: the background colour and the accessory (hat / glasses) that a prompt asks for.
+
+Both are honest on this world only; ``tests/test_toy_world.py`` checks them on rendered ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from . import world
+from .world import SIZE
+
+MAX_COLOUR_DISTANCE = 80.0
+MARK_COLOUR_DISTANCE = 70.0
+LOWER_FROM = 2.2  # below the glasses: cheeks, mouth and chin
+SHIFTS = np.arange(-2.5, 2.51, 0.5)
+
+
+@dataclass(frozen=True)
+class FaceReading:
+    """What the detectors read from one image (``None`` where the rule found nothing it trusts)."""
+
+    background: str | None
+    skin: str | None
+    hair_colour: str | None
+    hair_style: str | None
+    eye_colour: str | None
+    accessory: str
+    mark: tuple[str, str] | None
+    head_found: bool
+
+
+def to_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """``[SIZE, SIZE, 3]`` float array; other sizes are box-resized to the world's size."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image.astype(np.uint8))
+    image = image.convert("RGB")
+    if image.size != (SIZE, SIZE):
+        image = image.resize((SIZE, SIZE), Image.BOX)
+    return np.asarray(image, dtype=np.float32)
+
+
+def nearest(pixels: np.ndarray, palette: dict[str, tuple[int, int, int]], max_distance: float = MAX_COLOUR_DISTANCE):
+    """Per pixel, the index of the nearest palette colour, or -1 when none is within ``max_distance``."""
+    colours = np.asarray(list(palette.values()), dtype=np.float32)
+    distance = np.linalg.norm(pixels[..., None, :] - colours, axis=-1)
+    index = distance.argmin(-1)
+    index[distance.min(-1) > max_distance] = -1
+    return index
+
+
+def majority(labels: np.ndarray, names: list[str], min_fraction: float = 0.4) -> str | None:
+    labels = labels[labels >= 0]
+    if labels.size == 0:
+        return None
+    counts = np.bincount(labels, minlength=len(names))
+    best = int(counts.argmax())
+    return names[best] if counts[best] >= min_fraction * labels.size else None
+
+
+_GRID = (np.arange(SIZE) + 0.5)
+_Y, _X = np.meshgrid(_GRID, _GRID, indexing="ij")
+
+
+@lru_cache(maxsize=1)
+def _head_templates() -> list[tuple[str, float, float, np.ndarray]]:
+    templates = []
+    for shape, (rx, ry) in world.HEAD_SHAPES.items():
+        for dx in SHIFTS:
+            for dy in SHIFTS:
+                cx, cy = world.CENTRE[0] + dx, world.CENTRE[1] + dy
+                inside = ((_X - cx) / rx) ** 2 + ((_Y - cy) / ry) ** 2 <= 1.0
+                templates.append((shape, cx, cy, inside & (_Y >= cy + LOWER_FROM)))
+    return templates
+
+
+def locate_head(skin_mask: np.ndarray) -> tuple[str, float, float, float]:
+    """Best ``(shape, cx, cy, IoU)`` of a lower-half head ellipse against the skin mask."""
+    best = ("round", *world.CENTRE, 0.0)
+    for shape, cx, cy, template in _head_templates():
+        lower_skin = skin_mask & (_Y >= cy + LOWER_FROM)
+        union = (lower_skin | template).sum()
+        iou = float((lower_skin & template).sum() / union) if union else 0.0
+        if iou > best[3]:
+            best = (shape, cx, cy, iou)
+    return best
+
+
+@lru_cache(maxsize=1)
+def _full_palette() -> tuple[dict[str, tuple[int, int, int]], int]:
+    """Every colour the world paints; the skins come first."""
+    palette = {f"skin:{k}": v for k, v in world.SKINS.items()}
+    for group in (world.BACKGROUNDS, world.HAIR_COLOURS, world.EYE_COLOURS, world.MARK_COLOURS):
+        palette.update({f"{id(group)}:{k}": v for k, v in group.items()})
+    palette.update(hat=world.HAT_COLOUR, glasses=world.GLASSES_COLOUR, white=world.EYE_WHITE, mouth=world.MOUTH_COLOUR)
+    return palette, len(world.SKINS)
+
+
+def skin_mask(pixels: np.ndarray) -> np.ndarray:
+    """Pixels whose nearest world colour is a skin tone (and close to it)."""
+    palette, num_skins = _full_palette()
+    labels = nearest(pixels, palette, 60.0)
+    return (labels >= 0) & (labels < num_skins)
+
+
+def read_face(image: Image.Image | np.ndarray) -> FaceReading:
+    """Apply every rule to one image."""
+    pixels = to_array(image)
+    background_names = list(world.BACKGROUNDS)
+    border = np.zeros((SIZE, SIZE), bool)
+    border[:, :3] = border[:, -3:] = True
+    border[-2:, :] = True
+    background = majority(nearest(pixels[border], world.BACKGROUNDS), background_names, 0.5)
+
+    skin_names = list(world.SKINS)
+    skin_labels = nearest(pixels, world.SKINS, 60.0)
+    shape, cx, cy, iou = locate_head(skin_mask(pixels))
+    head_found = iou >= 0.5
+    rx, ry = world.HEAD_SHAPES[shape]
+    inside = ((_X - cx) / rx) ** 2 + ((_Y - cy) / ry) ** 2 <= 1.0
+    cheeks = inside & (_Y >= cy - 3.5)
+    skin = majority(skin_labels[cheeks], skin_names, 0.5) if head_found else None
+
+    hair_palette = {**world.HAIR_COLOURS, **{f"skin:{k}": v for k, v in world.SKINS.items()}}
+    fringe = inside & (_Y >= cy - 8.0) & (_Y <= cy - 5.5)
+    fringe_label = majority(nearest(pixels[fringe], hair_palette), list(hair_palette), 0.5) if head_found else None
+    if fringe_label is None:
+        hair_colour = hair_style = None
+    elif fringe_label.startswith("skin:"):
+        hair_colour, hair_style = None, "bald"
+    else:
+        hair_colour = fringe_label
+        sides = (np.abs(np.abs(_X - cx) - (rx + 1.0)) <= 0.5) & (_Y >= cy) & (_Y <= cy + 6.0)
+        side_palette = {"hair": world.HAIR_COLOURS[hair_colour]}
+        if background is not None:
+            side_palette["background"] = world.BACKGROUNDS[background]
+        side_hair = nearest(pixels[sides], side_palette) == 0
+        hair_style = "long" if side_hair.mean() >= 0.5 else "short"
+
+    eye_colour = None
+    if head_found:
+        irises = np.zeros((SIZE, SIZE), bool)
+        for side in (-1, 1):
+            irises |= np.hypot(_X - (cx + side * world.EYE_OFFSET[0]), _Y - (cy + world.EYE_OFFSET[1])) <= 0.8
+        eye_colour = majority(nearest(pixels[irises], world.EYE_COLOURS, 90.0), list(world.EYE_COLOURS), 0.5)
+
+    accessory = "none"
+    if head_found:
+        crown = (np.abs(_X - cx) <= 4.0) & (_Y >= cy - 15.0) & (_Y <= cy - 11.0)
+        hat_hits = nearest(pixels[crown], {"hat": world.HAT_COLOUR}, 60.0) >= 0
+        ring = np.zeros((SIZE, SIZE), bool)
+        for side in (-1, 1):
+            distance = np.hypot(_X - (cx + side * world.EYE_OFFSET[0]), _Y - (cy + world.EYE_OFFSET[1]))
+            ring |= (distance >= 2.0) & (distance <= 2.9)
+        dark = pixels[ring].max(-1) < 70.0
+        if hat_hits.mean() >= 0.5:
+            accessory = "hat"
+        elif dark.mean() >= 0.35:
+            accessory = "glasses"
+
+    mark = None
+    mark_labels = nearest(pixels, world.MARK_COLOURS, MARK_COLOUR_DISTANCE)
+    if head_found and (mark_labels >= 0).sum() >= 2:
+        colour_index = int(np.bincount(mark_labels[mark_labels >= 0]).argmax())
+        ys, xs = np.nonzero(mark_labels == colour_index)
+        offset = np.array([xs.mean() + 0.5 - cx, ys.mean() + 0.5 - cy])
+        places = list(world.MARK_PLACES)
+        distances = [np.linalg.norm(offset - np.array(world.MARK_PLACES[p])) for p in places]
+        if min(distances) <= 3.0:
+            mark = (list(world.MARK_COLOURS)[colour_index], places[int(np.argmin(distances))])
+    return FaceReading(background, skin, hair_colour, hair_style, eye_colour, accessory, mark, head_found)
+
+
+def likeness(image: Image.Image | np.ndarray, subject: world.ToySubject = world.DEFAULT_SUBJECT) -> float:
+    """In [0, 1]: 0.5 for the subject's hidden mark (colour and place), 0.5 shared by skin, hair colour, hair style
+    and eye colour. A random face of the world scores about 0.15 on average."""
+    reading = read_face(image)
+    traits = [
+        reading.skin == subject.skin,
+        reading.hair_colour == subject.hair_colour or (subject.hair_style == "bald" and reading.hair_style == "bald"),
+        reading.hair_style == subject.hair_style,
+        reading.eye_colour == subject.eye_colour,
+    ]
+    return 0.5 * float(reading.mark == tuple(subject.mark)) + 0.5 * float(np.mean(traits))
+
+
+def follows_prompt(image: Image.Image | np.ndarray, background: str | None = None, accessory: str | None = None) -> float:
+    """Fraction of the requested attributes (background colour, accessory) the image shows; 1.0 if none requested."""
+    reading = read_face(image)
+    checks = []
+    if background is not None:
+        checks.append(reading.background == background)
+    if accessory is not None:
+        checks.append(reading.accessory == accessory)
+    return float(np.mean(checks)) if checks else 1.0
