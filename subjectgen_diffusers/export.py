@@ -1,0 +1,97 @@
+"""Export a subject to files other tools load.
+
+- diffusers: ``learned_embeds.safetensors`` (``{token: T[n, d]}``, read by ``pipe.load_textual_inversion``) and, for
+  Custom Diffusion subjects (Kumari et al., CVPR 2023), ``pytorch_custom_diffusion_weights.safetensors`` with the
+  *full* trained projections ``W_base + ΔW`` under diffusers' ``{layer}.processor.to_k_custom_diffusion.weight`` keys,
+  the layout ``examples/custom_diffusion/train_custom_diffusion.py`` writes (needs the base UNet's weights).
+- AUTOMATIC1111: an embedding file, ``{"emb_params": T[n, d]}`` (``.safetensors``) or
+  ``{"string_to_param": {"*": T[n, d]}, ...}`` (``.pt``). An A1111 embedding carries only the token, so exporting a
+  subject with weight deltas there needs ``token_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .atomic_io import atomic_save_safetensors, atomic_write
+from .errors import SubjectgenError
+from .subject_format import Subject
+
+TI_FILE = "learned_embeds.safetensors"
+CD_FILE = "pytorch_custom_diffusion_weights.safetensors"
+_CD_NAMES = {"to_q": "to_q_custom_diffusion", "to_k": "to_k_custom_diffusion", "to_v": "to_v_custom_diffusion",
+             "to_out.0": "to_out_custom_diffusion.0"}
+
+
+def _as_subject(subject: Subject | str | Path) -> Subject:
+    return subject if isinstance(subject, Subject) else Subject.load(subject)
+
+
+def custom_diffusion_state_dict(subject: Subject, unet) -> dict[str, torch.Tensor]:
+    """Full trained weights ``W_base + ΔW`` (and ``b + Δb``) under diffusers' Custom Diffusion processor keys."""
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in sorted(set(subject.deltas) | set(subject.bias_deltas)):
+        attn = unet.get_submodule(layer)
+        for proj, delta in subject.deltas.get(layer, {}).items():
+            linear = attn.to_out[0] if proj == "to_out.0" else getattr(attn, proj)
+            if tuple(linear.weight.shape) != tuple(delta.shape):
+                raise SubjectgenError(
+                    f"`{layer}.{proj}`: the base UNet's weight is {tuple(linear.weight.shape)}, the subject's delta "
+                    f"{tuple(delta.shape)}; export against the base model the subject was trained on."
+                )
+            tensors[f"{layer}.processor.{_CD_NAMES[proj]}.weight"] = linear.weight.detach().float().cpu() + delta.float()
+        if layer in subject.bias_deltas:
+            bias = attn.to_out[0].bias.detach().float().cpu()
+            tensors[f"{layer}.processor.to_out_custom_diffusion.0.bias"] = bias + subject.bias_deltas[layer].float()
+    return tensors
+
+
+def load_base_unet(base: str | Path):
+    """The UNet of a diffusers base model (local folder or Hub id) — all that Custom Diffusion export needs."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        return UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    except (OSError, ValueError) as error:
+        raise SubjectgenError(f"could not load the base UNet from {base!r}: {error}. Pass --base MODEL.") from error
+
+
+def export_diffusers(subject: Subject | str | Path, out: str | Path, *, base_unet=None) -> list[Path]:
+    """Write the diffusers textual-inversion file (and Custom Diffusion weights if the subject has deltas)."""
+    subject = _as_subject(subject)
+    out = Path(out)
+    token = subject.config.token
+    written = [atomic_save_safetensors(out / TI_FILE, {token: subject.token_embeddings.float()}, metadata={"format": "pt"})]
+    if subject.deltas or subject.bias_deltas:
+        if base_unet is None:
+            raise SubjectgenError("this subject has Custom Diffusion deltas: exporting full weights needs the base model (--base).")
+        tensors = custom_diffusion_state_dict(subject, base_unet)
+        written.append(atomic_save_safetensors(out / CD_FILE, tensors, metadata={"format": "pt"}))
+    return written
+
+
+def export_a1111(subject: Subject | str | Path, out_file: str | Path, *, token_only: bool = False) -> Path:
+    """Write an AUTOMATIC1111 embedding (``.safetensors`` or ``.pt``) holding the subject's token vectors."""
+    subject = _as_subject(subject)
+    out_file = Path(out_file)
+    if (subject.deltas or subject.bias_deltas) and not token_only:
+        raise SubjectgenError(
+            "an A1111 embedding holds only token vectors, and this subject also has Custom Diffusion weight deltas; "
+            "export with --format diffusers, or pass --token-only to drop the deltas knowingly."
+        )
+    vectors = subject.token_embeddings.detach().float().contiguous()
+    if out_file.suffix == ".safetensors":
+        return atomic_save_safetensors(out_file, {"emb_params": vectors}, metadata={"format": "pt"})
+    if out_file.suffix != ".pt":
+        raise SubjectgenError(f"{out_file}: an A1111 embedding ends in .safetensors or .pt.")
+    data = {
+        "string_to_token": {"*": 265},
+        "string_to_param": {"*": vectors},
+        "name": subject.config.token,
+        "step": int(subject.config.training.get("steps", 0) or 0),
+        "sd_checkpoint": None,
+        "sd_checkpoint_name": subject.config.base_model,
+    }
+    return atomic_write(out_file, lambda tmp: torch.save(data, tmp))

@@ -1,0 +1,43 @@
+"""``subjectgen export``: a subject to diffusers textual-inversion + Custom Diffusion files, or to an A1111 embedding."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+HELP = "export a subject to diffusers textual-inversion/Custom Diffusion or A1111 files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subject", type=Path, help="subject folder (subject_config.json + subject.safetensors)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder (or, for a1111, a file ending in .safetensors or .pt)")
+    parser.add_argument("--format", choices=("diffusers", "a1111"), default="diffusers",
+                        help="diffusers: learned_embeds.safetensors + pytorch_custom_diffusion_weights.safetensors; "
+                        "a1111: an embedding file")
+    parser.add_argument("--base", default=None,
+                        help="base model (folder or Hub id) for Custom Diffusion full weights; default: the subject's base_model")
+    parser.add_argument("--token-only", action="store_true",
+                        help="a1111: export only the token vectors of a subject that also has weight deltas")
+
+
+def run(args: argparse.Namespace) -> int:
+    from subjectgen_diffusers.export import export_a1111, export_diffusers, load_base_unet
+    from subjectgen_diffusers.subject_format import Subject
+
+    subject = Subject.load(args.subject)
+    if args.format == "a1111":
+        out = args.out
+        if out.suffix not in (".safetensors", ".pt"):
+            out = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '', subject.config.token) or 'subject'}.safetensors"
+        written = [export_a1111(subject, out, token_only=args.token_only)]
+    else:
+        base_unet = None
+        if subject.deltas or subject.bias_deltas:
+            base = args.base or subject.config.base_model
+            base_unet = load_base_unet(base)
+        written = export_diffusers(subject, args.out, base_unet=base_unet)
+    for path in written:
+        print(path)
+    return 0
