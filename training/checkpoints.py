@@ -1,0 +1,69 @@
+"""Resumable training checkpoints: the trainable tensors (safetensors), the optimizer state and the step.
+
+Per-step randomness is derived from ``(seed, step, process)`` (see ``trainer.step_generator``), so these three are
+the whole state: a run killed and resumed from a checkpoint ends like an uninterrupted one. A checkpoint folder
+is written under a temporary name and renamed when complete; only the last ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+PARAMS_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints in step order (a folder counts once its ``state.json`` exists)."""
+    folder = checkpoint_dir(out)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out: Path, step: int, params: dict[str, torch.Tensor], optimizer, keep: int, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    folder = checkpoint_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=folder))
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in params.items()}, str(tmp / PARAMS_FILE))
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(extra or {})}) + "\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer) -> int:
+    """Copy the saved tensors into ``params`` and the optimizer state into ``optimizer``; return the step."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(folder / PARAMS_FILE))
+    if set(saved) != set(params):
+        raise ValueError(f"checkpoint {folder} holds {sorted(saved)}, this run trains {sorted(params)}")
+    with torch.no_grad():
+        for name, tensor in params.items():
+            tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
+    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    return int(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["step"])

@@ -1,0 +1,356 @@
+"""The training loop shared by every method (Custom Diffusion, Cross Initialization, CD+CR).
+
+Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoder (with
+grad: the new token rows train), add noise at a random timestep (DDPM forward process) and regress the UNet's
+prediction on the noise (or velocity): ``loss = masked MSE(instance) + prior_loss_weight * MSE(class)
++ the method's extra loss``. Class prompts contain no trainable token, so their text encodings are computed once.
+
+All per-step randomness comes from a generator seeded by ``(seed, step, process)``: a resumed run draws exactly
+what an uninterrupted one would. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
+of the few trainable tensors; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from subjectgen_diffusers.atomic_io import atomic_write_json
+from training.train_config import CONFIG_FILE_NAME, TrainConfig
+
+logger = logging.getLogger(__name__)
+SUMMARY_FILE = "train_summary.json"
+PHOTO_LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator, random.Random]:
+    """The RNGs of one step of one process, independent of how the run got there (resume-safe)."""
+    value = (seed * 1_000_003 + step * 7_919 + process * 104_729) % (2**63 - 1)
+    return torch.Generator().manual_seed(value), random.Random(value)
+
+
+@dataclass
+class TrainingData:
+    photos: list
+    reg_photos: list | None
+
+
+def check_inputs(config: TrainConfig) -> TrainingData:
+    """Everything that can be checked without loading a model: photos, regularisation images, name list."""
+    from training.methods.cross_init import read_celeb_names
+    from training.photos import load_photo_folder
+
+    photos = load_photo_folder(config.photos, what="--photos", resolution=config.resolution)
+    reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
+    if config.cross_initialised:
+        read_celeb_names(config.celeb_names)
+    if config.mask_loss and not any(p.mask is not None for p in photos):
+        logger.warning("--mask-loss: %s has no face masks (run `subjectgen prepare`); the loss stays unweighted", config.photos)
+    return TrainingData(photos, reg)
+
+
+class Trainer:
+    """Builds the models, caches and optimizer for one resolved config; ``run()`` trains and saves the subject."""
+
+    def __init__(self, config: TrainConfig, on_step=None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from training.methods import build_method
+        from training.model_parts import load_model_parts, load_tokenizer
+        from training.token_rows import add_token_to_tokenizer
+
+        self.config = config = config.resolved()
+        self.out = Path(config.out)
+        self.on_step = on_step
+        self.data = check_inputs(config)
+        tokenizer = load_tokenizer(config.base, config.revision)
+        self.token_ids = add_token_to_tokenizer(tokenizer, config.token, config.num_vectors)
+
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            log_with=config.log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        self.device = self.accelerator.device
+        self.parts = load_model_parts(config.base, tokenizer, config.revision)
+        self.method = build_method(config)
+        self._build_trainable()
+        self._build_caches()
+        self._build_optimizer()
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def _build_trainable(self) -> None:
+        from training.token_rows import splice_token_rows
+
+        config, parts = self.config, self.parts
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        self.weight_dtype = weight_dtype
+        parts.text_encoder.resize_token_embeddings(max(self.token_ids) + 1, mean_resizing=False)
+        initial = self.method.tokens.initial_rows(parts.tokenizer, parts.text_encoder, self.token_ids)
+        self.rows = splice_token_rows(parts.text_encoder, self.token_ids, initial)
+        if self.method.deltas is not None:
+            self.method.deltas.attach(parts.unet)
+        for module in (parts.text_encoder, parts.vae, parts.unet):
+            module.to(self.device)
+        # Frozen weights in the compute dtype; the trainable tensors stay float32 (autocast mixes them).
+        if weight_dtype != torch.float32:
+            parts.vae.to(dtype=weight_dtype)
+            for module in (parts.text_encoder, parts.unet):
+                for name, param in module.named_parameters():
+                    if not param.requires_grad:
+                        param.data = param.data.to(weight_dtype)
+        if config.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+            parts.text_encoder.gradient_checkpointing_enable()
+            parts.unet.train()
+            parts.text_encoder.train()
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"token_rows": self.rows.rows}
+        if self.method.deltas is not None:
+            for layer, processor in self.method.deltas.processors.items():
+                for name, param in processor.named_parameters():
+                    tensors[f"cd.{layer}.{name}"] = param
+        return tensors
+
+    def _build_caches(self) -> None:
+        from training.captions import CaptionMaker
+        from training.latent_cache import encode_photo_views, encode_regularization
+
+        config, parts = self.config, self.parts
+        progress = self.accelerator.is_local_main_process
+        self.captions = CaptionMaker(config.prompt, config.token, config.num_vectors, config.caption_templates)
+        self.instance = encode_photo_views(
+            parts.vae, self.data.photos, config.resolution, random_rescale=config.random_rescale,
+            variants=config.rescale_variants, seed=config.seed, face_masks=config.mask_loss,
+            background_weight=config.mask_background_weight, progress=progress,
+        )
+        self.sampleable = [i for i in range(len(self.instance)) if not (config.random_rescale and self.instance.plain[i])]
+        self.reg = None
+        if self.data.reg_photos:
+            self.reg = encode_regularization(parts.vae, self.data.reg_photos, config.resolution, progress=progress)
+            captions = [p.caption or config.class_prompt for p in self.data.reg_photos]
+            self.reg_captions = [captions[i] for i in self.reg.source]
+            unique = sorted(set(self.reg_captions))
+            encoded = self.encode_text(unique, grad=False)
+            self.class_states = dict(zip(unique, encoded))
+        parts.vae.to("cpu")  # the VAE is not needed again (validation images move it back)
+
+    def _build_optimizer(self) -> None:
+        config = self.config
+        groups = [{"params": [self.rows.rows], "lr": config.token_lr}]
+        if self.method.deltas is not None:
+            groups.append({"params": self.method.deltas.parameters(), "lr": config.lr})
+        optimizer_class = torch.optim.AdamW
+        if config.use_8bit_adam and torch.cuda.is_available():
+            try:
+                import bitsandbytes as bnb
+
+                optimizer_class = bnb.optim.AdamW8bit
+            except ImportError:
+                logger.info("bitsandbytes is not installed; using torch AdamW")
+        optimizer = optimizer_class(groups, weight_decay=config.adam_weight_decay)
+        self.optimizer = self.accelerator.prepare(optimizer)
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str], grad: bool) -> torch.Tensor:
+        tokenizer = self.parts.tokenizer
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+            return self.parts.text_encoder(ids)[0]
+
+    def batch_loss(self, latents, states, weight, generator, timesteps=None):
+        """Per-sample weighted MSE of the UNet's prediction at random (or given) timesteps."""
+        scheduler = self.parts.noise_scheduler
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        if timesteps is None:
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        timesteps = timesteps.to(self.device)
+        latents = latents.to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with self.accelerator.autocast():
+            prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, states.to(self.weight_dtype)).sample
+        weight = weight.to(self.device)
+        squared = (prediction.float() - target.float()) ** 2 * weight
+        return squared.sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * latents.shape[1]).clamp_min(1e-8)
+
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        config = self.config
+        generator, rng = step_generator(config.seed, step, self.accelerator.process_index)
+        views = self._draw_views(generator, rng)
+        index = torch.tensor(views)
+        latents = self.instance.sample(index, generator)
+        weight = self.instance.weight[index]
+        captions = [self.captions.caption(rng, self.instance.prefix[i], self.data.photos[self.instance.source[i]].caption)
+                    for i in views]
+        states = self.encode_text(captions, grad=True)
+        if self.reg is not None:
+            reg_index = torch.randint(0, len(self.reg), (config.batch_size,), generator=generator)
+            latents = torch.cat([latents, self.reg.sample(reg_index, generator)])
+            weight = torch.cat([weight, self.reg.weight[reg_index]])
+            states = torch.cat([states, torch.stack([self.class_states[self.reg_captions[i]] for i in reg_index.tolist()])])
+        per_sample = self.batch_loss(latents, states, weight, generator)
+        instance_loss = per_sample[: config.batch_size].mean()
+        loss = instance_loss
+        logs = {"loss": float(instance_loss.detach())}
+        if self.reg is not None:
+            prior = per_sample[config.batch_size :].mean()
+            loss = loss + config.prior_loss_weight * prior
+            logs["prior"] = float(prior.detach())
+        extra = self.method.tokens.extra_loss(self.rows.rows)
+        if extra is not None:
+            loss = loss + extra
+            logs["reg"] = float(extra.detach())
+        return loss, logs
+
+    def _draw_views(self, generator: torch.Generator, rng: random.Random) -> list[int]:
+        """``batch_size`` cached views: a random photo, flipped with ``flip_p``, a random rescale variant."""
+        chosen = []
+        for _ in range(self.config.batch_size):
+            photo = rng.randrange(len(self.data.photos))
+            flip = rng.random() < self.config.flip_p
+            options = [i for i in self.sampleable if self.instance.source[i] == photo and self.instance.flipped[i] == flip]
+            chosen.append(rng.choice(options))
+        return chosen
+
+    @torch.no_grad()
+    def photo_loss(self) -> float:
+        """Denoising loss on the plain photos at fixed timesteps and noise, with the plain prompt (a progress gauge)."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        views = [i for i in range(len(self.instance)) if self.instance.plain[i] and not self.instance.flipped[i]]
+        total = 0.0
+        states = self.encode_text([self.captions.plain()] * len(views), grad=False)
+        index = torch.tensor(views)
+        latents = self.instance.mean[index]
+        for t in PHOTO_LOSS_TIMESTEPS:
+            timesteps = torch.full((len(views),), t, dtype=torch.long)
+            total += float(self.batch_loss(latents, states, torch.ones_like(self.instance.weight[index]), generator, timesteps).mean())
+        return total / len(PHOTO_LOSS_TIMESTEPS)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def _average_gradients(self, params: list[torch.Tensor]) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        from training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+
+        config, accelerator = self.config, self.accelerator
+        tensors = self.trainable_tensors()
+        params = list(tensors.values())
+        start = 0
+        if config.resume:
+            found = list_checkpoints(self.out)
+            if found:
+                start = load_checkpoint(found[-1], tensors, self.optimizer)
+                logger.info("resuming from %s (step %d)", found[-1], start)
+            else:
+                logger.info("--resume: no checkpoint in %s; starting from step 0", self.out / "checkpoints")
+        if accelerator.is_main_process:
+            atomic_write_json(self.out / CONFIG_FILE_NAME, config.to_dict())
+            if config.log_with:
+                accelerator.init_trackers("subjectgen", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        initial_loss = self.photo_loss()
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {config.method}",
+                   disable=not accelerator.is_local_main_process)
+        began = time.perf_counter()
+        logs: dict = {}
+        for step in bar:
+            loss, logs = self.step_loss(step)
+            accelerator.backward(loss)
+            self._average_gradients(params)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if config.log_with:
+                accelerator.log(logs, step=done)
+            if accelerator.is_main_process:
+                if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                    save_checkpoint(self.out, done, tensors, self.optimizer, config.checkpoints_total_limit)
+                if config.validation_every and done % config.validation_every == 0:
+                    self.save_validation_image(done)
+            if self.on_step is not None:
+                self.on_step(done, logs)
+        seconds = time.perf_counter() - began
+        accelerator.wait_for_everyone()
+        final_loss = self.photo_loss()
+        if accelerator.is_main_process:
+            self.save_subject()
+            atomic_write_json(self.out / SUMMARY_FILE, {
+                "method": config.method, "steps": config.steps, "resumed_from": start,
+                "world_size": accelerator.num_processes, "initial_photo_loss": initial_loss,
+                "final_photo_loss": final_loss, "last_logs": logs, "train_seconds": seconds,
+                "seconds_per_step": seconds / max(1, config.steps - start),
+            })
+        accelerator.end_training()
+        return self.out
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+    def build_subject(self):
+        from subjectgen_diffusers.subject_format import Subject, SubjectConfig
+
+        config, unet = self.config, self.parts.unet
+        layers, deltas, bias_deltas = ([], {}, {})
+        if self.method.deltas is not None:
+            layers, deltas, bias_deltas = self.method.deltas.export()
+        subject_config = SubjectConfig(
+            method=config.method, token=config.token, num_vectors=config.num_vectors,
+            text_hidden_size=self.rows.embedding_dim, base_model=config.base,
+            cross_attention_dim=unet.config.cross_attention_dim if layers else None, layers=layers,
+            cd_scope=config.cd_scope if layers else None,
+            training={**self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
+                      "token_lr": config.token_lr, "resolution": config.resolution, "batch_size": config.batch_size},
+        )
+        return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), deltas, bias_deltas)
+
+    def save_subject(self) -> Path:
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)
+        return self.build_subject().save(self.out, dtype=dtype)
+
+    @torch.no_grad()
+    def save_validation_image(self, step: int) -> Path:
+        from diffusers import StableDiffusionPipeline
+
+        from subjectgen_diffusers.atomic_io import atomic_save_image
+        from training.token_rows import prompt_with_token
+
+        parts, config = self.parts, self.config
+        parts.vae.to(self.device)
+        pipe = StableDiffusionPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+            scheduler=parts.sample_scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        prompt = prompt_with_token(config.validation_prompt, config.token, config.num_vectors)
+        with self.accelerator.autocast():
+            image = pipe(prompt, num_inference_steps=25, height=config.resolution, width=config.resolution,
+                         generator=torch.Generator().manual_seed(config.seed)).images[0]
+        parts.vae.to("cpu")
+        return atomic_save_image(self.out / "validation" / f"step-{step:07d}.png", image)
+
+
+def train(config: TrainConfig, *, on_step=None) -> Path:
+    """Train a subject as ``config`` says and return its folder (loadable by ``load_subject``)."""
+    return Trainer(config, on_step=on_step).run()
