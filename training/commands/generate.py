@@ -1,0 +1,43 @@
+"""``subjectgen generate``: sample a trained subject over prompt files into a folder with a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "sample images of a trained subject from prompt files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.generate import SCHEDULERS
+
+    parser.add_argument("--base", required=True, help="diffusers folder or Hub id of the SD 1.x base model")
+    parser.add_argument("--subject", default=None, help="subject folder or Hub repo (omit to sample the base model)")
+    parser.add_argument("--prompts", required=True,
+                        help="prompt file, shipped set (actions_places, expressions, art_styles, accessories, "
+                             "experiment) or prompt text; {} marks the subject, | separates prompts")
+    parser.add_argument("--num-per-prompt", type=int, default=4, help="images per prompt (seeds S, S+1, ...)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's own")
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default: the model's native size)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=1.0, help="strength of the subject's weight deltas")
+    parser.add_argument("--subject-phrase", default="{} person", help="what {} in a prompt becomes; {} here is the token")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--out", required=True, help="output folder (images + manifest.jsonl); reruns resume")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.generate import GenerateConfig, generate_images, read_manifest
+
+    config = GenerateConfig(
+        base=args.base, subject=args.subject, prompts=args.prompts, out=args.out, num_per_prompt=args.num_per_prompt,
+        seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+        resolution=args.resolution, batch_size=args.batch_size, scale=args.scale, subject_phrase=args.subject_phrase,
+        negative_prompt=args.negative_prompt, dtype=args.dtype,
+    )
+    out = generate_images(config)
+    print(f"{len(read_manifest(out))} images and manifest.jsonl in {out}")
+    return 0

@@ -1,0 +1,176 @@
+"""Sample a trained subject over prompt sets: one pipeline built once, batched, seeded, resumable.
+
+Each prompt's ``{}`` is filled with ``subject_phrase`` around the token that ``load_subject`` returns (``"{} person"``
+-> ``"<new1> person"``, the phrasing both Custom Diffusion and Cross Initialization train with), or with
+``a person`` when no subject is loaded (the base model's baseline). Image ``k`` of every prompt uses seed
+``seed + k``, so setups and prompts are compared on the same initial noise. ``manifest.jsonl`` lists each image
+(file, prompt, prompt_template, seed, subject, settings); images already listed are skipped when the job is rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_text
+from subjectgen_diffusers.errors import SubjectgenError
+from training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+class GenerateError(SubjectgenError):
+    """Generation settings are wrong; the message says what to change."""
+
+
+@dataclass
+class GenerateConfig:
+    base: str  # diffusers folder or Hub id of the SD 1.x model the subject was trained on
+    prompts: str  # prompt file, shipped set name, or prompt text ("|" separates several); {} marks the subject
+    out: str  # output folder: images + manifest.jsonl
+    subject: str | None = None  # subject folder or Hub repo; None samples the base model
+    num_per_prompt: int = 4
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str | None = None  # one of SCHEDULERS; None keeps the model's
+    resolution: int | None = None  # default: the model's native size
+    batch_size: int = 4
+    scale: float = 1.0  # strength of the subject's Custom Diffusion deltas
+    subject_phrase: str = "{} person"  # what {} in a prompt becomes; its own {} is the token
+    negative_prompt: str | None = None
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
+    device: str | None = None  # default: cuda when available
+
+    def __post_init__(self) -> None:
+        for name in ("num_per_prompt", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise GenerateError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise GenerateError(f"unknown scheduler {self.scheduler!r}: choose one of {sorted(SCHEDULERS)}.")
+        if self.resolution is not None and self.resolution % 8:
+            raise GenerateError(f"resolution must be a multiple of 8, got {self.resolution}.")
+        if "{}" not in self.subject_phrase:
+            raise GenerateError(f"subject_phrase must contain {{}} for the token, got {self.subject_phrase!r}.")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise GenerateError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise GenerateError(f"unknown generation keys {unknown}; allowed keys are {allowed}.")
+        return cls(**data)
+
+    def settings(self) -> dict[str, Any]:
+        """What the manifest records about how every image was made."""
+        keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "negative_prompt", "subject_phrase")
+        return {key: getattr(self, key) for key in keys}
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("{}", "subject")).strip("-")[:limit].strip("-")
+
+
+def plan_images(prompts: list[str], num_per_prompt: int, seed: int) -> list[dict[str, Any]]:
+    """One entry (file, prompt_template, seed) per image; file names are stable so reruns find finished images."""
+    return [
+        {"file": f"{p:03d}-{_slug(template)}-{k:02d}.png", "prompt_template": template, "seed": seed + k}
+        for p, template in enumerate(prompts)
+        for k in range(num_per_prompt)
+    ]
+
+
+def read_manifest(folder: Path) -> list[dict[str, Any]]:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_pipeline(config: GenerateConfig):
+    """The SD pipeline (safety checker off) on the chosen device, with the scheduler swapped if asked."""
+    import diffusers
+    import torch
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+    try:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            config.base, torch_dtype=getattr(torch, dtype_name), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as error:
+        raise GenerateError(f"cannot load the base model {config.base!r} ({error}): pass a diffusers folder or "
+                            "Hub id of a Stable Diffusion 1.x model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).") from error
+    if config.scheduler:
+        scheduler_class = getattr(diffusers, SCHEDULERS[config.scheduler])
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate_images(config: GenerateConfig) -> Path:
+    """Generate ``num_per_prompt`` images per prompt into ``config.out``; return the folder."""
+    import torch
+    from tqdm.auto import tqdm
+
+    out = Path(config.out)
+    prompts = load_prompts(config.prompts)
+    planned = plan_images(prompts, config.num_per_prompt, config.seed)
+    done = {entry["file"]: entry for entry in read_manifest(out) if (out / entry["file"]).is_file()}
+    todo = [entry for entry in planned if entry["file"] not in done]
+    if not todo:
+        logger.info("%s: all %d images exist; nothing to generate", out, len(planned))
+        return out
+
+    pipe = load_pipeline(config)
+    fill = DEFAULT_SUBJECT_PHRASE
+    if config.subject:
+        from subjectgen_diffusers import load_subject
+
+        token = load_subject(pipe, config.subject, scale=config.scale)
+        fill = config.subject_phrase.replace("{}", token)
+    settings = config.settings()
+    size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    finished = dict(done)
+    progress = tqdm(total=len(todo), desc="generate", unit="img")
+    for start in range(0, len(todo), config.batch_size):
+        batch = todo[start : start + config.batch_size]
+        texts = [fill_subject(entry["prompt_template"], fill) for entry in batch]
+        generators = [torch.Generator(device="cpu").manual_seed(entry["seed"]) for entry in batch]
+        images = pipe(
+            prompt=texts,
+            negative_prompt=[config.negative_prompt] * len(batch) if config.negative_prompt else None,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            height=size,
+            width=size,
+            generator=generators,
+        ).images
+        for entry, text, image in zip(batch, texts, images):
+            atomic_save_image(out / entry["file"], image)
+            finished[entry["file"]] = {**entry, "prompt": text, "subject": config.subject, "settings": settings}
+        ordered = [finished[e["file"]] for e in planned if e["file"] in finished]
+        atomic_write_text(out / MANIFEST_NAME, "".join(json.dumps(e) + "\n" for e in ordered))
+        progress.update(len(batch))
+    progress.close()
+    return out
