@@ -1,0 +1,98 @@
+"""The reporter: summary.md tables and report.html (grid, references, plot) from JSON alone; headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.evaluation import metrics
+from training.report import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, ReportError, write_report
+
+PROMPTS = ["a photo of {}", "a pencil sketch of {}"]
+SETUPS = ["cd-noreg", "cr"]
+
+
+def _hex(colour):
+    return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+
+@pytest.fixture
+def experiment_dir(tmp_path):
+    """An experiment folder as the runner lays it out: per-run images + results.json, and summary.json."""
+    reference = tmp_path / "photos"
+    reference.mkdir()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(reference / "ref0.png")
+    runs = []
+    for s, setup in enumerate(SETUPS):
+        run_dir = tmp_path / "runs" / "anna" / setup
+        (run_dir / "images").mkdir(parents=True)
+        entries = []
+        for p, prompt in enumerate(PROMPTS):
+            for k in range(2):
+                name = f"{p:03d}-{k:02d}.png"
+                Image.new("RGB", (64, 64), (40 * s + 20 * p, 90, 60 * k)).save(run_dir / "images" / name)
+                found = not (s == 1 and k == 1)
+                entries.append({"file": name, "prompt": prompt, "face_found": found,
+                                "identity": (0.5 + 0.2 * s + 0.05 * k) if found else 0.0,
+                                "clip_text": 0.25 + 0.03 * p - 0.02 * s, "clip_image": 0.6})
+        results = {"images": entries, "settings": {"images": str(run_dir / "images")},
+                   "summary": {"overall": metrics.summarize(entries),
+                               "per_prompt": metrics.summarize_by(entries, "prompt")}}
+        (run_dir / "results.json").write_text(json.dumps(results))
+        runs.append({"subject": "anna", "setup": setup, "results": f"runs/anna/{setup}/results.json",
+                     "images": f"runs/anna/{setup}/images", **{"overall": results["summary"]["overall"],
+                                                               "per_prompt": results["summary"]["per_prompt"]}})
+    summary = {"experiment": "two setups", "description": "test", "protocol": metrics.PROTOCOL_NOTE,
+               "prompts": PROMPTS, "subjects": [{"name": "anna", "reference": [str(reference / "ref0.png")]}],
+               "setups": [{"name": name, "description": f"the {name} setup"} for name in SETUPS], "runs": runs}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    return tmp_path
+
+
+def test_markdown_and_html_hold_every_setup_prompt_and_score(experiment_dir):
+    markdown, page = write_report(experiment_dir / "summary.json")
+    text = markdown.read_text()
+    overall_cr = json.loads((experiment_dir / "summary.json").read_text())["runs"][1]["overall"]
+    assert f"| cr | 4 | 50% | {overall_cr['identity']['mean']:.3f} ± {overall_cr['identity']['std']:.3f} |" in text
+    assert "| cd-noreg | 4 | 100% |" in text and "identity 0" in text
+    assert "| setup | a photo of {} | a pencil sketch of {} |" in text
+    source = page.read_text()
+    assert source.count("<img") == 1 + len(SETUPS) * len(PROMPTS) * 2  # reference + grid (2 per cell)
+    assert 'src="runs/anna/cr/images/001-01.png"' in source and 'src="photos/ref0.png"' in source
+    assert source.count("<circle") == 2 * len(SETUPS)  # a dot and a legend mark per setup
+
+
+def test_report_names_what_is_missing(tmp_path):
+    with pytest.raises(ReportError, match="run the experiment"):
+        write_report(tmp_path / "summary.json")
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(ReportError, match="lacks `subjects`"):
+        write_report(tmp_path / "summary.json")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium not installed (Debian: apt-get install chromium); report screenshot not checked")
+def test_report_renders_grid_and_plot_in_headless_chromium(experiment_dir, tmp_path):
+    _, page = write_report(experiment_dir / "summary.json")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
+         "--window-size=1200,1400", "--user-data-dir=" + str(tmp_path / "profile"), page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    def count(colour, tolerance=6):
+        return int((np.abs(pixels - _hex(colour)).max(-1) <= tolerance).sum())
+
+    assert count(PLOT_BACKGROUND) > 5000  # the plot panel
+    assert count(SETUP_COLOURS[0]) > 100 and count(SETUP_COLOURS[1]) > 100  # one dot + legend per setup
+    assert count(GRID_FRAME) > 1000  # the grid's frame
+    # the grid's images are drawn at 96x96: each of the first cell's two samples is found
+    assert count("#005a00", tolerance=2) >= 90 * 90 and count("#005a3c", tolerance=2) >= 90 * 90

@@ -1,0 +1,204 @@
+"""The human report of an experiment: ``summary.md`` tables and ``report.html`` (grids, references, a scatter plot).
+
+It reads only JSON — the experiment's ``summary.json`` and the ``results.json`` of each run that it points to — and
+never recomputes a metric. Identity is the face-similarity score, prompt fidelity the CLIP text-image score
+(Celeb Basis, Yuan et al. 2023; Cross Initialization, Pang et al. 2024 plot the same trade-off). The plot is an
+inline SVG written here, so the report needs no plotting library and opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from subjectgen_diffusers.atomic_io import atomic_write_text
+from subjectgen_diffusers.errors import SubjectgenError
+
+SETUP_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+GRID_FRAME = "#0b3d91"  # border of the image grid (the screenshot test looks for it)
+PLOT_BACKGROUND = "#fff4d6"
+METRICS = (("identity", "identity"), ("clip_text", "CLIP-T (prompt)"), ("clip_image", "CLIP-I (reference)"))
+
+
+class ReportError(SubjectgenError):
+    """The summary or results files cannot be read; the message says which and what to run."""
+
+
+def format_summary_line(summary: dict[str, Any]) -> str:
+    """One line: count, face-detection rate and mean ± std of each computed score."""
+    parts = [f"{summary['count']} images"]
+    if summary.get("face_detection_rate") is not None:
+        parts.append(f"face detection {summary['face_detection_rate']:.0%}")
+    for key, _ in METRICS:
+        if summary.get(key):
+            parts.append(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}")
+    return ", ".join(parts)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ReportError(f"{what} {path} does not exist: run the experiment (or evaluate) first.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{what} {path} is not valid JSON ({error}); rerun the stage that wrote it.") from error
+
+
+def _cell(stat: dict[str, Any] | None, percent: bool = False) -> str:
+    if stat is None:
+        return "–"
+    if percent:
+        return f"{stat:.0%}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """Per subject: a table of setups (overall scores), then identity per setup and prompt."""
+    lines = [f"# {summary.get('experiment', 'experiment')}", ""]
+    if summary.get("description"):
+        lines += [summary["description"], ""]
+    lines += [f"_{summary.get('protocol', '')}_", ""]
+    for subject in summary["subjects"]:
+        runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
+        lines += [f"## {subject['name']}", "",
+                  "| setup | images | face detection | identity | CLIP-T (prompt) | CLIP-I (reference) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for run in runs:
+            o = run["overall"]
+            rate = _cell(o.get("face_detection_rate"), percent=True) if o.get("face_detection_rate") is not None else "–"
+            lines.append(f"| {run['setup']} | {o['count']} | {rate} | {_cell(o.get('identity'))} | "
+                         f"{_cell(o.get('clip_text'))} | {_cell(o.get('clip_image'))} |")
+        prompts = summary.get("prompts", [])
+        if prompts and runs:
+            lines += ["", "Identity per prompt (mean):", "",
+                      "| setup | " + " | ".join(p.replace("|", "/") for p in prompts) + " |",
+                      "| --- |" + " ---: |" * len(prompts)]
+            for run in runs:
+                cells = []
+                for prompt in prompts:
+                    stat = run.get("per_prompt", {}).get(prompt, {}).get("identity")
+                    cells.append(f"{stat['mean']:.3f}" if stat else "–")
+                lines.append(f"| {run['setup']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width: int = 420, height: int = 300) -> str:
+    """Identity (y) against prompt score (x), one labelled dot per setup; axes span the data with a margin."""
+    left, right, top, bottom = 56, 130, 16, 44
+    drawn = [(label, x, y, colour) for label, x, y, colour in points if x is not None and y is not None]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="scatter" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="identity against prompt score per setup">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="{PLOT_BACKGROUND}"/>']
+    plot_w, plot_h = width - left - right, height - top - bottom
+    if not drawn:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="13">prompt score not '
+                     "computed (run with a CLIP model)</text></svg>")
+        return "".join(parts)
+    xs, ys = [p[1] for p in drawn], [p[2] for p in drawn]
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    x_pad, y_pad = (x_hi - x_lo) * 0.15 or 0.05, (y_hi - y_lo) * 0.1 or 0.05
+    x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo, y_hi + y_pad
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
+
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="white" stroke="#444"/>')
+    for i in range(5):
+        fx, fy = x_lo + (x_hi - x_lo) * i / 4, y_lo + (y_hi - y_lo) * i / 4
+        parts.append(f'<text x="{sx(fx):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">{fx:.3f}</text>')
+        parts.append(f'<text x="{left - 4}" y="{sy(fy) + 3:.1f}" font-size="10" text-anchor="end">{fy:.2f}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
+                 "prompt score (CLIP-T, mean)</text>")
+    parts.append(f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" font-size="12" '
+                 'text-anchor="middle">identity (mean)</text>')
+    for index, (label, x, y, colour) in enumerate(drawn):
+        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="7" fill="{colour}"><title>'
+                     f"{html.escape(label)}: prompt {x:.3f}, identity {y:.3f}</title></circle>")
+        legend_y = top + 8 + index * 18
+        parts.append(f'<circle cx="{width - right + 14}" cy="{legend_y}" r="6" fill="{colour}"/>')
+        parts.append(f'<text x="{width - right + 24}" y="{legend_y + 4}" font-size="12">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    path = Path(path)
+    path = path if path.is_absolute() else root / path
+    return html.escape(Path(os.path.relpath(path, root)).as_posix(), quote=True)
+
+
+def _image_grid(summary: dict[str, Any], runs: list[dict[str, Any]], root: Path, per_cell: int) -> str:
+    prompts = summary.get("prompts", [])
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in prompts)
+    rows = []
+    for run in runs:
+        results = _read_json(root / run["results"], "results file")
+        images_dir = Path(run.get("images") or results["settings"]["images"])
+        by_prompt: dict[str, list[dict[str, Any]]] = {}
+        for entry in results["images"]:
+            by_prompt.setdefault(entry.get("prompt") or "", []).append(entry)
+        cells = []
+        for prompt in prompts:
+            thumbs = []
+            for entry in by_prompt.get(prompt, [])[:per_cell]:
+                identity = "–" if entry.get("identity") is None else f"{entry['identity']:.2f}"
+                thumbs.append(f'<img src="{_rel(images_dir / entry["file"], root)}" width="96" height="96" '
+                              f'title="identity {identity}" alt="{html.escape(entry["file"], quote=True)}">')
+            cells.append(f"<td>{''.join(thumbs) or '–'}</td>")
+        rows.append(f"<tr><th>{html.escape(run['setup'])}</th>{''.join(cells)}</tr>")
+    return (f'<table class="grid" style="border:4px solid {GRID_FRAME}"><tr><th>setup \\ prompt</th>{head}</tr>'
+            + "".join(rows) + "</table>")
+
+
+def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
+    """The whole report page; image paths are relative to ``root`` (the folder report.html is written to)."""
+    colours = {setup["name"]: SETUP_COLOURS[i % len(SETUP_COLOURS)] for i, setup in enumerate(summary["setups"])}
+    body = [f"<h1>{html.escape(summary.get('experiment', 'experiment'))}</h1>",
+            f"<p>{html.escape(summary.get('description', ''))}</p>",
+            f"<p><em>{html.escape(summary.get('protocol', ''))}</em></p>"]
+    setups = "".join(f"<li><b style='color:{colours[s['name']]}'>{html.escape(s['name'])}</b>: "
+                     f"{html.escape(s.get('description', ''))}</li>" for s in summary["setups"])
+    body.append(f"<ul>{setups}</ul>")
+    for subject in summary["subjects"]:
+        runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
+        refs = "".join(f'<img src="{_rel(p, root)}" width="96" height="96" alt="reference">'
+                       for p in subject.get("reference", []))
+        table = "".join(
+            f"<tr><td style='color:{colours.get(r['setup'], '#000')}'>{html.escape(r['setup'])}</td>"
+            f"<td>{r['overall']['count']}</td><td>{_cell(r['overall'].get('face_detection_rate'), True) if r['overall'].get('face_detection_rate') is not None else '–'}</td>"
+            + "".join(f"<td>{_cell(r['overall'].get(key))}</td>" for key, _ in METRICS) + "</tr>"
+            for r in runs
+        )
+        header = "".join(f"<th>{label}</th>" for _, label in METRICS)
+        points = [(r["setup"], (r["overall"].get("clip_text") or {}).get("mean"),
+                   (r["overall"].get("identity") or {}).get("mean"), colours.get(r["setup"], "#000")) for r in runs]
+        body += [f"<h2>{html.escape(subject['name'])}</h2>", f'<div class="refs"><h3>reference photos</h3>{refs}</div>',
+                 f'<table class="scores"><tr><th>setup</th><th>images</th><th>face detection</th>{header}</tr>{table}</table>',
+                 "<h3>identity against prompt score</h3>", scatter_svg(points),
+                 "<h3>samples (setup × prompt)</h3>", _image_grid(summary, runs, root, per_cell)]
+    style = ("body{font-family:sans-serif;margin:16px;background:#fafafa}table{border-collapse:collapse;margin:8px 0}"
+             "td,th{border:1px solid #bbb;padding:4px;font-size:12px;vertical-align:top}"
+             ".grid th{max-width:140px}img{margin:1px;image-rendering:pixelated}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(summary.get('experiment', ''))}"
+            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(summary_path: str | Path, per_cell: int = 2) -> tuple[Path, Path]:
+    """Write ``summary.md`` and ``report.html`` beside ``summary.json``; return both paths."""
+    summary_path = Path(summary_path)
+    summary = _read_json(summary_path, "experiment summary")
+    for key in ("subjects", "setups", "runs"):
+        if key not in summary:
+            raise ReportError(f"{summary_path} lacks `{key}`: it is not an experiment summary.json.")
+    root = summary_path.parent
+    markdown = atomic_write_text(root / "summary.md", render_markdown(summary))
+    page = atomic_write_text(root / "report.html", render_html(summary, root, per_cell))
+    return markdown, page
