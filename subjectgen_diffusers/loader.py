@@ -178,7 +178,7 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
         for layer in attached:
             detach_layer_delta(pipe.unet, layer, token)
         if tokens_loaded:
-            pipe.unload_textual_inversion(added, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+            _unload_tokens(pipe, added)
         if isinstance(error, SubjectgenError):
             raise
         raise SubjectgenError(f"could not load subject `{token}` ({error}); the pipeline was left unchanged.") from error
@@ -186,6 +186,12 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
         token, added, attached, float(scale), subject.config.method, subject.config.base_model
     )
     return token
+
+
+def _unload_tokens(pipe, tokens: list[str]) -> None:
+    """diffusers' unload, plus the text encoder's ``config.vocab_size`` it leaves stale (diffusers 0.42)."""
+    pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    pipe.text_encoder.config.vocab_size = pipe.text_encoder.get_input_embeddings().num_embeddings
 
 
 def load_subject(
@@ -235,7 +241,7 @@ def unload_subject(pipe, token: str | None = None) -> None:
         entry = registry.pop(name)
         for layer in entry.layers:
             detach_layer_delta(pipe.unet, layer, name)
-        pipe.unload_textual_inversion(entry.added_tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        _unload_tokens(pipe, entry.added_tokens)
 
 
 def set_subject_scale(pipe, token: str, scale: float) -> None:
