@@ -194,8 +194,8 @@ def _read_custom_diffusion(
     for key, tensor in data.items():
         match = _CD_KEY.match(str(key))
         if match is None:
-            if isinstance(tensor, torch.Tensor) and tensor.numel() == 0:
-                continue
+            if isinstance(tensor, dict) and not tensor:
+                continue  # the .bin keeps an empty entry per untrained (self-attention) processor
             raise SubjectFormatError(f"{weights_path}: unexpected key `{key}` in a Custom Diffusion weights file.")
         proj = _CD_PROJ[match.group("proj")] + (".bias" if match.group("kind") == "bias" else "")
         trained.setdefault(match.group("layer"), {})[proj] = tensor
