@@ -26,6 +26,15 @@ def load_tokenizer(base: str, revision: str | None = None):
     """Only the tokenizer (cheap): lets the token be checked before any model is loaded."""
     from transformers import CLIPTokenizer
 
+    local = Path(base)
+    if local.exists():
+        missing = [name for name in ("model_index.json", "tokenizer", "text_encoder", "vae", "unet", "scheduler")
+                   if not (local / name).exists()]
+        if missing:
+            raise BaseModelError(
+                f"--base {base} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); pass the "
+                "folder written by `save_pretrained` or a Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5."
+            )
     try:
         return CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=revision)
     except (OSError, ValueError) as error:

@@ -77,6 +77,9 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from training.trainer import train
 
+    import os
+
     out = train(config_from_args(args))
-    print(f"subject written to {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"subject written to {out}")
     return 0

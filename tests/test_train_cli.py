@@ -1,0 +1,104 @@
+"""``subjectgen train`` end to end in real subprocesses: every method, a config file with flag overrides, input
+errors caught before any model loads, and the 2-process (gloo) run through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from subjectgen_diffusers.subject_format import Subject
+from tests.conftest import REPO_ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, astronaut_image):
+    folder = tmp_path_factory.mktemp("photos")
+    for i, box in enumerate([(0, 0, 400, 400), (60, 0, 460, 400), (0, 40, 420, 460)]):
+        astronaut_image.crop(box).save(folder / f"photo{i}.png")
+    astronaut_image.crop((0, 0, 40, 40)).convert("LA").save(folder / "small_gray.png")  # grayscale + smaller than 64
+    (folder / "notes.doc").write_bytes(b"not an image")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cd", "cr", "cd+cr"])
+def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
+    out = tmp_path / "subject"
+    result = run_cli("train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", method, "--out",
+                     str(out), "--steps", "2", "--resolution", "64", "--batch-size", "1", "--token", "<ada>",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping broken.jpg" in result.stderr and "notes.doc" in result.stderr
+    assert "smaller than --resolution 64" in result.stderr
+    subject = Subject.load(out)
+    assert subject.config.method == method and subject.config.token == "<ada>"
+    assert subject.config.num_vectors == (1 if method == "cd" else 2)
+    assert bool(subject.deltas) == (method != "cr")
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["steps"] == 2 and saved["token"] == "<ada>" and saved["method"] == method
+
+
+def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"base: {tiny_sd_dir}\nphotos: {photo_dir}\nmethod: cd\nout: {tmp_path / 'o'}\nsteps: 50\n"
+                      "resolution: 64\nbatch_size: 1\ncd_scope: kv\n")
+    result = run_cli("train", "--config", str(config), "--steps", "1", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "o" / "train_config.json").read_text())
+    assert saved["steps"] == 1 and saved["cd_scope"] == "kv"
+    assert set(next(iter(Subject.load(tmp_path / "o").deltas.values()))) == {"to_k", "to_v"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_photos", "does not exist: pass a folder of images"),
+    ("empty_reg", "--reg-dir"),
+    ("token_in_vocab", "already in the tokenizer's vocabulary"),
+    ("unknown_key", "unknown training config keys ['stepz']"),
+    ("no_model", "is not a diffusers Stable Diffusion folder"),
+])
+def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, photo_dir, tmp_path, case, message):
+    base, photos, extra = str(tiny_sd_dir), str(photo_dir), []
+    if case == "missing_photos":
+        photos = str(tmp_path / "nowhere")
+    elif case == "empty_reg":
+        (tmp_path / "reg").mkdir()
+        (tmp_path / "reg" / "readme.md").write_text("no images")
+        extra = ["--reg-dir", str(tmp_path / "reg")]
+    elif case == "token_in_vocab":
+        extra = ["--token", "person"]
+    elif case == "unknown_key":
+        (tmp_path / "c.yaml").write_text("stepz: 3\n")
+        extra = ["--config", str(tmp_path / "c.yaml")]
+    elif case == "no_model":
+        base = str(tmp_path)
+    result = run_cli("train", "--base", base, "--photos", photos, "--method", "cd", "--out", str(tmp_path / "o"), *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error:" in result.stderr and message in result.stderr
+    assert "Loading weights" not in result.stderr  # failed before any model was loaded
+    assert not (tmp_path / "o" / "subject.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing")
+def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "-m", "training",
+               "train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", "cd+cr", "--out", str(out),
+               "--steps", "2", "--resolution", "64", "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert result.stdout.count("subject written to") == 1
+    subject = Subject.load(out)
+    assert subject.token_embeddings.shape[0] == 2 and torch.isfinite(subject.token_embeddings).all()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "subject.safetensors", "subject_config.json", "train_config.json", "train_summary.json"]
