@@ -109,10 +109,13 @@ def _full_palette() -> tuple[dict[str, tuple[int, int, int]], int]:
 
 
 def skin_mask(pixels: np.ndarray) -> np.ndarray:
-    """Pixels whose nearest world colour is a skin tone (and close to it)."""
+    """Pixels of the face's surface: nearest world colour is a skin tone, a mark or the mouth (and close to it)."""
     palette, num_skins = _full_palette()
     labels = nearest(pixels, palette, 60.0)
-    return (labels >= 0) & (labels < num_skins)
+    names = list(palette)
+    surface = [i for i, name in enumerate(names) if i < num_skins or name == "mouth"]
+    surface += [names.index(f"{id(world.MARK_COLOURS)}:{k}") for k in world.MARK_COLOURS]
+    return np.isin(labels, surface)
 
 
 def read_face(image: Image.Image | np.ndarray) -> FaceReading:

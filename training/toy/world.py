@@ -42,7 +42,7 @@ HEAD_SHAPES: dict[str, tuple[float, float]] = {"round": (8.5, 9.5), "oval": (7.5
 # Hidden marks: never named in a caption.
 MARK_COLOURS: dict[str, tuple[int, int, int]] = {"magenta": (235, 30, 205), "cyan": (30, 225, 235), "lime": (150, 245, 0)}
 MARK_PLACES: dict[str, tuple[float, float]] = {"left cheek": (-4.6, 3.2), "right cheek": (4.6, 3.2), "chin": (0.0, 7.6)}
-MARK_HALF = 1.5
+MARK_HALF = 2.0
 HAT_COLOUR = (40, 40, 110)
 GLASSES_COLOUR = (15, 15, 15)
 EYE_WHITE = (250, 250, 250)

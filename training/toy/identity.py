@@ -1,0 +1,64 @@
+"""The toy world's identity encoder (registered as ``toy`` in :mod:`training.evaluation.identity`).
+
+The "embedding" of an image is what :func:`training.toy.detectors.read_face` reads about the face's fixed traits
+(skin, hair colour, hair style, eye colour) and its unnamed mark, as integer codes; the similarity of two readings
+is the toy likeness: 0.5 when the marks agree (colour and place, both present), plus 0.5 times the fraction of the
+four traits that agree. An image in which no head is found has no embedding (identity 0 under the Celeb Basis
+protocol the evaluation follows, and it counts against the detection rate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from . import world
+from .detectors import FaceReading, read_face
+
+UNKNOWN = -1
+BALD = -2
+
+
+def _code(value: str | None, names) -> int:
+    return list(names).index(value) if value is not None else UNKNOWN
+
+
+def encode_reading(reading: FaceReading) -> np.ndarray:
+    """``[skin, hair colour, hair style, eye colour, mark colour, mark place]`` codes; -1 = not read."""
+    hair_colour = BALD if reading.hair_style == "bald" else _code(reading.hair_colour, world.HAIR_COLOURS)
+    mark_colour, mark_place = reading.mark if reading.mark is not None else (None, None)
+    return np.array([
+        _code(reading.skin, world.SKINS), hair_colour, _code(reading.hair_style, world.HAIR_STYLES),
+        _code(reading.eye_colour, world.EYE_COLOURS), _code(mark_colour, world.MARK_COLOURS),
+        _code(mark_place, world.MARK_PLACES),
+    ], dtype=np.int64)
+
+
+def encode_subject(subject: world.ToySubject) -> np.ndarray:
+    """The code a perfect picture of ``subject`` reads as."""
+    return encode_reading(FaceReading(
+        background=None, skin=subject.skin, hair_colour=None if subject.hair_style == "bald" else subject.hair_colour,
+        hair_style=subject.hair_style, eye_colour=subject.eye_colour, accessory="none", mark=tuple(subject.mark),
+        head_found=True,
+    ))
+
+
+def code_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Toy likeness of two codes, in [0, 1]; unread traits never agree."""
+    a, b = np.asarray(a), np.asarray(b)
+    traits = [(a[i] == b[i]) and a[i] != UNKNOWN for i in range(4)]
+    mark = bool(a[4] == b[4] and a[5] == b[5] and a[4] != UNKNOWN and a[5] != UNKNOWN)
+    return 0.5 * float(mark) + 0.5 * float(np.mean(traits))
+
+
+class ToyIdentity:
+    """Identity encoder for toy-world images: ``embed`` reads the face, ``similarity`` is the toy likeness."""
+
+    name = "toy"
+
+    def embed(self, image: Image.Image) -> np.ndarray | None:
+        reading = read_face(image)
+        return encode_reading(reading) if reading.head_found else None
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        return code_similarity(a, b)
