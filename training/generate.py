@@ -115,7 +115,7 @@ def load_pipeline(config: GenerateConfig):
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-            config.base, torch_dtype=getattr(torch, dtype_name), safety_checker=None, feature_extractor=None,
+            config.base, dtype=getattr(torch, dtype_name), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as error:

@@ -1,0 +1,115 @@
+"""The experiment runner: shipped configs validate; the tiny five-setup experiment runs end to end, stops, resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_cli
+from training.experiment.config import ExperimentConfigError, load_experiment_config, shipped_configs
+from training.experiment.runner import ExperimentError, run_experiment
+
+FIVE_SETUPS = ["cd-noreg", "cd-reg-base", "cd-reg-alt", "cr", "cd+cr-reg"]
+
+
+def test_every_shipped_config_loads_with_the_five_setups():
+    assert {"five_setups", "five_setups_tiny"} <= set(shipped_configs())
+    for name in ("five_setups", "five_setups_tiny"):
+        config = load_experiment_config(name)
+        assert [s.name for s in config.setups] == FIVE_SETUPS, name
+        methods = {s.name: (s.method, s.regularization) for s in config.setups}
+        assert methods["cd-noreg"] == ("cd", None) and methods["cr"] == ("cr", None)
+        assert methods["cd-reg-alt"][1] == "alt" and methods["cd+cr-reg"][0] == "cd+cr"
+    real = load_experiment_config("five_setups")
+    assert real.base == "stable-diffusion-v1-5/stable-diffusion-v1-5" and real.train["resolution"] == 512
+    assert "XL" in real.regularizations["alt"].model and real.regularizations["alt"].lora
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(setps=[]), "unknown keys ['setps']"),
+    (lambda d: d["setups"][0].update(regularisation="base"), "setups[0]: unknown keys ['regularisation']"),
+    (lambda d: d["regularizations"]["alt"].update(lora_weight=1), "allowed keys are ['model', 'prompt'"),
+    (lambda d: d["train"].update(learning_rate=1), "train: unknown keys ['learning_rate']"),
+    (lambda d: d["setups"][1].update(regularization="nope"), "regularization 'nope' is not defined"),
+    (lambda d: d["setups"][1].update(name="cd-noreg"), "repeated: ['cd-noreg']"),
+    (lambda d: d["generate"].update(num_images=3), "generate: unknown keys ['num_images']"),
+])
+def test_config_errors_name_the_key_and_what_is_allowed(tmp_path, edit, message):
+    data = yaml.safe_load(open(REPO_ROOT / "training" / "configs" / "five_setups_tiny.yaml"))
+    edit(data)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ExperimentConfigError) as error:
+        load_experiment_config(path)
+    assert message in str(error.value)
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+    proc = run_cli("experiment", "five_setup", "--out", "/tmp/never-written")
+    assert proc.returncode == 2 and "five_setups_tiny" in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def _markers(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
+    out = tmp_path / "exp"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "training", "experiment", "five_setups_tiny", "--out", str(out)]
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop_after = out / "stages" / "train-astronaut-cd-noreg.json"
+    deadline = time.time() + 400
+    while not stop_after.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, "the experiment ended before it could be stopped: " + first.communicate()[1][-2000:]
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr[-2000:]
+    assert "run the same command again to resume" in stderr
+    before = _markers(out)
+    assert {"photos-astronaut.json", "regularize-base.json", "regularize-alt.json",
+            "train-astronaut-cd-noreg.json"} <= set(before)
+    assert not (out / "summary.json").exists()
+
+    second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[done] train-astronaut-cd-noreg" in second.stderr and "[run ] train-astronaut-cd-noreg" not in second.stderr
+    after = _markers(out)
+    assert all(after[name] == stamp for name, stamp in before.items())  # finished stages were not redone
+    assert len(after) == 1 + 2 + 5 * 3
+    assert "report.html" in second.stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [run["setup"] for run in summary["runs"]] == FIVE_SETUPS
+    assert len(summary["prompts"]) == 3 and "identity 0" in summary["protocol"]
+    for run in summary["runs"]:
+        results = json.loads((out / run["results"]).read_text())
+        assert len(results["images"]) == 6 and run["overall"]["count"] == 6
+        assert all(entry["clip_text"] is not None and entry["face_found"] is not None for entry in results["images"])
+        assert (out / run["images"] / results["images"][0]["file"]).is_file()
+        assert (out / "runs" / "astronaut" / run["setup"] / "subject" / "subject_config.json").is_file()
+    train_configs = {s: json.loads((out / "runs" / "astronaut" / s / "subject" / "train_config.json").read_text())
+                     for s in FIVE_SETUPS}
+    assert train_configs["cd-noreg"]["reg_dir"] is None
+    assert train_configs["cd-reg-alt"]["reg_dir"].endswith("regularization/alt")
+    assert train_configs["cr"]["method"] == "cr" and train_configs["cd+cr-reg"]["method"] == "cd+cr"
+    table = (out / "summary.md").read_text()
+    assert all(f"| {setup} | 6 |" in table for setup in FIVE_SETUPS)
+    assert (out / "report.html").read_text().count("<circle") == 2 * len(FIVE_SETUPS)
+
+    # A finished experiment is not rerun; a changed setting of a finished stage is refused, not mixed in.
+    config = load_experiment_config("five_setups_tiny")
+    run_experiment(config, out)
+    assert _markers(out) == after
+    config.generate.steps = 3
+    with pytest.raises(ExperimentError, match=r"generate-astronaut-cd-noreg already ran .*steps"):
+        run_experiment(config, out)

@@ -1,0 +1,192 @@
+"""The experiment file: subjects x setups, with the shared regularisation sets, generation and evaluation settings.
+
+A YAML file maps onto these dataclasses; every level rejects unknown keys and lists the allowed ones. Shipped
+configs live in ``training/configs/<name>.yaml`` and are addressed by name (``five_setups``, ``five_setups_tiny``);
+paths inside a file (subject photos) are relative to the file. ``train`` maps onto
+:class:`training.train_config.TrainConfig` fields: the experiment's ``train`` applies to every setup, a setup's own
+``train`` overrides it, and ``None`` keeps the method's published default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from subjectgen_diffusers.errors import SubjectgenError
+
+# TrainConfig fields the runner sets itself: they may not appear under `train`.
+RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume")
+
+
+class ExperimentConfigError(SubjectgenError):
+    """The experiment file is wrong; the message names the key and what is allowed."""
+
+
+def _build(cls, data: Any, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, recursing into nested dataclass fields; unknown keys fail."""
+    if not isinstance(data, dict):
+        raise ExperimentConfigError(f"{where} must be a mapping of key: value, got {type(data).__name__}.")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ExperimentConfigError(f"{where}: unknown keys {unknown}; allowed keys are {allowed}.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        hint = hints[key]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, f"{where}.{key}")
+        elif origin is list and args and dataclasses.is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise ExperimentConfigError(f"{where}.{key} must be a list.")
+            value = [_build(args[0], item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
+        elif origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            if not isinstance(value, dict):
+                raise ExperimentConfigError(f"{where}.{key} must be a mapping.")
+            value = {name: _build(args[1], item, f"{where}.{key}.{name}") for name, item in value.items()}
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ExperimentConfigError(f"{where}: {error}") from error
+
+
+@dataclass
+class SubjectSpec:
+    name: str  # folder-safe name used in outputs
+    photos: str  # folder of photos (relative to the config file), or builtin:astronaut for the sample photos
+    prepare: bool = False  # run `subjectgen prepare` (face crops + masks) on the photos first
+
+
+@dataclass
+class RegularizationSpec:
+    """One regularisation set (:class:`training.regularize.RegularizeConfig`), generated once and shared."""
+
+    model: str
+    prompt: str = "a photo of a person"
+    num: int = 200
+    lora: str | None = None
+    lora_scale: float = 1.0
+    negative_prompt: str | None = None
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 6.0
+    resolution: int | None = None
+    batch_size: int = 4
+
+
+@dataclass
+class SetupSpec:
+    name: str
+    method: str  # cd | cr | cd+cr
+    regularization: str | None = None  # key into `regularizations`; None trains without prior preservation
+    description: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationSpec:
+    prompts: str = "experiment"  # a shipped prompt set, a file (relative to the config) or prompt text
+    num_per_prompt: int = 4
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str | None = None
+    resolution: int | None = None
+    batch_size: int = 4
+    subject_phrase: str = "{} person"
+
+
+@dataclass
+class EvaluationSpec:
+    face_model: str = "dlib"
+    clip_model: str = "openai/clip-vit-base-patch32"
+    subject_phrase: str = "a person"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    base: str  # SD 1.x model every setup trains on (Hub id, folder or builtin:tiny-sd)
+    subjects: list[SubjectSpec]
+    setups: list[SetupSpec]
+    description: str = ""
+    regularizations: dict[str, RegularizationSpec] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    generate: GenerationSpec = field(default_factory=GenerationSpec)
+    evaluate: EvaluationSpec = field(default_factory=EvaluationSpec)
+    source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
+
+    def __post_init__(self) -> None:
+        from training.train_config import METHODS, TrainConfig
+
+        for kind, names in (("subject", [s.name for s in self.subjects]), ("setup", [s.name for s in self.setups])):
+            if not names:
+                raise ExperimentConfigError(f"the experiment needs at least one {kind}.")
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ExperimentConfigError(f"{kind} names must be unique; repeated: {duplicates}.")
+            bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+            if bad:
+                raise ExperimentConfigError(f"{kind} names become folder names; fix {bad}.")
+        allowed_train = [f for f in TrainConfig.field_names() if f not in RUNNER_TRAIN_FIELDS]
+        for where, overrides in [("train", self.train)] + [(f"setups.{s.name}.train", s.train) for s in self.setups]:
+            unknown = sorted(set(overrides) - set(allowed_train))
+            if unknown:
+                raise ExperimentConfigError(f"{where}: unknown keys {unknown}; allowed keys are {allowed_train}.")
+        for setup in self.setups:
+            if setup.method not in METHODS:
+                raise ExperimentConfigError(f"setup {setup.name}: method must be one of {list(METHODS)}.")
+            if setup.regularization is not None and setup.regularization not in self.regularizations:
+                raise ExperimentConfigError(
+                    f"setup {setup.name}: regularization {setup.regularization!r} is not defined; defined ones are "
+                    f"{sorted(self.regularizations)}."
+                )
+
+    def resolve_path(self, value: str) -> str:
+        """A path from the file, made absolute against the file's folder (``builtin:`` ids and absolute paths kept)."""
+        if value.startswith("builtin:") or self.source is None or Path(value).is_absolute():
+            return value
+        candidate = Path(self.source) / value
+        return str(candidate) if candidate.exists() else value
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("training").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a shipped experiment name, or the given path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        name = str(name_or_path)
+        if name not in shipped_configs():
+            raise ExperimentConfigError(f"{name} is neither a file nor a shipped experiment; shipped ones are "
+                                        f"{shipped_configs()}.")
+        path = Path(str(resources.files("training").joinpath("configs", f"{name}.yaml")))
+    return path
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ExperimentConfigError(f"{path} is not valid YAML: {error}") from error
+
+
+def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
+    """Read a shipped config by name or a YAML file by path."""
+    path = config_path(name_or_path)
+    data = read_yaml(path)
+    if isinstance(data, dict) and "runner" in data:
+        raise ExperimentConfigError(f"{path} is run by {data['runner']}: use `subjectgen experiment {name_or_path}`.")
+    if isinstance(data, dict):
+        data = {**data, "source": str(path.resolve().parent)}
+    return _build(ExperimentConfig, data, path.name)

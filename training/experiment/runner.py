@@ -1,0 +1,197 @@
+"""Run an experiment (subjects x setups) stage by stage, skipping what is done, then write the report.
+
+Stages: photos (sample photos, optional ``prepare``) -> regularise (one set per ``regularizations`` entry, shared by
+every setup and subject that names it) -> per subject and setup: train (:func:`training.trainer.train`), generate
+(:func:`training.generate.generate_images`), evaluate (:func:`training.evaluation.evaluate_images`) -> summary.json,
+summary.md, report.html. A stage is done when its marker ``stages/<stage>.json`` exists; the marker is written
+atomically after the stage's outputs, and records the stage's settings. A stopped experiment therefore resumes at the
+first unfinished stage (training itself resumes from its last checkpoint); changing a finished stage's settings is an
+error rather than a silent mix of old and new results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from subjectgen_diffusers.atomic_io import atomic_write_json
+from subjectgen_diffusers.errors import SubjectgenError
+from training.builtin_models import resolve_model
+from training.evaluation.metrics import PROTOCOL_NOTE
+from training.experiment.config import ExperimentConfig
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_VERSION = 1
+
+
+class ExperimentError(SubjectgenError):
+    """The experiment folder does not match the config; the message says what to change."""
+
+
+@dataclasses.dataclass
+class ExperimentLayout:
+    """Where every output of an experiment lives under ``--out``."""
+
+    root: Path
+
+    def marker(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def subject_photos(self, subject: str) -> Path:
+        return self.root / "subjects" / subject / "photos"
+
+    def regularization(self, key: str) -> Path:
+        return self.root / "regularization" / key
+
+    def run(self, subject: str, setup: str) -> Path:
+        return self.root / "runs" / subject / setup
+
+    @property
+    def models(self) -> Path:
+        return self.root / "builtin-models"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], work: Callable[[], Any]) -> bool:
+    """Run ``work`` unless ``stage`` is already done with the same settings; return whether it ran."""
+    marker = layout.marker(stage)
+    settings = _jsonable(settings)
+    if marker.is_file():
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("settings")
+        if recorded != settings:
+            changed = sorted(k for k in set(recorded or {}) | set(settings) if (recorded or {}).get(k) != settings.get(k))
+            raise ExperimentError(
+                f"stage {stage} already ran in {layout.root} with different settings ({', '.join(changed)}); "
+                f"use a new --out, or delete {marker} (and that stage's outputs) to redo it."
+            )
+        logger.info("[done] %s", stage)
+        return False
+    logger.info("[run ] %s", stage)
+    start = time.perf_counter()
+    work()
+    atomic_write_json(marker, {"stage": stage, "seconds": round(time.perf_counter() - start, 2), "settings": settings})
+    return True
+
+
+def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
+    """Each subject's photo folder (sample photos written, prepare run when asked)."""
+    folders = {}
+    for subject in config.subjects:
+        source = config.resolve_path(subject.photos)
+        if source == "builtin:astronaut":
+            from training.sample_photos import write_astronaut_photos
+
+            target = layout.subject_photos(subject.name) / "original"
+            run_stage(layout, f"photos-{subject.name}", {"photos": source},
+                      lambda target=target: write_astronaut_photos(target))
+            source = str(target)
+        if subject.prepare:
+            from training.prepare import PrepareConfig, prepare_photos
+
+            prepared = layout.subject_photos(subject.name) / "prepared"
+            run_stage(layout, f"prepare-{subject.name}", {"photos": source},
+                      lambda source=source, prepared=prepared: prepare_photos(PrepareConfig(photos=source, out=str(prepared))))
+            source = str(prepared)
+        folders[subject.name] = source
+    return folders
+
+
+def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
+    from training.regularize import RegularizeConfig, generate_regularization
+
+    used = sorted({s.regularization for s in config.setups if s.regularization})
+    folders = {}
+    for key in used:
+        spec = dataclasses.asdict(config.regularizations[key])
+        spec["model"] = resolve_model(spec["model"], layout.models)
+        spec["lora"] = resolve_model(spec["lora"], layout.models)
+        out = layout.regularization(key)
+        settings = {**config.regularizations[key].__dict__}  # ids as written, not cache paths
+        run_stage(layout, f"regularize-{key}", settings,
+                  lambda spec=spec, out=out: generate_regularization(RegularizeConfig(**spec, out=out)))
+        folders[key] = str(out)
+    return folders
+
+
+def _run_subject_setup(config, layout, subject, setup, photos: str, reg_dir: str | None, base: str) -> dict[str, Any]:
+    from training.evaluation import EvaluateConfig, evaluate_images
+    from training.generate import GenerateConfig, generate_images
+    from training.train_config import TrainConfig
+    from training.trainer import train
+
+    run_dir = layout.run(subject.name, setup.name)
+    key = f"{subject.name}-{setup.name}"
+    train_settings = {**config.train, **setup.train, "base": config.base, "method": setup.method,
+                      "regularization": setup.regularization, "photos": subject.photos}
+    train_config = TrainConfig.from_dict({**config.train, **setup.train, "base": base, "photos": photos,
+                                          "method": setup.method, "out": str(run_dir / "subject"),
+                                          "reg_dir": reg_dir, "resume": True})
+    run_stage(layout, f"train-{key}", train_settings, lambda: train(train_config))
+
+    generation = dataclasses.asdict(config.generate)
+    generation["prompts"] = config.resolve_path(generation["prompts"])
+    generate_config = GenerateConfig(base=base, subject=str(run_dir / "subject"), out=str(run_dir / "images"),
+                                     **generation)
+    run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base},
+              lambda: generate_images(generate_config))
+
+    evaluation = dataclasses.asdict(config.evaluate)
+    evaluation["clip_model"] = resolve_model(evaluation["clip_model"], layout.models)
+    evaluate_config = EvaluateConfig(images=str(run_dir / "images"), reference=photos,
+                                     out=str(run_dir / "results.json"), **evaluation)
+    run_stage(layout, f"evaluate-{key}", dataclasses.asdict(config.evaluate), lambda: evaluate_images(evaluate_config))
+
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    return {"subject": subject.name, "setup": setup.name, "method": setup.method,
+            "regularization": setup.regularization,
+            "results": (run_dir / "results.json").relative_to(layout.root).as_posix(),
+            "images": (run_dir / "images").relative_to(layout.root).as_posix(),
+            "overall": results["summary"]["overall"], "per_prompt": results["summary"]["per_prompt"]}
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
+    """Run (or resume) every stage of ``config`` under ``out``; return the path of ``summary.json``."""
+    from training.prompts import load_prompts
+    from training.report import write_report
+
+    layout = ExperimentLayout(Path(out))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(layout.root / "experiment.json", _jsonable(dataclasses.asdict(config)))
+    base = resolve_model(config.base, layout.models)
+    photos = _photos_stage(config, layout)
+    regularization = _regularization_stage(config, layout)
+    runs = []
+    for subject in config.subjects:
+        for setup in config.setups:
+            reg_dir = regularization.get(setup.regularization) if setup.regularization else None
+            runs.append(_run_subject_setup(config, layout, subject, setup, photos[subject.name], reg_dir, base))
+    from training.photos import candidate_files
+
+    summary = {
+        "version": SUMMARY_VERSION,
+        "experiment": config.name,
+        "description": config.description,
+        "protocol": PROTOCOL_NOTE,
+        "prompts": load_prompts(config.resolve_path(config.generate.prompts)),
+        "subjects": [{"name": s.name, "photos": photos[s.name],
+                      "reference": [str(p) for p in candidate_files(Path(photos[s.name]))]} for s in config.subjects],
+        "setups": [{"name": s.name, "method": s.method, "regularization": s.regularization,
+                    "description": s.description} for s in config.setups],
+        "runs": runs,
+    }
+    atomic_write_json(layout.summary, summary)
+    write_report(layout.summary)
+    return layout.summary
