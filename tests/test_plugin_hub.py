@@ -1,0 +1,134 @@
+"""Hub: loading by repo id from a pre-populated cache offline, the model card, and the upload up to the client call."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from _plugin_fixtures import make_subject, unet_out
+from huggingface_hub import ModelCard
+
+from subjectgen_diffusers import (
+    SubjectgenError,
+    load_subject,
+    push_subject_to_hub,
+    render_subject_card,
+    unload_subject,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMIT_A = "a" * 40
+COMMIT_B = "b" * 40
+
+
+def _populate_cache(hub_cache: Path, repo_id: str, revisions: dict[str, Path], refs: dict[str, str]) -> None:
+    """The layout huggingface_hub writes: models--owner--name/{blobs, snapshots/<commit>/..., refs/<name>}."""
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    for commit, folder in revisions.items():
+        shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    for ref, commit in refs.items():
+        (repo / "refs" / ref).write_text(commit)
+
+
+@pytest.fixture
+def two_versions(tmp_path, tiny_pipe):
+    v1 = make_subject(tiny_pipe, "<hub>", scope="kv", seed=1).save(tmp_path / "v1")
+    v2 = make_subject(tiny_pipe, "<hub>", scope="kv", seed=2).save(tmp_path / "v2")
+    cache = tmp_path / "hf" / "hub"
+    _populate_cache(cache, "someone/alice", {COMMIT_A: v1, COMMIT_B: v2}, {"main": COMMIT_B})
+    return cache, v1, v2
+
+
+def test_repo_id_from_cache_with_revisions(two_versions, tiny_pipe):
+    cache, v1, v2 = two_versions
+    outputs = {}
+    for name, source, kwargs in [
+        ("v1-local", v1, {}),
+        ("v2-local", v2, {}),
+        ("main", "someone/alice", {"cache_dir": cache, "local_files_only": True}),
+        ("pinned", "someone/alice", {"cache_dir": cache, "local_files_only": True, "revision": COMMIT_A}),
+    ]:
+        assert load_subject(tiny_pipe, source, **kwargs) == "<hub>"
+        outputs[name] = unet_out(tiny_pipe, "a <hub>")
+        unload_subject(tiny_pipe, "<hub>")
+    assert torch.equal(outputs["main"], outputs["v2-local"])
+    assert torch.equal(outputs["pinned"], outputs["v1-local"])
+    assert not torch.equal(outputs["v1-local"], outputs["v2-local"])
+
+
+def test_repo_missing_from_cache_offline_says_what_to_do(tmp_path, tiny_pipe):
+    with pytest.raises(SubjectgenError, match="neither a local path nor in the Hugging Face cache"):
+        load_subject(tiny_pipe, "someone/nobody", cache_dir=tmp_path, local_files_only=True)
+
+
+def test_hf_hub_offline_in_a_fresh_process(two_versions):
+    cache, _, v2 = two_versions
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from training.tiny_models import build_tiny_sd_pipeline
+        from subjectgen_diffusers import load_subject, loaded_subjects
+        pipe = build_tiny_sd_pipeline()
+        token = load_subject(pipe, "someone/alice")
+        print(token, len(loaded_subjects(pipe)[token].layers))
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(cache.parent), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layers = json.loads((v2 / "subject_config.json").read_text())["layers"]
+    assert done.stdout.split()[-2:] == ["<hub>", str(len(layers))]
+
+
+def test_model_card_front_matter_and_usage(tmp_path, tiny_pipe):
+    subject = make_subject(tiny_pipe, "<alice>", scope="kv", seed=1)
+    subject.config.base_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    folder = subject.save(tmp_path / "alice")
+    card = ModelCard(render_subject_card(folder, "someone/alice"))
+    assert card.data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert card.data.library_name == "diffusers"
+    assert {"text-to-image", "custom-diffusion", "subjectgen-diffusers"} <= set(card.data.tags)
+    assert card.data.to_dict()["token"] == "<alice>" and card.data.to_dict()["method"] == "cd+cr"
+    assert 'load_subject(pipe, "someone/alice")' in card.text
+    assert "| steps | `10` |" in card.text and "Custom Diffusion + Cross Initialization" in card.text
+    (folder / "subject_config.json").unlink()
+    with pytest.raises(SubjectgenError, match="has no subject_config.json"):
+        render_subject_card(folder)
+
+
+class RecordingApi:
+    """An HfApi stand-in that records the calls a push makes (no network)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs, sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
+        return "commit-info"
+
+
+def test_push_writes_the_card_then_uploads(tmp_path, tiny_pipe):
+    folder = make_subject(tiny_pipe, "<alice>", scope=None).save(tmp_path / "alice")
+    api = RecordingApi()
+    assert push_subject_to_hub(folder, "someone/alice", private=True, api=api) == "commit-info"
+    (name, create), (name2, upload, files) = api.calls
+    assert name == "create_repo" and create == {"repo_id": "someone/alice", "repo_type": "model", "private": True,
+                                                "exist_ok": True}
+    assert name2 == "upload_folder" and upload["repo_id"] == "someone/alice" and Path(upload["folder_path"]) == folder
+    assert {"README.md", "subject_config.json", "subject.safetensors"} <= set(files)
+    assert "README.md" in upload["allow_patterns"] and "subject.safetensors" in upload["allow_patterns"]
+    assert ModelCard.load(folder / "README.md").data.library_name == "diffusers"
+    with pytest.raises(SubjectgenError, match="not of the form 'owner/name'"):
+        push_subject_to_hub(folder, "no slash", api=api)
