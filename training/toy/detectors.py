@@ -5,7 +5,8 @@ to the head, which is located by matching the lower half of the head ellipse aga
 hair, hats and glasses do not disturb it). Used as
 
 - *likeness* (toy identity): how many of the subject's fixed attributes are present -- half the score is the hidden,
-  never-captioned mark (its colour *and* place), half is skin, hair colour, hair style and eye colour;
+  never-captioned mark (its colour *and* place), half is skin, hair colour and hair style. Eye colour is read too, but
+  2-pixel irises are not read reliably enough (nor kept by the toy VAE) to count towards likeness;
 - *prompt-following*: the background colour and the accessory (hat / glasses) that a prompt asks for.
 
 Both are honest on this world only; ``tests/test_toy_world.py`` checks them on rendered ground truth.
@@ -187,14 +188,13 @@ def read_face(image: Image.Image | np.ndarray) -> FaceReading:
 
 
 def likeness(image: Image.Image | np.ndarray, subject: world.ToySubject = world.DEFAULT_SUBJECT) -> float:
-    """In [0, 1]: 0.5 for the subject's hidden mark (colour and place), 0.5 shared by skin, hair colour, hair style
-    and eye colour. A random face of the world scores about 0.15 on average."""
+    """In [0, 1]: 0.5 for the subject's hidden mark (colour and place), 0.5 shared by skin, hair colour and hair
+    style. A random face of the world scores about 0.15 on average."""
     reading = read_face(image)
     traits = [
         reading.skin == subject.skin,
         reading.hair_colour == subject.hair_colour or (subject.hair_style == "bald" and reading.hair_style == "bald"),
         reading.hair_style == subject.hair_style,
-        reading.eye_colour == subject.eye_colour,
     ]
     return 0.5 * float(reading.mark == tuple(subject.mark)) + 0.5 * float(np.mean(traits))
 

@@ -2,8 +2,8 @@
 
 The "embedding" of an image is what :func:`training.toy.detectors.read_face` reads about the face's fixed traits
 (skin, hair colour, hair style, eye colour) and its unnamed mark, as integer codes; the similarity of two readings
-is the toy likeness: 0.5 when the marks agree (colour and place, both present), plus 0.5 times the fraction of the
-four traits that agree. An image in which no head is found has no embedding (identity 0 under the Celeb Basis
+is the toy likeness: 0.5 when the marks agree (colour and place, both present), plus 0.5 times the fraction of skin,
+hair colour and hair style that agree (eye colour is carried in the code but not scored: see the detectors). An image in which no head is found has no embedding (identity 0 under the Celeb Basis
 protocol the evaluation follows, and it counts against the detection rate).
 """
 
@@ -16,6 +16,7 @@ from . import world
 from .detectors import FaceReading, read_face
 
 UNKNOWN = -1
+SCORED_TRAITS = (0, 1, 2)  # skin, hair colour, hair style
 BALD = -2
 
 
@@ -46,7 +47,7 @@ def encode_subject(subject: world.ToySubject) -> np.ndarray:
 def code_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Toy likeness of two codes, in [0, 1]; unread traits never agree."""
     a, b = np.asarray(a), np.asarray(b)
-    traits = [(a[i] == b[i]) and a[i] != UNKNOWN for i in range(4)]
+    traits = [(a[i] == b[i]) and a[i] != UNKNOWN for i in SCORED_TRAITS]
     mark = bool(a[4] == b[4] and a[5] == b[5] and a[4] != UNKNOWN and a[5] != UNKNOWN)
     return 0.5 * float(mark) + 0.5 * float(np.mean(traits))
 
