@@ -86,6 +86,12 @@ def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], wo
     return True
 
 
+def _prepare_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("training.prepare") is not None
+
+
 def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
     """Each subject's photo folder (sample photos written, prepare run when asked)."""
     folders = {}
@@ -98,7 +104,10 @@ def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[st
             run_stage(layout, f"photos-{subject.name}", {"photos": source},
                       lambda target=target: write_astronaut_photos(target))
             source = str(target)
-        if subject.prepare:
+        if subject.prepare and not _prepare_available():
+            logger.warning("subject %s: `prepare` needs training.prepare, which this install lacks; training on the "
+                           "photos as they are", subject.name)
+        elif subject.prepare:
             from training.prepare import PrepareConfig, prepare_photos
 
             prepared = layout.subject_photos(subject.name) / "prepared"

@@ -1,0 +1,36 @@
+"""`subjectgen demo`: offline, sample photos -> train CD+CR -> generate -> evaluate -> report, ending with where to look."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO_ROOT, run_cli
+from subjectgen_diffusers.subject_format import Subject
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_and_says_where_to_look(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", str(out), "--steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
+    assert "subjectgen experiment five_setups" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    [run] = summary["runs"]
+    assert run["setup"] == "cd+cr" and run["overall"]["count"] == 8 and run["overall"]["clip_text"] is None
+    subject = Subject.load(out / "runs" / "astronaut" / "cd+cr" / "subject")
+    assert subject.config.method == "cd+cr" and subject.config.num_vectors == 2
+    assert len(summary["subjects"][0]["reference"]) >= 4
+    assert (out / "report.html").read_text().count("<img") == len(summary["subjects"][0]["reference"]) + 8
+
+
+def test_demo_names_scikit_image_when_it_is_missing(tmp_path):
+    shadow = tmp_path / "shadow" / "skimage"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('scikit-image hidden for this test')\n")
+    proc = run_cli("demo", "--out", str(tmp_path / "demo"), env={"PYTHONPATH": f"{tmp_path / 'shadow'}:{REPO_ROOT}"})
+    assert proc.returncode == 2
+    assert "pip install scikit-image" in proc.stderr and proc.stderr.startswith("error: ")
+    assert not (tmp_path / "demo").exists()
