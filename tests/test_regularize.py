@@ -28,6 +28,18 @@ from training.regularize import (
 )
 
 PROMPT = "a photo of a person"
+# One thread per process: on a shared CPU, two OpenMP threads fighting other jobs made a 64 px image 100x slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -159,7 +171,7 @@ def test_cli_killed_mid_run_resumes_to_exactly_n_whole_distinct_images(tiny_sdxl
     num = 16
     args = ["regularize", "--model", str(tiny_sdxl_dir), "--prompt", PROMPT, "--num", str(num), "--out", str(out),
             "--steps", "10", "--batch-size", "1", "--seed", "3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **ONE_THREAD}
     process = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -178,7 +190,7 @@ def test_cli_killed_mid_run_resumes_to_exactly_n_whole_distinct_images(tiny_sdxl
     assert all(is_whole_image(out / f"{i:05d}.png") for i in made_before)
     before = {i: (out / f"{i:05d}.png").read_bytes() for i in made_before}
 
-    result = run_cli(*args, timeout=300)
+    result = run_cli(*args, timeout=300, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     assert f"{num} regularisation images" in result.stdout
     assert indices_on_disk(out) == list(range(num))
@@ -195,7 +207,7 @@ def test_cli_killed_mid_run_resumes_to_exactly_n_whole_distinct_images(tiny_sdxl
 def test_two_processes_split_the_set(tiny_sdxl_dir, base_set, tmp_path):
     """torchrun starts two CPU processes (gloo); each makes half of the images, together the same set as one."""
     out = tmp_path / "split"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **ONE_THREAD}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     # `--` keeps torchrun's own parser from taking --num for its --numa-binding.
     command = [*torchrun, "-m", "training", "--", "regularize", "--model", str(tiny_sdxl_dir), "--prompt", PROMPT,
@@ -212,6 +224,6 @@ def test_two_processes_split_the_set(tiny_sdxl_dir, base_set, tmp_path):
 
 def test_cli_reports_a_missing_model_as_a_user_error(tmp_path):
     result = run_cli("regularize", "--model", str(tmp_path / "nope"), "--prompt", PROMPT, "--num", "1",
-                     "--out", str(tmp_path / "out"), timeout=120)
+                     "--out", str(tmp_path / "out"), timeout=120, env=ONE_THREAD)
     assert result.returncode == 2
     assert "error: could not load --model" in result.stderr and "Traceback" not in result.stderr
