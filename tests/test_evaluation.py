@@ -171,3 +171,33 @@ def test_evaluate_rejects_references_without_faces(generated_dir, tmp_path):
                                        clip_model="none"))
     with pytest.raises(EvaluateError, match="allowed keys"):
         EvaluateConfig.from_dict({"images": "a", "reference": "b", "out": "c", "clip": "none"})
+
+
+def test_identity_backends_are_registered_by_name(astronaut_image, reference_dir, generated_dir, tmp_path):
+    from training.evaluation.identity import IdentityBackendError, IdentityRegistry, build_identity_encoder
+
+    with pytest.raises(IdentityBackendError, match=r"choose one of \['arcface', 'dlib', 'toy'\]"):
+        build_identity_encoder("facenet")
+    toy = build_identity_encoder("toy")  # the toy world's encoder, imported only when asked for
+    assert toy.name == "toy"
+
+    class MeanColour:
+        """A user-registered encoder: no face in a flat grey image, else the mean colour."""
+
+        name = "mean-colour"
+
+        def embed(self, image):
+            array = np.asarray(image, dtype=np.float64)
+            return None if array.std(axis=(0, 1)).max() < 1 else array.mean(axis=(0, 1))  # flat: "no face"
+
+        def similarity(self, a, b):
+            return 1.0 - float(np.abs(a - b).mean()) / 255.0
+
+    registry = IdentityRegistry()
+    registry.register("mean-colour", MeanColour)
+    config = EvaluateConfig(images=str(generated_dir), reference=str(reference_dir), out=str(tmp_path / "r.json"),
+                            face_model="mean-colour", clip_model="none")
+    results = json.loads(evaluate_images(config, identity_registry=registry).read_text())
+    by_file = {entry["file"]: entry for entry in results["images"]}
+    assert by_file["blank.png"]["face_found"] is False and by_file["blank.png"]["identity"] == 0.0
+    assert 0.5 < by_file["flipped.png"]["identity"] <= 1.0 and results["settings"]["face_model"] == "mean-colour"

@@ -65,6 +65,17 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _release_memory() -> None:
+    """Drop the finished stage's models before the next stage loads its own (matters on a GPU)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], work: Callable[[], Any]) -> bool:
     """Run ``work`` unless ``stage`` is already done with the same settings; return whether it ran."""
     marker = layout.marker(stage)
@@ -82,6 +93,7 @@ def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], wo
     logger.info("[run ] %s", stage)
     start = time.perf_counter()
     work()
+    _release_memory()
     atomic_write_json(marker, {"stage": stage, "seconds": round(time.perf_counter() - start, 2), "settings": settings})
     return True
 
