@@ -96,3 +96,23 @@ def test_report_renders_grid_and_plot_in_headless_chromium(experiment_dir, tmp_p
     assert count(GRID_FRAME) > 1000  # the grid's frame
     # the grid's images are drawn at 96x96: each of the first cell's two samples is found
     assert count("#005a00", tolerance=2) >= 90 * 90 and count("#005a3c", tolerance=2) >= 90 * 90
+
+
+def test_several_subjects_get_their_own_tables_and_a_pooled_one(experiment_dir):
+    path = experiment_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["subjects"].append({"name": "ben", "reference": []})
+    summary["runs"] += [{**run, "subject": "ben"} for run in summary["runs"]]
+    summary["per_setup"] = {}
+    for setup in SETUPS:
+        images = []
+        for run in summary["runs"]:
+            if run["setup"] == setup:
+                images += json.loads((experiment_dir / run["results"]).read_text())["images"]
+        summary["per_setup"][setup] = metrics.summarize(images)
+    path.write_text(json.dumps(summary))
+    markdown, page = write_report(path)
+    text = markdown.read_text()
+    pooled = text.split("## all subjects")[1].split("## anna")[0]
+    assert "| cr | 8 | 50% |" in pooled and "| cd-noreg | 8 | 100% |" in pooled
+    assert "## ben" in text and page.read_text().count("<h2>") == 2

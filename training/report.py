@@ -55,22 +55,31 @@ def _cell(stat: dict[str, Any] | None, percent: bool = False) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+TABLE_HEADER = "| setup | images | face detection | identity | CLIP-T (prompt) | CLIP-I (reference) |"
+TABLE_RULE = "| --- | ---: | ---: | ---: | ---: | ---: |"
+
+
+def _table_row(name: str, stats: dict[str, Any]) -> str:
+    rate = stats.get("face_detection_rate")
+    rate_text = _cell(rate, percent=True) if rate is not None else "–"
+    return (f"| {name} | {stats['count']} | {rate_text} | {_cell(stats.get('identity'))} | "
+            f"{_cell(stats.get('clip_text'))} | {_cell(stats.get('clip_image'))} |")
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """Per subject: a table of setups (overall scores), then identity per setup and prompt."""
     lines = [f"# {summary.get('experiment', 'experiment')}", ""]
     if summary.get("description"):
         lines += [summary["description"], ""]
     lines += [f"_{summary.get('protocol', '')}_", ""]
+    if len(summary["subjects"]) > 1 and summary.get("per_setup"):
+        lines += ["## all subjects", "", TABLE_HEADER, TABLE_RULE]
+        lines += [_table_row(name, stats) for name, stats in summary["per_setup"].items()]
+        lines.append("")
     for subject in summary["subjects"]:
         runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
-        lines += [f"## {subject['name']}", "",
-                  "| setup | images | face detection | identity | CLIP-T (prompt) | CLIP-I (reference) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for run in runs:
-            o = run["overall"]
-            rate = _cell(o.get("face_detection_rate"), percent=True) if o.get("face_detection_rate") is not None else "–"
-            lines.append(f"| {run['setup']} | {o['count']} | {rate} | {_cell(o.get('identity'))} | "
-                         f"{_cell(o.get('clip_text'))} | {_cell(o.get('clip_image'))} |")
+        lines += [f"## {subject['name']}", "", TABLE_HEADER, TABLE_RULE]
+        lines += [_table_row(run["setup"], run["overall"]) for run in runs]
         prompts = summary.get("prompts", [])
         if prompts and runs:
             lines += ["", "Identity per prompt (mean):", "",

@@ -183,6 +183,20 @@ def _run_subject_setup(config, layout, subject, setup, photos: str, reg_dir: str
             "overall": results["summary"]["overall"], "per_prompt": results["summary"]["per_prompt"]}
 
 
+def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: list[dict[str, Any]]) -> dict:
+    """Each setup's scores over all subjects' images together (the comparison across people)."""
+    from training.evaluation.metrics import summarize
+
+    pooled = {}
+    for setup in config.setups:
+        images = []
+        for run in runs:
+            if run["setup"] == setup.name:
+                images += json.loads((layout.root / run["results"]).read_text(encoding="utf-8"))["images"]
+        pooled[setup.name] = summarize(images)
+    return pooled
+
+
 def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
     """Run (or resume) every stage of ``config`` under ``out``; return the path of ``summary.json``."""
     from training.prompts import load_prompts
@@ -212,6 +226,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "setups": [{"name": s.name, "method": s.method, "regularization": s.regularization,
                     "description": s.description} for s in config.setups],
         "runs": runs,
+        "per_setup": _pooled_by_setup(layout, config, runs),
     }
     atomic_write_json(layout.summary, summary)
     write_report(layout.summary)
