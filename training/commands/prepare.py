@@ -1,0 +1,31 @@
+"""``subjectgen prepare``: a thin CLI over :func:`training.prepare.prepare_photos` (needs the ``face`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "face-aware square crops and masks from a folder of photos"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("photos", metavar="PHOTOS", help="folder of the subject's photos")
+    parser.add_argument("out", metavar="OUT", help="folder for the crops, their face masks and prepare.json")
+    parser.add_argument("--resolution", type=int, default=512, metavar="R", help="side of the square crops (default 512)")
+    parser.add_argument("--margin", type=float, default=1.0, metavar="M",
+                        help="space on each side of the face in face widths; the crop is 1 + 2M faces wide (default 1)")
+    parser.add_argument("--min-face", type=int, default=64, metavar="PX",
+                        help="drop photos whose face is narrower than this many pixels (default 64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.prepare import PrepareConfig, format_report, prepare_photos
+
+    config = PrepareConfig(photos=args.photos, out=args.out, resolution=args.resolution, margin=args.margin,
+                           min_face=args.min_face)
+    report = prepare_photos(config)
+    print(format_report(report))
+    print(f"report: {config.out / 'prepare.json'}")
+    if report["kept"] == 0:
+        print("error: no photo was kept; see the reasons above.")
+        return 1
+    return 0
