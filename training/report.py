@@ -129,7 +129,7 @@ def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width
     parts.append(f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" font-size="12" '
                  'text-anchor="middle">identity (mean)</text>')
     for index, (label, x, y, colour) in enumerate(drawn):
-        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="7" fill="{colour}"><title>'
+        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="7" fill="{colour}" stroke="white" stroke-width="1.5"><title>'
                      f"{html.escape(label)}: prompt {x:.3f}, identity {y:.3f}</title></circle>")
         legend_y = top + 8 + index * 18
         parts.append(f'<circle cx="{width - right + 14}" cy="{legend_y}" r="6" fill="{colour}"/>')

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from subjectgen_diffusers.errors import SubjectgenError
@@ -30,9 +29,9 @@ class ClipModelError(SubjectgenError):
     """The CLIP model cannot be loaded; the message says what to pass instead."""
 
 
-def _features(output) -> torch.Tensor:
+def _features(output):
     """transformers 5 returns a model output whose ``pooler_output`` is projected; 4.x returned the tensor."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+    return getattr(output, "pooler_output", output)
 
 
 def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -51,8 +50,10 @@ def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
 
 
-def preprocess(images: list[Image.Image], size: int, mean, std) -> torch.Tensor:
+def preprocess(images: list[Image.Image], size: int, mean, std):
     """CLIP's preprocessing: short side to ``size`` (bicubic), centre crop ``size``², scale to [0, 1], normalise."""
+    import torch
+
     arrays = []
     for image in images:
         image = image.convert("RGB")
@@ -68,7 +69,8 @@ def preprocess(images: list[Image.Image], size: int, mean, std) -> torch.Tensor:
 class ClipEmbedder:
     """A CLIP model and tokenizer loaded once from a Hub id or a local folder; returns unit-norm embeddings."""
 
-    def __init__(self, source: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu", batch_size: int = 16):
+    def __init__(self, source: str = DEFAULT_CLIP_MODEL, device: str = "cpu", batch_size: int = 16):
+        import torch
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
@@ -86,22 +88,28 @@ class ClipEmbedder:
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.mean, self.std = _normalisation(source)
 
-    @torch.no_grad()
-    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+    def embed_images(self, images: list[Image.Image]):
+        """Unit-norm image embeddings ``[n, d]`` (float32, CPU)."""
+        import torch
+
         chunks = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = preprocess(images[start : start + self.batch_size], self.image_size, self.mean, self.std)
-            pixels = pixels.to(self.device, self.model.dtype)
-            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                pixels = preprocess(images[start : start + self.batch_size], self.image_size, self.mean, self.std)
+                pixels = pixels.to(self.device, self.model.dtype)
+                chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()
 
-    @torch.no_grad()
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+    def embed_texts(self, texts: list[str]):
+        """Unit-norm text embeddings ``[n, d]`` (float32, CPU); texts longer than CLIP's context are truncated."""
+        import torch
+
         chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
-            ).to(self.device)
-            chunks.append(_features(self.model.get_text_features(**tokens)).float())
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(
+                    texts[start : start + self.batch_size], padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                ).to(self.device)
+                chunks.append(_features(self.model.get_text_features(**tokens)).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()
