@@ -64,7 +64,6 @@ def _random_subject(folder, hidden=32):
 
 
 def test_generate_cli_with_a_subject_changes_the_image(tiny_sd_dir, tmp_path):
-    pytest.importorskip("subjectgen_diffusers.loader")
     subject = _random_subject(tmp_path / "subject")
     common = ["--base", str(tiny_sd_dir), "--prompts", "a photo of {}", "--num-per-prompt", "1", "--steps", "2"]
     with_subject = run_cli("generate", *common, "--subject", str(subject), "--out", str(tmp_path / "s"))

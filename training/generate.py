@@ -1,6 +1,7 @@
 """Sample a trained subject over prompt sets: one pipeline built once, batched, seeded, resumable.
 
-Each prompt's ``{}`` is filled with ``subject_phrase`` around the token that ``load_subject`` returns (``"{} person"``
+The pipeline is the plug-in's :class:`~subjectgen_diffusers.SubjectPipeline` with the subject loaded. Each prompt's
+``{}`` is filled here with ``subject_phrase`` around the subject's token (``"{} person"``
 -> ``"<new1> person"``, the phrasing both Custom Diffusion and Cross Initialization train with), or with
 ``a person`` when no subject is loaded (the base model's baseline). Image ``k`` of every prompt uses seed
 ``seed + k``, so setups and prompts are compared on the same initial noise. ``manifest.jsonl`` lists each image
@@ -107,17 +108,21 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
 
 
 def load_pipeline(config: GenerateConfig):
-    """The SD pipeline (safety checker off) on the chosen device, with the scheduler swapped if asked."""
+    """A :class:`SubjectPipeline` with the subject loaded (safety checker off), scheduler swapped if asked."""
     import diffusers
     import torch
+
+    from subjectgen_diffusers import SubjectPipeline
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-            config.base, dtype=getattr(torch, dtype_name), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
+        pipe = SubjectPipeline.from_pretrained(
+            config.base, subject=config.subject, subject_scale=config.scale, dtype=getattr(torch, dtype_name),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
+    except SubjectgenError:
+        raise
     except (OSError, ValueError) as error:
         raise GenerateError(f"cannot load the base model {config.base!r} ({error}): pass a diffusers folder or "
                             "Hub id of a Stable Diffusion 1.x model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).") from error
@@ -143,12 +148,7 @@ def generate_images(config: GenerateConfig) -> Path:
         return out
 
     pipe = load_pipeline(config)
-    fill = DEFAULT_SUBJECT_PHRASE
-    if config.subject:
-        from subjectgen_diffusers import load_subject
-
-        token = load_subject(pipe, config.subject, scale=config.scale)
-        fill = config.subject_phrase.replace("{}", token)
+    fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else DEFAULT_SUBJECT_PHRASE
     settings = config.settings()
     size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     finished = dict(done)
