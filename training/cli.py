@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
     "experiment": ("training.commands.experiment", "run subjects x setups end to end and write the report"),
     "export": ("training.commands.export", "export a subject to diffusers textual-inversion/Custom Diffusion or A1111 files"),
+    "push": ("training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
 }
 
 
