@@ -22,6 +22,9 @@ def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     assert run["setup"] == "cd+cr" and run["overall"]["count"] == 8 and run["overall"]["clip_text"] is None
     subject = Subject.load(out / "runs" / "astronaut" / "cd+cr" / "subject")
     assert subject.config.method == "cd+cr" and subject.config.num_vectors == 2
+    prepared = out / "subjects" / "astronaut" / "photos" / "prepared"
+    assert summary["subjects"][0]["photos"] == str(prepared)  # trained and evaluated on the prepared crops
+    assert (prepared / "prepare.json").is_file() and len(list(prepared.glob("*.mask.png"))) >= 4
     assert len(summary["subjects"][0]["reference"]) >= 4
     assert (out / "report.html").read_text().count("<img") == len(summary["subjects"][0]["reference"]) + 8
 

@@ -98,12 +98,6 @@ def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], wo
     return True
 
 
-def _prepare_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("training.prepare") is not None
-
-
 def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
     """Each subject's photo folder (sample photos written, prepare run when asked)."""
     folders = {}
@@ -116,15 +110,13 @@ def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[st
             run_stage(layout, f"photos-{subject.name}", {"photos": source},
                       lambda target=target: write_astronaut_photos(target))
             source = str(target)
-        if subject.prepare and not _prepare_available():
-            logger.warning("subject %s: `prepare` needs training.prepare, which this install lacks; training on the "
-                           "photos as they are", subject.name)
-        elif subject.prepare:
+        if subject.prepare:
             from training.prepare import PrepareConfig, prepare_photos
 
             prepared = layout.subject_photos(subject.name) / "prepared"
+            prepare_config = PrepareConfig(photos=Path(source), out=prepared)
             run_stage(layout, f"prepare-{subject.name}", {"photos": source},
-                      lambda source=source, prepared=prepared: prepare_photos(PrepareConfig(photos=source, out=str(prepared))))
+                      lambda prepare_config=prepare_config: prepare_photos(prepare_config))
             source = str(prepared)
         folders[subject.name] = source
     return folders
