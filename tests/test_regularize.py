@@ -138,6 +138,18 @@ def test_lora_changes_images_and_scale_zero_is_the_base(base_set, tiny_sdxl_dir,
         assert np.abs(pixels(scale_zero / name) - base).max() <= 1
 
 
+def test_a_lora_for_another_model_is_refused(tiny_sd_dir, tiny_lora, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    with pytest.raises(RegularizeError, match="could not load --lora .*size mismatch.*made for this model family"):
+        generate_regularization(config(tiny_sd_dir, tmp_path / "a", lora=str(tiny_lora)))  # SDXL LoRA on SD 1.x
+    save_file({"foo.lora_A.weight": torch.zeros(2, 2)}, tmp_path / "unrelated.safetensors")
+    with pytest.raises(RegularizeError, match="has no weights that match"):
+        generate_regularization(config(tiny_sd_dir, tmp_path / "b", lora=str(tmp_path / "unrelated.safetensors")))
+    assert indices_on_disk(tmp_path / "a") == [] and indices_on_disk(tmp_path / "b") == []
+
+
 def test_larger_num_extends_the_set_reproducibly(base_set, tiny_sdxl_dir, tmp_path):
     out = tmp_path / "grow"
     generate_regularization(config(tiny_sdxl_dir, out, num=2, batch_size=1))
