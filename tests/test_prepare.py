@@ -166,3 +166,18 @@ def test_without_the_face_extra_the_cli_says_what_to_install(photo_folder, tmp_p
     assert 'error: face detection needs dlib, which is not installed: pip install "subjectgen-diffusers[face]"' \
         in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_exits_2_when_no_photo_is_kept(tmp_path, capsys):
+    from skimage import data
+
+    from training.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).save(folder / "cat.png")
+    assert main(["prepare", str(folder), str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "cat.png  dropped: no face" in captured.out
+    assert "error: no photo in" in captured.err and "add usable photos" in captured.err
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["dropped"] == 1

@@ -269,6 +269,7 @@ def generate_regularization(config: RegularizeConfig) -> Path:
     from tqdm.auto import tqdm
 
     state = PartialState(cpu=not has_accelerator())
+    check_same_settings(config)  # in every process, so a refusal never leaves the others waiting at the barrier
     if state.is_main_process:
         prepare_folder(config)
     state.wait_for_everyone()

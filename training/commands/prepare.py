@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.prepare import PrepareConfig, format_report, prepare_photos
+    from training.prepare import PrepareConfig, PrepareError, format_report, prepare_photos
 
     config = PrepareConfig(photos=args.photos, out=args.out, resolution=args.resolution, margin=args.margin,
                            min_face=args.min_face)
@@ -26,6 +26,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"report: {config.out / 'prepare.json'}")
     if report["kept"] == 0:
-        print("error: no photo was kept; see the reasons above.")
-        return 1
+        raise PrepareError(f"no photo in {config.photos} was kept; see the reasons above and add usable photos.")
     return 0
