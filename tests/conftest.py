@@ -63,7 +63,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     """Run ``python -m training`` in a real subprocess; return the CompletedProcess."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+    # Under pytest-xdist each worker owns one core: a subprocess with several OpenMP threads fights its sibling.
+    threads = {"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **threads, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
         cwd=cwd or REPO_ROOT,
