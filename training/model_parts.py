@@ -53,14 +53,18 @@ def load_model_parts(base: str, tokenizer, revision: str | None = None) -> Model
         text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=revision)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision)
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", revision=revision)
-        noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=revision)
-        scheduler_config = noise_scheduler.config
+        scheduler_config = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=revision).config
     except (OSError, ValueError) as error:
         raise BaseModelError(f"cannot load --base {base!r}: {error}") from error
-    from diffusers import DDIMScheduler
+    return parts_from_modules(tokenizer, text_encoder, vae, unet, scheduler_config)
 
-    sample_scheduler = DDIMScheduler.from_config(scheduler_config)
+
+def parts_from_modules(tokenizer, text_encoder, vae, unet, scheduler_config) -> ModelParts:
+    """Freeze already-built modules and pair them with DDPM (training) and DDIM (sampling) schedulers."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False)
         module.eval()
-    return ModelParts(tokenizer, text_encoder, vae, unet, noise_scheduler, sample_scheduler)
+    return ModelParts(tokenizer, text_encoder, vae, unet, DDPMScheduler.from_config(scheduler_config),
+                      DDIMScheduler.from_config(scheduler_config))

@@ -58,7 +58,9 @@ def check_inputs(config: TrainConfig) -> TrainingData:
 class Trainer:
     """Builds the models, caches and optimizer for one resolved config; ``run()`` trains and saves the subject."""
 
-    def __init__(self, config: TrainConfig, on_step=None):
+    def __init__(self, config: TrainConfig, on_step=None, parts=None):
+        """``parts``: already-built :class:`training.model_parts.ModelParts` (benchmarks, experiments); by default
+        the model is loaded from ``config.base`` after every input check has passed."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -70,7 +72,7 @@ class Trainer:
         self.out = Path(config.out)
         self.on_step = on_step
         self.data = check_inputs(config)
-        tokenizer = load_tokenizer(config.base, config.revision)
+        tokenizer = parts.tokenizer if parts is not None else load_tokenizer(config.base, config.revision)
         self.token_ids = add_token_to_tokenizer(tokenizer, config.token, config.num_vectors)
 
         self.accelerator = Accelerator(
@@ -80,7 +82,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         self.device = self.accelerator.device
-        self.parts = load_model_parts(config.base, tokenizer, config.revision)
+        self.parts = parts if parts is not None else load_model_parts(config.base, tokenizer, config.revision)
         self.method = build_method(config)
         self._build_trainable()
         self._build_caches()
