@@ -29,7 +29,7 @@ class _LayerDelta:
     scale: float = 1.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics (hashable), like diffusers' own processors
 class SubjectAttnProcessor:
     """SDPA attention whose q/k/v/out projections add the scaled deltas of every subject loaded on this layer.
 

@@ -55,7 +55,10 @@ def resolve_source(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = [weight_name] if weight_name else SUBJECT_FILE_PATTERNS
+    from .formats import CD_WEIGHT_NAMES
+
+    # a Custom Diffusion weights file needs its token file beside it, so that case fetches the whole subject
+    patterns = [weight_name, CONFIG_NAME] if weight_name and weight_name not in CD_WEIGHT_NAMES else SUBJECT_FILE_PATTERNS
     try:
         folder = snapshot_download(
             text,

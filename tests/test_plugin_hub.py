@@ -132,3 +132,18 @@ def test_push_writes_the_card_then_uploads(tmp_path, tiny_pipe):
     assert ModelCard.load(folder / "README.md").data.library_name == "diffusers"
     with pytest.raises(SubjectgenError, match="not of the form 'owner/name'"):
         push_subject_to_hub(folder, "no slash", api=api)
+
+
+def test_weight_name_picks_one_file_of_a_repo(tmp_path, tiny_pipe):
+    from _plugin_fixtures import encode, word_vectors
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_file({"<a>": word_vectors(tiny_pipe, ["cat"])}, str(repo / "learned_embeds.safetensors"))
+    save_file({"<b>": word_vectors(tiny_pipe, ["tree"])}, str(repo / "second.safetensors"))
+    _populate_cache(tmp_path / "cache", "someone/embeds", {COMMIT_A: repo}, {"main": COMMIT_A})
+    kwargs = {"cache_dir": tmp_path / "cache", "local_files_only": True}
+    assert load_subject(tiny_pipe, "someone/embeds", **kwargs) == "<a>"
+    assert load_subject(tiny_pipe, "someone/embeds", weight_name="second.safetensors", **kwargs) == "<b>"
+    assert torch.equal(encode(tiny_pipe, "a <a> and a <b>"), encode(tiny_pipe, "a cat and a tree"))
