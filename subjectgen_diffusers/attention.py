@@ -7,7 +7,9 @@ fine-tunes only the cross-attention projections ``W_k`` and ``W_v`` (optionally 
 
 The math is diffusers' ``AttnProcessor2_0`` (PyTorch scaled-dot-product attention) line for line; only the four
 projections change. Projections without a delta call the layer's own ``nn.Linear``, so a layer whose deltas are all
-zero (or whose scales are 0) produces bit-identical output to the stock processor.
+zero (or whose scales are 0) produces bit-identical output to the stock processor. Under accelerate's offloading
+hooks (``enable_sequential_cpu_offload``) the weight only exists inside the layer's forward, so there the processor
+computes ``W x + ΔW x`` instead.
 """
 
 from __future__ import annotations
@@ -56,26 +58,34 @@ class SubjectAttnProcessor:
         self._cache.clear()
 
     # -- effective weights -----------------------------------------------------------------------------------------
-    def _summed(self, key: str, reference: torch.Tensor) -> torch.Tensor | None:
+    def _summed(self, key: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """``Σ scale · Δ`` for one projection weight (key ``to_k``) or the out bias (key ``bias``), or None."""
-        cache_key = (key, reference.device, reference.dtype)
+        cache_key = (key, device, dtype)
         if cache_key not in self._cache:
             total = None
             for entry in self.subjects.values():
                 delta = entry.out_bias if key == "bias" else entry.weights.get(key)
                 if delta is None or entry.scale == 0.0:
                     continue
-                term = delta.to(device=reference.device, dtype=torch.float32) * entry.scale
+                term = delta.to(device=device, dtype=torch.float32) * entry.scale
                 total = term if total is None else total + term
-            self._cache[cache_key] = None if total is None else total.to(reference.dtype)
+            self._cache[cache_key] = None if total is None else total.to(dtype)
         return self._cache[cache_key]
 
     def _project(self, attn, proj: str, inputs: torch.Tensor) -> torch.Tensor:
         module = getattr(attn, PROJ_ATTRS[proj])
         if proj == "to_out.0":
             module = module[0]
-        delta = self._summed(proj, module.weight)
-        bias_delta = self._summed("bias", module.weight) if proj == "to_out.0" else None
+        if hasattr(module, "_hf_hook") or module.weight.device.type == "meta":
+            # accelerate offloading moves the weight in only inside forward: keep the call, add the delta path
+            delta = self._summed(proj, inputs.device, inputs.dtype)
+            bias_delta = self._summed("bias", inputs.device, inputs.dtype) if proj == "to_out.0" else None
+            output = module(inputs)
+            if delta is not None:
+                output = output + F.linear(inputs, delta)
+            return output if bias_delta is None else output + bias_delta
+        delta = self._summed(proj, module.weight.device, module.weight.dtype)
+        bias_delta = self._summed("bias", module.weight.device, module.weight.dtype) if proj == "to_out.0" else None
         if delta is None and bias_delta is None:
             return module(inputs)
         weight = module.weight if delta is None else module.weight + delta

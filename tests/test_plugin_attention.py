@@ -106,3 +106,16 @@ def test_processor_follows_the_unet_dtype(tiny_pipe):
         low = tiny_pipe.unet(latents, 500, encoder_hidden_states=encode(tiny_pipe, "a <s1>").bfloat16()).sample
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), reference, rtol=0.1, atol=0.1)
+
+
+def test_works_under_accelerate_offloading_hooks(tiny_pipe):
+    """enable_sequential_cpu_offload leaves weights on the meta device outside forward (here with a CPU executor)."""
+    from accelerate import cpu_offload
+
+    subject = make_subject(tiny_pipe, "<s1>", scope="kv+q+out", seed=3)
+    load_subject(tiny_pipe, subject)
+    reference = unet_out(tiny_pipe, "a <s1>")
+    cpu_offload(tiny_pipe.unet, execution_device=torch.device("cpu"))
+    layer = cross_attention_layers(tiny_pipe.unet)[0]
+    assert tiny_pipe.unet.get_submodule(layer).to_k.weight.device.type == "meta"
+    torch.testing.assert_close(unet_out(tiny_pipe, "a <s1>"), reference, rtol=1e-5, atol=1e-5)

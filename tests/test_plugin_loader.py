@@ -45,6 +45,10 @@ def test_our_folder_round_trips_with_optional_rename(tmp_path, tiny_pipe):
     subject.save(tmp_path / "half", dtype=torch.float16)
     load_subject(tiny_pipe, tmp_path / "half")
     torch.testing.assert_close(unet_out(tiny_pipe, "a <s1>"), as_folder, rtol=1e-2, atol=1e-2)
+    # low-rank factors at full rank (64, the widest layer) rebuild the same deltas
+    unload_subject(tiny_pipe)
+    load_subject(tiny_pipe, subject.save(tmp_path / "factored", rank=64))
+    torch.testing.assert_close(unet_out(tiny_pipe, "a <s1>"), as_folder, rtol=1e-4, atol=1e-4)
 
 
 def test_embedding_for_another_text_encoder_width(tmp_path, loaded_pipe):
