@@ -76,3 +76,16 @@ def test_single_file_community_pipeline(tiny_sd_dir, subject_dirs):
     assert pipe.load_subject(subject_dirs[0]) == "<s1>"
     reference = SubjectPipeline.from_pretrained(tiny_sd_dir, subject=subject_dirs[0])
     assert torch.equal(_sample(pipe, "a photo of {}"), _sample(reference, "a photo of {}"))
+
+
+def test_package_import_is_light_and_names_resolve_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, subjectgen_diffusers as s; light = 'torch' not in sys.modules; "
+            "s.load_subject; s.SubjectPipeline; print(light, 'diffusers' in sys.modules, sorted(s.__all__) == s.__all__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(subjectgen_diffusers.__file__).parents[1])
+    assert done.stdout.split() == ["True", "True", "True"], done.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        subjectgen_diffusers.nope  # noqa: B018
