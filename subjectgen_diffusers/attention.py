@@ -41,8 +41,12 @@ class SubjectAttnProcessor:
     """
 
     base_processor: object
-    subjects: dict[str, _LayerDelta] = field(default_factory=dict)
+    subjects: dict[str, _LayerDelta] = field(default_factory=dict, repr=False)
     _cache: dict[tuple, torch.Tensor | None] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        scales = {token: entry.scale for token, entry in self.subjects.items()}
+        return f"SubjectAttnProcessor(subjects={scales}, base={type(self.base_processor).__name__})"
 
     # -- subject bookkeeping ---------------------------------------------------------------------------------------
     def add(self, token: str, weights: dict[str, torch.Tensor], out_bias: torch.Tensor | None, scale: float) -> None:
