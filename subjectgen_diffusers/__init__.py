@@ -32,6 +32,7 @@ _EXPORTS = {
     "export_diffusers": "export",
     "export_a1111": "export",
     "push_subject_to_hub": "hub",
+    "push_to_hub": "hub",
     "render_subject_card": "hub",
 }
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import SubjectgenError
     from .export import export_a1111, export_diffusers
     from .formats import read_subject
-    from .hub import push_subject_to_hub, render_subject_card
+    from .hub import push_subject_to_hub, push_to_hub, render_subject_card
     from .loader import load_subject, loaded_subjects, set_subject_scale, unload_subject
     from .pipeline import SubjectLoaderMixin, SubjectPipeline
     from .subject_format import Subject, SubjectConfig, SubjectFormatError

@@ -164,3 +164,7 @@ def push_subject_to_hub(
         create_pr=create_pr,
         allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", "train_config.json", "*.png", "*.jpg"],
     )
+
+
+push_to_hub = push_subject_to_hub
+"""The name the issue uses; same function."""

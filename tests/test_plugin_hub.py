@@ -19,6 +19,7 @@ from subjectgen_diffusers import (
     SubjectgenError,
     load_subject,
     push_subject_to_hub,
+    push_to_hub,
     render_subject_card,
     unload_subject,
 )
@@ -131,7 +132,7 @@ def test_push_writes_the_card_then_uploads(tmp_path, tiny_pipe):
     assert "README.md" in upload["allow_patterns"] and "subject.safetensors" in upload["allow_patterns"]
     assert ModelCard.load(folder / "README.md").data.library_name == "diffusers"
     with pytest.raises(SubjectgenError, match="not of the form 'owner/name'"):
-        push_subject_to_hub(folder, "no slash", api=api)
+        push_to_hub(folder, "no slash", api=api)
 
 
 def test_weight_name_picks_one_file_of_a_repo(tmp_path, tiny_pipe):
