@@ -18,7 +18,8 @@ def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
     assert "subjectgen experiment five_setups" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    [run] = summary["runs"]
+    baseline, run = summary["runs"]
+    assert baseline["setup"] == "baseline" and baseline["overall"]["count"] == 8
     assert run["setup"] == "cd+cr" and run["overall"]["count"] == 8 and run["overall"]["clip_text"] is None
     subject = Subject.load(out / "runs" / "astronaut" / "cd+cr" / "subject")
     assert subject.config.method == "cd+cr" and subject.config.num_vectors == 2
@@ -26,7 +27,7 @@ def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     assert summary["subjects"][0]["photos"] == str(prepared)  # trained and evaluated on the prepared crops
     assert (prepared / "prepare.json").is_file() and len(list(prepared.glob("*.mask.png"))) >= 4
     assert len(summary["subjects"][0]["reference"]) >= 4
-    assert (out / "report.html").read_text().count("<img") == len(summary["subjects"][0]["reference"]) + 8
+    assert (out / "report.html").read_text().count("<img") == len(summary["subjects"][0]["reference"]) + 2 * 8
 
 
 def test_demo_names_scikit_image_when_it_is_missing(tmp_path):

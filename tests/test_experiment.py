@@ -40,6 +40,7 @@ def test_every_shipped_config_loads_with_the_five_setups():
     (lambda d: d["setups"][1].update(regularization="nope"), "regularization 'nope' is not defined"),
     (lambda d: d["setups"][1].update(name="cd-noreg"), "repeated: ['cd-noreg']"),
     (lambda d: d["generate"].update(num_images=3), "generate: unknown keys ['num_images']"),
+    (lambda d: d["setups"][0].update(name="baseline"), "`baseline` is the untrained row"),
 ])
 def test_config_errors_name_the_key_and_what_is_allowed(tmp_path, edit, message):
     data = yaml.safe_load(open(REPO_ROOT / "training" / "configs" / "five_setups_tiny.yaml"))
@@ -85,32 +86,35 @@ def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
     assert "[done] train-astronaut-cd-noreg" in second.stderr and "[run ] train-astronaut-cd-noreg" not in second.stderr
     after = _markers(out)
     assert all(after[name] == stamp for name, stamp in before.items())  # finished stages were not redone
-    assert len(after) == 1 + 2 + 5 * 3
+    assert len(after) == 1 + 2 + 2 + 5 * 3  # photos, 2 regularisation sets, baseline (generate, evaluate), 5 x 3
     assert "report.html" in second.stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    assert [run["setup"] for run in summary["runs"]] == FIVE_SETUPS
+    assert [run["setup"] for run in summary["runs"]] == ["baseline", *FIVE_SETUPS]
     assert len(summary["prompts"]) == 3 and "identity 0" in summary["protocol"]
-    assert {name: stats["count"] for name, stats in summary["per_setup"].items()} == dict.fromkeys(FIVE_SETUPS, 6)
+    assert {name: stats["count"] for name, stats in summary["per_setup"].items()} == dict.fromkeys(["baseline", *FIVE_SETUPS], 6)
     for run in summary["runs"]:
         results = json.loads((out / run["results"]).read_text())
         assert len(results["images"]) == 6 and run["overall"]["count"] == 6
         assert all(entry["clip_text"] is not None and entry["face_found"] is not None for entry in results["images"])
         assert (out / run["images"] / results["images"][0]["file"]).is_file()
-        assert (out / "runs" / "astronaut" / run["setup"] / "subject" / "subject_config.json").is_file()
+        if run["setup"] != "baseline":
+            assert (out / "runs" / "astronaut" / run["setup"] / "subject" / "subject_config.json").is_file()
     train_configs = {s: json.loads((out / "runs" / "astronaut" / s / "subject" / "train_config.json").read_text())
                      for s in FIVE_SETUPS}
     assert train_configs["cd-noreg"]["reg_dir"] is None
     assert train_configs["cd-reg-alt"]["reg_dir"].endswith("regularization/alt")
     assert train_configs["cr"]["method"] == "cr" and train_configs["cd+cr-reg"]["method"] == "cd+cr"
     table = (out / "summary.md").read_text()
-    assert all(f"| {setup} | 6 |" in table for setup in FIVE_SETUPS)
-    assert (out / "report.html").read_text().count("<circle") == 2 * len(FIVE_SETUPS)
+    assert all(f"| {setup} | 6 |" in table for setup in ["baseline", *FIVE_SETUPS])
+    assert (out / "report.html").read_text().count("<circle") == 2 * (1 + len(FIVE_SETUPS))
+    baseline = json.loads((out / "runs" / "astronaut" / "baseline" / "images" / "manifest.jsonl").read_text().splitlines()[0])
+    assert baseline["subject"] is None and baseline["prompt"] == "a photo of a person"
 
     # A finished experiment is not rerun; a changed setting of a finished stage is refused, not mixed in.
     config = load_experiment_config("five_setups_tiny")
     run_experiment(config, out)
     assert _markers(out) == after
     config.generate.steps = 3
-    with pytest.raises(ExperimentError, match=r"generate-astronaut-cd-noreg already ran .*steps"):
+    with pytest.raises(ExperimentError, match=r"generate-astronaut-baseline already ran .*steps"):
         run_experiment(config, out)

@@ -120,6 +120,7 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)
     generate: GenerationSpec = field(default_factory=GenerationSpec)
     evaluate: EvaluationSpec = field(default_factory=EvaluationSpec)
+    baseline: bool = True  # also sample and score the untrained base model (setup row "baseline")
     source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
 
     def __post_init__(self) -> None:
@@ -131,9 +132,10 @@ class ExperimentConfig:
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ExperimentConfigError(f"{kind} names must be unique; repeated: {duplicates}.")
-            bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+            bad = [n for n in names if not n or "/" in n or n.startswith(".") or (kind == "setup" and n == "baseline")]
             if bad:
-                raise ExperimentConfigError(f"{kind} names become folder names; fix {bad}.")
+                raise ExperimentConfigError(f"{kind} names become folder names (and `baseline` is the untrained row); "
+                                            f"rename {bad}.")
         allowed_train = [f for f in TrainConfig.field_names() if f not in RUNNER_TRAIN_FIELDS]
         for where, overrides in [("train", self.train)] + [(f"setups.{s.name}.train", s.train) for s in self.setups]:
             unknown = sorted(set(overrides) - set(allowed_train))

@@ -1,7 +1,8 @@
 """Run an experiment (subjects x setups) stage by stage, skipping what is done, then write the report.
 
 Stages: photos (sample photos, optional ``prepare``) -> regularise (one set per ``regularizations`` entry, shared by
-every setup and subject that names it) -> per subject and setup: train (:func:`training.trainer.train`), generate
+every setup and subject that names it) -> per subject: the ``baseline`` row (base model, no subject: generate and
+evaluate) when asked, then per setup: train (:func:`training.trainer.train`), generate
 (:func:`training.generate.generate_images`), evaluate (:func:`training.evaluation.evaluate_images`) -> summary.json,
 summary.md, report.html. A stage is done when its marker ``stages/<stage>.json`` exists; the marker is written
 atomically after the stage's outputs, and records the stage's settings. A stopped experiment therefore resumes at the
@@ -28,6 +29,9 @@ from training.experiment.config import ExperimentConfig
 logger = logging.getLogger(__name__)
 
 SUMMARY_VERSION = 1
+BASELINE = "baseline"
+BASELINE_SETUP = {"name": BASELINE, "method": None, "regularization": None,
+                  "description": "the base model, untrained, with {} read as 'a person' (what the setups improve on)"}
 
 
 class ExperimentError(SubjectgenError):
@@ -139,25 +143,32 @@ def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) ->
     return folders
 
 
-def _run_subject_setup(config, layout, subject, setup, photos: str, reg_dir: str | None, base: str) -> dict[str, Any]:
-    from training.evaluation import EvaluateConfig, evaluate_images
-    from training.generate import GenerateConfig, generate_images
+def _train(config, layout, subject, setup, photos: str, reg_dir: str | None, base: str) -> Path:
     from training.train_config import TrainConfig
     from training.trainer import train
 
-    run_dir = layout.run(subject.name, setup.name)
-    key = f"{subject.name}-{setup.name}"
-    train_settings = {**config.train, **setup.train, "base": config.base, "method": setup.method,
-                      "regularization": setup.regularization, "photos": subject.photos}
+    out = layout.run(subject.name, setup.name) / "subject"
+    settings = {**config.train, **setup.train, "base": config.base, "method": setup.method,
+                "regularization": setup.regularization, "photos": subject.photos}
     train_config = TrainConfig.from_dict({**config.train, **setup.train, "base": base, "photos": photos,
-                                          "method": setup.method, "out": str(run_dir / "subject"),
-                                          "reg_dir": reg_dir, "resume": True})
-    run_stage(layout, f"train-{key}", train_settings, lambda: train(train_config))
+                                          "method": setup.method, "out": str(out), "reg_dir": reg_dir,
+                                          "resume": True})
+    run_stage(layout, f"train-{subject.name}-{setup.name}", settings, lambda: train(train_config))
+    return out
 
+
+def _sample_and_score(config, layout, subject_name: str, setup_name: str, subject_folder: Path | None,
+                      photos: str, base: str) -> dict[str, Any]:
+    """Generate the prompt set (with the trained subject, or the base model for the baseline) and evaluate it."""
+    from training.evaluation import EvaluateConfig, evaluate_images
+    from training.generate import GenerateConfig, generate_images
+
+    run_dir = layout.run(subject_name, setup_name)
+    key = f"{subject_name}-{setup_name}"
     generation = dataclasses.asdict(config.generate)
     generation["prompts"] = config.resolve_path(generation["prompts"])
-    generate_config = GenerateConfig(base=base, subject=str(run_dir / "subject"), out=str(run_dir / "images"),
-                                     **generation)
+    generate_config = GenerateConfig(base=base, subject=str(subject_folder) if subject_folder else None,
+                                     out=str(run_dir / "images"), **generation)
     run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base},
               lambda: generate_images(generate_config))
 
@@ -168,8 +179,7 @@ def _run_subject_setup(config, layout, subject, setup, photos: str, reg_dir: str
     run_stage(layout, f"evaluate-{key}", dataclasses.asdict(config.evaluate), lambda: evaluate_images(evaluate_config))
 
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    return {"subject": subject.name, "setup": setup.name, "method": setup.method,
-            "regularization": setup.regularization,
+    return {"subject": subject_name, "setup": setup_name,
             "results": (run_dir / "results.json").relative_to(layout.root).as_posix(),
             "images": (run_dir / "images").relative_to(layout.root).as_posix(),
             "overall": results["summary"]["overall"], "per_prompt": results["summary"]["per_prompt"]}
@@ -180,12 +190,12 @@ def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: l
     from training.evaluation.metrics import summarize
 
     pooled = {}
-    for setup in config.setups:
+    for name in ([BASELINE] if config.baseline else []) + [setup.name for setup in config.setups]:
         images = []
         for run in runs:
-            if run["setup"] == setup.name:
+            if run["setup"] == name:
                 images += json.loads((layout.root / run["results"]).read_text(encoding="utf-8"))["images"]
-        pooled[setup.name] = summarize(images)
+        pooled[name] = summarize(images)
     return pooled
 
 
@@ -202,9 +212,13 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
     regularization = _regularization_stage(config, layout)
     runs = []
     for subject in config.subjects:
+        if config.baseline:
+            runs.append(_sample_and_score(config, layout, subject.name, BASELINE, None, photos[subject.name], base))
         for setup in config.setups:
             reg_dir = regularization.get(setup.regularization) if setup.regularization else None
-            runs.append(_run_subject_setup(config, layout, subject, setup, photos[subject.name], reg_dir, base))
+            folder = _train(config, layout, subject, setup, photos[subject.name], reg_dir, base)
+            runs.append({**_sample_and_score(config, layout, subject.name, setup.name, folder, photos[subject.name],
+                                             base), "method": setup.method, "regularization": setup.regularization})
     from training.photos import candidate_files
 
     summary = {
@@ -215,8 +229,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "prompts": load_prompts(config.resolve_path(config.generate.prompts)),
         "subjects": [{"name": s.name, "photos": photos[s.name],
                       "reference": [str(p) for p in candidate_files(Path(photos[s.name]))]} for s in config.subjects],
-        "setups": [{"name": s.name, "method": s.method, "regularization": s.regularization,
-                    "description": s.description} for s in config.setups],
+        "setups": ([BASELINE_SETUP] if config.baseline else [])
+        + [{"name": s.name, "method": s.method, "regularization": s.regularization, "description": s.description}
+           for s in config.setups],
         "runs": runs,
         "per_setup": _pooled_by_setup(layout, config, runs),
     }
