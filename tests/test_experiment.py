@@ -15,8 +15,29 @@ import yaml
 from conftest import REPO_ROOT, run_cli
 from training.experiment.config import ExperimentConfigError, load_experiment_config, shipped_configs
 from training.experiment.runner import ExperimentError, run_experiment
+from training.prompts import load_prompts
 
 FIVE_SETUPS = ["cd-noreg", "cd-reg-base", "cd-reg-alt", "cr", "cd+cr-reg"]
+
+
+def _build_every_stage_config(config):
+    """Each stage's own typed config accepts the values the experiment file gives it (no model is loaded)."""
+    import dataclasses
+
+    from training.evaluation import EvaluateConfig
+    from training.generate import GenerateConfig
+    from training.regularize import RegularizeConfig
+    from training.train_config import TrainConfig
+
+    for spec in config.regularizations.values():
+        RegularizeConfig(**dataclasses.asdict(spec), out="reg")
+    for setup in config.setups:
+        TrainConfig.from_dict({**config.train, **setup.train, "base": config.base, "photos": "p",
+                               "method": setup.method, "out": "o", "reg_dir": None}).resolved()
+    GenerateConfig(base=config.base, out="g", **dataclasses.asdict(config.generate))
+    EvaluateConfig(images="i", reference="r", out="e", **dataclasses.asdict(config.evaluate))
+    prompts = load_prompts(config.resolve_path(config.generate.prompts))
+    assert prompts and all("{}" in prompt for prompt in prompts)
 
 
 def test_every_shipped_config_loads_with_the_five_setups():
@@ -27,6 +48,7 @@ def test_every_shipped_config_loads_with_the_five_setups():
         methods = {s.name: (s.method, s.regularization) for s in config.setups}
         assert methods["cd-noreg"] == ("cd", None) and methods["cr"] == ("cr", None)
         assert methods["cd-reg-alt"][1] == "alt" and methods["cd+cr-reg"][0] == "cd+cr"
+        _build_every_stage_config(config)
     real = load_experiment_config("five_setups")
     assert real.base == "stable-diffusion-v1-5/stable-diffusion-v1-5" and real.train["resolution"] == 512
     assert "XL" in real.regularizations["alt"].model and real.regularizations["alt"].lora
