@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from training.toy.experiment import BASELINE, WEIGHTS, ToyExperimentConfig, ToyExperimentError, run_toy_experiment
 
@@ -58,7 +59,12 @@ def test_config_errors_name_the_allowed_keys():
 @needs_weights
 def test_every_setup_beats_the_baseline_likeness_and_keeps_prompt_following(tmp_path):
     out = tmp_path / "toy"
-    summary_path = run_toy_experiment(ToyExperimentConfig.from_dict(ci_sized(shipped())), out)
+    config_file = tmp_path / "five_setups_toy_ci.yaml"
+    config_file.write_text(yaml.safe_dump(ci_sized(shipped())))
+    result = run_cli("experiment", str(config_file), "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary_path = out / "summary.json"
+    assert str(summary_path) in result.stdout
     rows = json.loads(summary_path.read_text())["rows"]
     assert list(rows) == [BASELINE, *SETUPS]
     baseline = rows[BASELINE]

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BASELINE = "baseline"
 SCORES_FILE = "scores.json"
+RUNNER = "training.toy.experiment:run_config_file"
 
 
 class ToyExperimentError(SubjectgenError):
@@ -56,6 +57,7 @@ class SetupConfig:
 class ToyExperimentConfig:
     setups: dict[str, SetupConfig]
     prompts: list[str]  # "{}" = the subject phrase ("<token> cartoon face"; "cartoon face" for the baseline)
+    runner: str = RUNNER  # how `subjectgen experiment` finds this runner (training/commands/experiment.py)
     base: str = "toy-base"  # a shipped toy model name or a diffusers folder
     alt_model: str = "toy-alt"
     subject: dict[str, Any] = field(default_factory=dict)  # ToySubject fields (default: the built-in subject)
@@ -236,6 +238,11 @@ def run_toy_experiment(config: ToyExperimentConfig, out: str | Path) -> Path:
     atomic_write_json(out / "summary.json", {"rows": rows, "config": dataclasses.asdict(config)})
     write_summary_md(out, rows)
     return out / "summary.json"
+
+
+def run_config_file(path: str | Path, out: str | Path) -> Path:
+    """The ``runner:`` entry point ``subjectgen experiment five_setups_toy --out DIR`` calls."""
+    return run_toy_experiment(ToyExperimentConfig.from_file(path), out)
 
 
 def main(argv: list[str] | None = None) -> int:
