@@ -116,6 +116,7 @@ def test_identity_on_real_photos_separates_the_astronaut_from_grace_hopper(refer
     per_prompt = results["summary"]["per_prompt"]
     assert per_prompt["a photo of {} in uniform"]["face_detection_rate"] == 0.5
     assert "identity 0" in results["protocol"] and results["settings"]["references_with_face"] == 3
+    assert "dlib" in results["settings"]["identity_measure"] and "mean over the reference" in results["settings"]["identity_measure"]
 
 
 def test_clip_preprocessing_matches_transformers_and_scores_are_cosines(tiny_clip_dir, astronaut_image):

@@ -48,6 +48,7 @@ def experiment_dir(tmp_path):
                      "images": f"runs/anna/{setup}/images", **{"overall": results["summary"]["overall"],
                                                                "per_prompt": results["summary"]["per_prompt"]}})
     summary = {"experiment": "two setups", "description": "test", "protocol": metrics.PROTOCOL_NOTE,
+               "identity_measure": "max(0, 1 - Euclidean distance) of dlib 128-d descriptors",
                "prompts": PROMPTS, "subjects": [{"name": "anna", "reference": [str(reference / "ref0.png")]}],
                "setups": [{"name": name, "description": f"the {name} setup"} for name in SETUPS], "runs": runs}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
@@ -59,7 +60,7 @@ def test_markdown_and_html_hold_every_setup_prompt_and_score(experiment_dir):
     text = markdown.read_text()
     overall_cr = json.loads((experiment_dir / "summary.json").read_text())["runs"][1]["overall"]
     assert f"| cr | 4 | 50% | {overall_cr['identity']['mean']:.3f} ± {overall_cr['identity']['std']:.3f} |" in text
-    assert "| cd-noreg | 4 | 100% |" in text and "identity 0" in text
+    assert "| cd-noreg | 4 | 100% |" in text and "identity 0" in text and "Identity: max(0, 1 - Euclidean" in text
     assert "| setup | a photo of {} | a pencil sketch of {} |" in text
     source = page.read_text()
     assert source.count("<img") == 1 + len(SETUPS) * len(PROMPTS) * 2  # reference + grid (2 per cell)

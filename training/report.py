@@ -72,6 +72,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("description"):
         lines += [summary["description"], ""]
     lines += [f"_{summary.get('protocol', '')}_", ""]
+    if summary.get("identity_measure"):
+        lines += [f"Identity: {summary['identity_measure']}. CLIP-T: cosine of image and prompt (subject token "
+                  "replaced by a plain phrase); CLIP-I: mean cosine with the reference photos. Mean ± std.", ""]
     if len(summary["subjects"]) > 1 and summary.get("per_setup"):
         lines += ["## all subjects", "", TABLE_HEADER, TABLE_RULE]
         lines += [_table_row(name, stats) for name, stats in summary["per_setup"].items()]
@@ -173,6 +176,8 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
     body = [f"<h1>{html.escape(summary.get('experiment', 'experiment'))}</h1>",
             f"<p>{html.escape(summary.get('description', ''))}</p>",
             f"<p><em>{html.escape(summary.get('protocol', ''))}</em></p>"]
+    if summary.get("identity_measure"):
+        body.append(f"<p>Identity: {html.escape(summary['identity_measure'])}.</p>")
     setups = "".join(f"<li><b style='color:{colours[s['name']]}'>{html.escape(s['name'])}</b>: "
                      f"{html.escape(s.get('description', ''))}</li>" for s in summary["setups"])
     body.append(f"<ul>{setups}</ul>")

@@ -94,8 +94,10 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
     identity = [None] * len(images)
     face_found: list[bool | None] = [None] * len(images)
     references_with_face = None
+    measure = None
     if config.face_model != "none":
         encoder = build_identity_encoder(config.face_model, identity_registry)
+        measure = getattr(encoder, "measure", config.face_model) + "; mean over the reference faces"
         reference_embeddings = [e for e in (encoder.embed(image) for image in references) if e is not None]
         references_with_face = len(reference_embeddings)
         if not reference_embeddings:
@@ -124,13 +126,15 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
                 clip_text[i] = score
 
     results = build_results(config, entries, templates, face_found, identity, clip_text, clip_image,
-                            num_references=len(references), references_with_face=references_with_face)
+                            num_references=len(references), references_with_face=references_with_face,
+                            identity_measure=measure)
     atomic_write_json(config.out, results)
     return Path(config.out)
 
 
 def build_results(config, entries, templates, face_found, identity, clip_text, clip_image, *,
-                  num_references: int, references_with_face: int | None) -> dict[str, Any]:
+                  num_references: int, references_with_face: int | None,
+                  identity_measure: str | None = None) -> dict[str, Any]:
     """Assemble the ``results.json`` document (``images`` + ``summary``) from per-image scores."""
     images = []
     for i, entry in enumerate(entries):
@@ -151,6 +155,7 @@ def build_results(config, entries, templates, face_found, identity, clip_text, c
             "images": str(config.images),
             "reference": str(config.reference),
             "face_model": config.face_model,
+            "identity_measure": identity_measure,
             "clip_model": config.clip_model,
             "subject_phrase": config.subject_phrase,
             "num_references": num_references,

@@ -53,6 +53,7 @@ class DlibIdentity:
     """dlib HOG detection + 128-d descriptor of the most confident face."""
 
     name = "dlib"
+    measure = "max(0, 1 - Euclidean distance) of dlib 128-d descriptors; same person >= 0.4 (distance <= 0.6)"
 
     def __init__(self) -> None:
         from training.faces import FaceAnalyzer
@@ -70,6 +71,7 @@ class ArcfaceIdentity:
     """insightface's detector + ArcFace recognition model (``buffalo_l``), on CPU unless CUDA is available."""
 
     name = "arcface"
+    measure = "cosine similarity of ArcFace (insightface buffalo_l) embeddings"
 
     def __init__(self, pack: str = "buffalo_l", root: str | Path | None = None) -> None:
         try:

@@ -199,6 +199,12 @@ def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: l
     return pooled
 
 
+def _identity_measure(layout: ExperimentLayout, runs: list[dict[str, Any]]) -> str | None:
+    if not runs:
+        return None
+    return json.loads((layout.root / runs[0]["results"]).read_text(encoding="utf-8"))["settings"].get("identity_measure")
+
+
 def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
     """Run (or resume) every stage of ``config`` under ``out``; return the path of ``summary.json``."""
     from training.prompts import load_prompts
@@ -226,6 +232,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "experiment": config.name,
         "description": config.description,
         "protocol": PROTOCOL_NOTE,
+        "identity_measure": _identity_measure(layout, runs),
         "prompts": load_prompts(config.resolve_path(config.generate.prompts)),
         "subjects": [{"name": s.name, "photos": photos[s.name],
                       "reference": [str(p) for p in candidate_files(Path(photos[s.name]))]} for s in config.subjects],
