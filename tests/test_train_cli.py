@@ -31,8 +31,9 @@ def photo_dir(tmp_path_factory, astronaut_image):
 @pytest.mark.parametrize("method", ["cd", "cr", "cd+cr"])
 def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
     out = tmp_path / "subject"
+    extra = ["--validation-every", "2", "--mixed-precision", "bf16"] if method == "cd+cr" else []
     result = run_cli("train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", method, "--out",
-                     str(out), "--steps", "2", "--resolution", "64", "--batch-size", "1", "--token", "<ada>",
+                     str(out), "--steps", "2", "--resolution", "64", "--batch-size", "1", "--token", "<ada>", *extra,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping broken.jpg" in result.stderr and "notes.doc" in result.stderr
@@ -43,6 +44,11 @@ def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
     assert bool(subject.deltas) == (method != "cr")
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["steps"] == 2 and saved["token"] == "<ada>" and saved["method"] == method
+    if extra:  # a validation image at step 2, bf16 autocast on the CPU
+        from PIL import Image
+
+        assert Image.open(out / "validation" / "step-0000002.png").size == (64, 64)
+        assert saved["mixed_precision"] == "bf16" and subject.token_embeddings.dtype == torch.float32
 
 
 def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
+from subjectgen_diffusers.errors import SubjectgenError
 from training.train_config import CONFIG_FILE_NAME, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ def check_inputs(config: TrainConfig) -> TrainingData:
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
     if config.cross_initialised:
         read_celeb_names(config.celeb_names)
+    if config.log_with == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise SubjectgenError("--log-with tensorboard needs the tensorboard package: pip install tensorboard.")
     if config.mask_loss and not any(p.mask is not None for p in photos):
         logger.warning("--mask-loss: %s has no face masks (run `subjectgen prepare`); the loss stays unweighted", config.photos)
     return TrainingData(photos, reg)
@@ -103,8 +109,7 @@ class Trainer:
         for module in (parts.text_encoder, parts.vae, parts.unet):
             module.to(self.device)
         # Frozen weights in the compute dtype; the trainable tensors stay float32 (autocast mixes them).
-        if weight_dtype != torch.float32:
-            parts.vae.to(dtype=weight_dtype)
+        if weight_dtype != torch.float32:  # the VAE stays float32: it encodes once, then leaves the device
             for module in (parts.text_encoder, parts.unet):
                 for name, param in module.named_parameters():
                     if not param.requires_grad:
