@@ -40,8 +40,6 @@ def demo_config(steps: int = 20):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from training.experiment import run_experiment
     from training.sample_photos import astronaut_image
 
@@ -54,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  scores table:               {out / 'summary.md'}")
     print(f"  the trained subject:        {run_dir / 'subject'}")
     print(f"  generated images:           {run_dir / 'images'}")
-    print(f"  prepared photos:            {Path(out / 'subjects' / 'astronaut' / 'photos')}")
+    print(f"  prepared photos:            {out / 'subjects' / 'astronaut' / 'photos' / 'prepared'}")
     print("On a GPU with Stable Diffusion 1.5: subjectgen experiment five_setups --out runs/five_setups")
     return 0
