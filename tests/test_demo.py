@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ from subjectgen_diffusers.subject_format import Subject
 @pytest.mark.slow
 def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--out", str(out), "--steps", "2")
+    proc = run_cli("demo", "--out", "demo", "--steps", "2", cwd=tmp_path)  # relative --out, as a newcomer types it
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
     assert "subjectgen experiment five_setups" in proc.stdout
@@ -24,10 +25,15 @@ def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     subject = Subject.load(out / "runs" / "astronaut" / "cd+cr" / "subject")
     assert subject.config.method == "cd+cr" and subject.config.num_vectors == 2
     prepared = out / "subjects" / "astronaut" / "photos" / "prepared"
-    assert summary["subjects"][0]["photos"] == str(prepared)  # trained and evaluated on the prepared crops
+    # trained and evaluated on the prepared crops
+    assert (tmp_path / summary["subjects"][0]["photos"]).resolve() == prepared.resolve()
     assert (prepared / "prepare.json").is_file() and len(list(prepared.glob("*.mask.png"))) >= 4
     assert len(summary["subjects"][0]["reference"]) >= 4
-    assert (out / "report.html").read_text().count("<img") == len(summary["subjects"][0]["reference"]) + 2 * 8
+    report = (out / "report.html").read_text()
+    assert report.count("<img") == len(summary["subjects"][0]["reference"]) + 2 * 8
+    sources = re.findall(r'<img src="([^"]+)"', report)
+    missing = [src for src in sources if not (out / src).is_file()]
+    assert sources and not missing, f"report.html links to missing images: {missing[:3]}"
 
 
 def test_demo_names_scikit_image_when_it_is_missing(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,11 @@ SUMMARY_VERSION = 1
 BASELINE = "baseline"
 BASELINE_SETUP = {"name": BASELINE, "method": None, "regularization": None,
                   "description": "the base model, untrained, with {} read as 'a person' (what the setups improve on)"}
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (the report's folder), so the report's links work wherever the run was started."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
 
 
 class ExperimentError(SubjectgenError):
@@ -235,7 +241,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "identity_measure": _identity_measure(layout, runs),
         "prompts": load_prompts(config.resolve_path(config.generate.prompts)),
         "subjects": [{"name": s.name, "photos": photos[s.name],
-                      "reference": [str(p) for p in candidate_files(Path(photos[s.name]))]} for s in config.subjects],
+                      "reference": [_relative_to(p, layout.summary.parent) for p in candidate_files(Path(photos[s.name]))]}
+                     for s in config.subjects],
         "setups": ([BASELINE_SETUP] if config.baseline else [])
         + [{"name": s.name, "method": s.method, "regularization": s.regularization, "description": s.description}
            for s in config.setups],
