@@ -256,6 +256,16 @@ class Trainer:
                 param.grad = torch.zeros_like(param)
             param.grad = self.accelerator.reduce(param.grad, reduction="mean")
 
+    def _replicas_in_sync(self, params: list[torch.Tensor]) -> bool:
+        """Every process must end with the same trained tensors (each saw different photos; gradients averaged)."""
+        if self.accelerator.num_processes == 1:
+            return True
+        checksum = torch.stack([torch.cat([p.detach().float().flatten() for p in params]).double().sum()]).to(self.device)
+        gathered = self.accelerator.gather(checksum)
+        if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-6):
+            raise RuntimeError(f"trained tensors differ between processes: checksums {gathered.tolist()}")
+        return True
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -302,12 +312,13 @@ class Trainer:
                 self.on_step(done, logs)
         seconds = time.perf_counter() - began
         accelerator.wait_for_everyone()
+        in_sync = self._replicas_in_sync(params)
         final_loss = self.photo_loss()
         if accelerator.is_main_process:
             self.save_subject()
             atomic_write_json(self.out / SUMMARY_FILE, {
                 "method": config.method, "steps": config.steps, "resumed_from": start,
-                "world_size": accelerator.num_processes, "initial_photo_loss": initial_loss,
+                "world_size": accelerator.num_processes, "replicas_in_sync": in_sync, "initial_photo_loss": initial_loss,
                 "final_photo_loss": final_loss, "last_logs": logs, "train_seconds": seconds,
                 "seconds_per_step": seconds / max(1, config.steps - start),
             })
