@@ -68,6 +68,8 @@ def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
     ("token_in_vocab", "already in the tokenizer's vocabulary"),
     ("unknown_key", "unknown training config keys ['stepz']"),
     ("no_model", "is not a diffusers Stable Diffusion folder"),
+    ("only_broken", "0 readable image(s)"),
+    ("empty_photos", "has no files"),
 ])
 def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, photo_dir, tmp_path, case, message):
     base, photos, extra = str(tiny_sd_dir), str(photo_dir), []
@@ -84,6 +86,13 @@ def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, photo_dir, tmp_p
         extra = ["--config", str(tmp_path / "c.yaml")]
     elif case == "no_model":
         base = str(tmp_path)
+    elif case in ("only_broken", "empty_photos"):
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        if case == "only_broken":
+            (photos / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+            (photos / "b.png").write_text("not a png")
+        photos = str(photos)
     result = run_cli("train", "--base", base, "--photos", photos, "--method", "cd", "--out", str(tmp_path / "o"), *extra)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error:" in result.stderr and message in result.stderr
