@@ -11,7 +11,10 @@ from training.toy.experiment import WEIGHTS, model_path
 
 BASE = WEIGHTS / "toy-base"
 ALT = WEIGHTS / "toy-alt"
-pytestmark = pytest.mark.skipif(not (BASE / "model_index.json").is_file(), reason="toy weights not trained yet")
+pytestmark = pytest.mark.skipif(
+    not (BASE / "model_index.json").is_file(),
+    reason="toy weights not shipped yet: train them with `python -m training.toy.train_base`",
+)
 
 
 def load(folder):

@@ -15,7 +15,7 @@ from training.toy.experiment import BASELINE, WEIGHTS, ToyExperimentConfig, ToyE
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "five_setups_toy.yaml"
 SETUPS = ("cd-noreg", "cd-reg-base", "cd-reg-alt", "cr", "cd+cr-reg")
 needs_weights = pytest.mark.skipif(not (WEIGHTS / "toy-base" / "model_index.json").is_file(),
-                                   reason="toy weights not trained yet")
+                                   reason="toy weights not shipped yet: train them with `python -m training.toy.train_base`")
 
 
 def shipped() -> dict:
