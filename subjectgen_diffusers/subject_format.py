@@ -22,6 +22,7 @@ import torch
 
 from .atomic_io import atomic_save_safetensors, atomic_write_json
 from .errors import SubjectgenError
+from .strict_config import check_known_keys
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "subject_config.json"
@@ -34,13 +35,6 @@ PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 class SubjectFormatError(SubjectgenError):
     """A subject file or config is malformed or does not fit the pipeline it is loaded into."""
-
-
-def _reject_unknown_keys(cls, data: dict[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SubjectFormatError(f"{where}: unknown keys {unknown}; allowed keys are {sorted(known)}.")
 
 
 @dataclass
@@ -84,7 +78,7 @@ class SubjectConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubjectConfig:
-        _reject_unknown_keys(cls, data, CONFIG_NAME)
+        check_known_keys(cls, data, SubjectFormatError, CONFIG_NAME)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def test_repo_missing_from_cache_offline_says_what_to_do(tmp_path, tiny_pipe):
 def test_hf_hub_offline_in_a_fresh_process(two_versions):
     cache, _, v2 = two_versions
     script = textwrap.dedent(
-        f"""
+        """
         import torch
         from training.tiny_models import build_tiny_sd_pipeline
         from subjectgen_diffusers import load_subject, loaded_subjects

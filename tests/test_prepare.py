@@ -147,7 +147,7 @@ def test_square_crop_stays_inside_the_photo_and_holds_the_face():
 
 
 def test_config_errors_say_what_to_change(tmp_path):
-    with pytest.raises(PrepareError, match="allowed: photos, out, resolution, margin"):
+    with pytest.raises(PrepareError, match=r"allowed keys are \['photos', 'out', 'resolution', 'margin'"):
         PrepareConfig.from_dict({"photos": tmp_path, "out": tmp_path / "o", "resolutoin": 512})
     with pytest.raises(PrepareError, match="--margin must be >= 0"):
         PrepareConfig(photos=tmp_path, out=tmp_path / "o", margin=-1)

@@ -91,7 +91,7 @@ def base_set(tiny_sdxl_dir, tmp_path_factory) -> Path:
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
-    with pytest.raises(RegularizeError, match="allowed: model, prompt, num, out"):
+    with pytest.raises(RegularizeError, match=r"unknown keys \['nmu'\]; allowed keys are \['model', 'prompt', 'num', 'out'"):
         RegularizeConfig.from_dict({"model": "m", "prompt": PROMPT, "num": 2, "out": tmp_path, "nmu": 3})
     with pytest.raises(RegularizeError, match="--num must be at least 1.*--resolution must be a positive multiple of 8"):
         RegularizeConfig(model="m", prompt=PROMPT, num=0, out=tmp_path, resolution=100)

@@ -66,7 +66,7 @@ def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
     ("missing_photos", "does not exist: pass a folder of images"),
     ("empty_reg", "--reg-dir"),
     ("token_in_vocab", "already in the tokenizer's vocabulary"),
-    ("unknown_key", "unknown training config keys ['stepz']"),
+    ("unknown_key", "training config: unknown keys ['stepz']"),
     ("no_model", "is not a diffusers Stable Diffusion folder"),
     ("only_broken", "0 readable image(s)"),
     ("empty_photos", "has no files"),

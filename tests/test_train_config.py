@@ -31,7 +31,7 @@ def test_user_values_win_over_defaults():
 
 
 def test_unknown_key_lists_the_allowed_ones():
-    with pytest.raises(TrainConfigError, match=r"unknown training config keys \['learning_rate'\].*allowed keys.*'lr'"):
+    with pytest.raises(TrainConfigError, match=r"training config: unknown keys \['learning_rate'\].*allowed keys.*'lr'"):
         TrainConfig.from_dict({**REQUIRED, "method": "cd", "learning_rate": 1e-5})
 
 
@@ -72,5 +72,5 @@ def test_file_and_flag_overrides(tmp_path, suffix, text):
 def test_unknown_key_in_file_is_an_error(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("base: m\nphotos: p\nout: o\nmethod: cd\nstep: 3\n")
-    with pytest.raises(TrainConfigError, match=r"unknown training config keys \['step'\]"):
+    with pytest.raises(TrainConfigError, match=r"training config: unknown keys \['step'\]"):
         TrainConfig.from_file(path)

@@ -10,7 +10,6 @@ The pipeline is the plug-in's :class:`~subjectgen_diffusers.SubjectPipeline` wit
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 from training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,7 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise GenerateError(f"unknown generation keys {unknown}; allowed keys are {allowed}.")
+        check_known_keys(cls, data, GenerateError, "generation config")
         return cls(**data)
 
     def settings(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ face-focused personalisation (e.g. the masked diffusion loss of Avrahami et al.,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 from training.faces import FaceAnalyzer, FaceBox
 from training.photos import MASK_SUFFIX, PhotoError, candidate_files, load_image
 
@@ -67,10 +67,7 @@ class PrepareConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrepareConfig":
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise PrepareError(f"unknown prepare setting(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}.")
+        check_known_keys(cls, data, PrepareError, "prepare config")
         return cls(**data)
 
 

@@ -19,12 +19,13 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +84,7 @@ class RegularizeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegularizeConfig":
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise RegularizeError(f"unknown regularisation setting(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}.")
+        check_known_keys(cls, data, RegularizeError, "regularisation config")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 
 METHODS = ("cd", "cr", "cd+cr")
 CD_SCOPES = ("kv", "kv+q+out")
@@ -146,9 +147,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TrainConfigError(f"a training config must be a mapping of field: value, got {type(data).__name__}.")
         data = {key.replace("-", "_"): value for key, value in data.items()}
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise TrainConfigError(f"unknown training config keys {unknown}; allowed keys are {cls.field_names()}.")
+        check_known_keys(cls, data, TrainConfigError, "training config")
         missing = [name for name in ("base", "photos", "method", "out") if data.get(name) in (None, "")]
         if missing:
             raise TrainConfigError(f"missing required training config keys {missing} (give them in the file or as flags).")

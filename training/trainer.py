@@ -12,7 +12,6 @@ of the few trainable tensors; only the main process writes files.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time

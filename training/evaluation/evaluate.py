@@ -7,7 +7,6 @@ Encoders are built once per call; the file is written atomically and read by :mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 from training.evaluation import metrics
 from training.evaluation.clip_score import DEFAULT_CLIP_MODEL
 from training.photos import candidate_files, load_image, load_photo_folder
@@ -48,10 +48,7 @@ class EvaluateConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluateConfig:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise EvaluateError(f"unknown evaluation keys {unknown}; allowed keys are {allowed}.")
+        check_known_keys(cls, data, EvaluateError, "evaluation config")
         return cls(**data)
 
 

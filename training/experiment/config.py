@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.strict_config import check_known_keys
 
 # TrainConfig fields the runner sets itself: they may not appear under `train`.
 RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume")
@@ -28,12 +29,7 @@ class ExperimentConfigError(SubjectgenError):
 
 def _build(cls, data: Any, where: str):
     """Instantiate dataclass ``cls`` from a mapping, recursing into nested dataclass fields; unknown keys fail."""
-    if not isinstance(data, dict):
-        raise ExperimentConfigError(f"{where} must be a mapping of key: value, got {type(data).__name__}.")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ExperimentConfigError(f"{where}: unknown keys {unknown}; allowed keys are {allowed}.")
+    check_known_keys(cls, data, ExperimentConfigError, where)
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
