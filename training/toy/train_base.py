@@ -5,10 +5,14 @@ tiny L2 pull on the latents, cosine learning-rate decay, log-variance pinned so 
 UNet and the text encoder jointly on cached latents with the DDPM ε-prediction loss (Ho et al. 2020) under SD 1.5's
 noise schedule, 10% empty captions for classifier-free guidance (Ho & Salimans 2022) and an EMA of the weights.
 
-Reproduce the shipped weights (about 20 CPU-minutes on one thread; 30 minutes of wall time on a shared 2-core machine)::
+Train (about 20 CPU-minutes on one thread with the defaults; ``--work`` keeps a resumable state)::
 
     nice -n 10 python -m training.toy.train_base --out training/toy/weights/toy-base \
         --alt-out training/toy/weights/toy-alt --work /tmp/toy-base-work
+
+Status: with these defaults (800 VAE steps, 2800 UNet steps) the model draws faces and starts to follow the caption's
+background, but not yet hair/accessories, so no weights ship yet: ``tests/test_toy_base.py`` states the bar.
+Rerun with a larger ``--steps`` on the same ``--work`` to continue (the cosine schedule is recomputed).
 
 ``toy-alt`` is the EMA snapshot at ``--alt-step``: a second, differently (shorter) trained model of the same world,
 used as the "alternative model" for regularisation images. Interrupt at any time and rerun to resume from ``--work``.
@@ -155,7 +159,7 @@ def train_base(config: BaseTrainConfig) -> Path:
         vae.register_to_config(scaling_factor=float(1.0 / means.std()))
         vae.save_pretrained(vae_path)
     scale = vae.config.scaling_factor
-    means, stds = encode_dataset(vae, images)
+    means, _ = encode_dataset(vae, images)
     ids = tokenize(captions)
     empty = tokenize([""])[0]
     logger.info("latent scaling factor %.4f", scale)
