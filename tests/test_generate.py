@@ -75,3 +75,14 @@ def test_generate_cli_with_a_subject_changes_the_image(tiny_sd_dir, tmp_path):
                                    num_per_prompt=1, steps=2))
     base_entry = read_manifest(tmp_path / "b")[0]
     assert np.abs(_pixels(tmp_path / "s" / entry["file"]) - _pixels(tmp_path / "b" / base_entry["file"])).max() > 0
+
+
+def test_a_missing_subject_fails_before_the_base_model_loads(tmp_path):
+    # The base does not exist either: the subject's error must come first, so no model was loaded before it.
+    config = GenerateConfig(base=str(tmp_path / "no-base"), prompts="a photo of {}", subject=str(tmp_path / "no-subject"),
+                            out=str(tmp_path / "out"))
+    from subjectgen_diffusers.errors import SubjectgenError
+
+    with pytest.raises(SubjectgenError, match="no-subject does not exist"):
+        generate_images(config)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()

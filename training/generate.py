@@ -111,11 +111,15 @@ def load_pipeline(config: GenerateConfig):
 
     from subjectgen_diffusers import SubjectPipeline
 
+    from subjectgen_diffusers.hub import resolve_source
+
+    # A wrong subject path fails here, before the (large) base model is loaded.
+    subject = str(resolve_source(config.subject)) if config.subject else None
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:
         pipe = SubjectPipeline.from_pretrained(
-            config.base, subject=config.subject, subject_scale=config.scale, dtype=getattr(torch, dtype_name),
+            config.base, subject=subject, subject_scale=config.scale, dtype=getattr(torch, dtype_name),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except SubjectgenError:
