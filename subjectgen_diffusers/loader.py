@@ -163,7 +163,9 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     added = _expanded_tokens(token, subject.config.num_vectors)
     attached: list[str] = []
     tokens_loaded = False
+    rows_before = pipe.text_encoder.get_input_embeddings().num_embeddings
     try:
+        _reserve_token_rows(pipe, len(added))
         pipe.load_textual_inversion(
             subject.token_embeddings.detach().float(), token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
         )
@@ -179,6 +181,8 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
             detach_layer_delta(pipe.unet, layer, token)
         if tokens_loaded:
             _unload_tokens(pipe, added)
+        elif pipe.text_encoder.get_input_embeddings().num_embeddings != rows_before:
+            pipe.text_encoder.resize_token_embeddings(rows_before, mean_resizing=False)
         if isinstance(error, SubjectgenError):
             raise
         raise SubjectgenError(f"could not load subject `{token}` ({error}); the pipeline was left unchanged.") from error
@@ -186,6 +190,18 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
         token, added, attached, float(scale), subject.config.method, subject.config.base_model
     )
     return token
+
+
+def _reserve_token_rows(pipe, count: int) -> None:
+    """Grow the embedding matrix for ``count`` new tokens without transformers' mean resizing.
+
+    diffusers' loader resizes with transformers' default, which fits a Gaussian to the whole vocabulary (a
+    768x768 covariance over 49,408 rows for SD 1.5) and warns, only for the rows to be overwritten at once; with
+    the rows already there its resize is a no-op.
+    """
+    rows = len(pipe.tokenizer) + count
+    if pipe.text_encoder.get_input_embeddings().num_embeddings < rows:
+        pipe.text_encoder.resize_token_embeddings(rows, mean_resizing=False)
 
 
 def _unload_tokens(pipe, tokens: list[str]) -> None:
