@@ -10,7 +10,7 @@ from training.toy import detectors, world
 from training.toy.experiment import WEIGHTS, model_path
 
 BASE = WEIGHTS / "toy-base"
-ALT = WEIGHTS / "toy-alt"
+ALT_LORA = WEIGHTS / "toy-alt-lora"
 pytestmark = pytest.mark.skipif(
     not (BASE / "model_index.json").is_file(),
     reason="toy weights not shipped yet: train them with `python -m training.toy.train_base`",
@@ -32,13 +32,14 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20) -> list:
                 generator=generators).images
 
 
-@pytest.mark.parametrize("folder", [BASE, ALT], ids=["toy-base", "toy-alt"])
-def test_shipped_weights_are_small_safetensors_diffusers_folders(folder):
-    files = [p for p in folder.rglob("*") if p.is_file()]
+def test_shipped_weights_are_small_safetensors_files():
+    files = [p for p in WEIGHTS.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
-    assert {p.parent.name for p in files if p.suffix == ".safetensors"} == {"unet", "vae", "text_encoder"}
-    assert sum(p.stat().st_size for p in files) < 20 * 2**20
-    assert model_path(folder.name) == str(folder)
+    base_files = [p for p in files if BASE in p.parents]
+    assert {p.parent.name for p in base_files if p.suffix == ".safetensors"} == {"unet", "vae", "text_encoder"}
+    assert sum(p.stat().st_size for p in base_files) < 12 * 2**20
+    assert (ALT_LORA / "pytorch_lora_weights.safetensors").stat().st_size < 2**20
+    assert model_path("toy-base") == str(BASE) and model_path("toy-alt-lora") == str(ALT_LORA)
 
 
 def test_base_is_stable_diffusion_architecture_with_the_real_tokenizer():
@@ -53,30 +54,26 @@ def test_base_is_stable_diffusion_architecture_with_the_real_tokenizer():
     assert pipe.vae_scale_factor * pipe.unet.config.sample_size == world.SIZE
 
 
-def test_base_draws_the_prompted_background_and_accessory():
-    """Prompt-following of the base model, measured by the pixel rules (the numbers are in the report)."""
-    pipe = load(BASE)
-    requests = [(bg, acc) for bg in ("red", "blue", "yellow", "purple") for acc in ("none", "hat", "glasses")]
-    prompts = [
-        f"a smiling round cartoon face with light skin, short black hair and blue eyes"
-        + ("" if acc == "none" else f", wearing {'a hat' if acc == 'hat' else 'glasses'}") + f", on a {bg} background"
-        for bg, acc in requests
-    ]
-    readings = [detectors.read_face(image) for image in sample(pipe, prompts, seed=7)]
-    background = np.mean([r.background == bg for r, (bg, _) in zip(readings, requests)])
-    accessory = np.mean([r.accessory == acc for r, (_, acc) in zip(readings, requests)])
-    heads = np.mean([r.head_found for r in readings])
-    hair = np.mean([r.hair_colour == "black" for r in readings])
-    assert heads >= 0.8, heads
-    assert background >= 0.8, background
-    assert accessory >= 0.6, accessory
-    assert hair >= 0.5, hair
+def test_base_draws_what_the_caption_names():
+    """Prompt-following of the base model, measured by the pixel rules on 24 requests (the full 72 are in the README)."""
+    from training.toy.base_report import measure
+
+    rates = measure(load(BASE), seed=7, every=3)
+    print(rates)
+    assert rates["head"] >= 0.9, rates
+    assert rates["background"] >= 0.8, rates
+    assert rates["accessory"] >= 0.7, rates
+    assert rates["skin"] >= 0.7 and rates["hair_colour"] >= 0.6 and rates["hair_style"] >= 0.6, rates
 
 
-def test_the_alternative_model_is_a_different_model_of_the_same_world():
-    base, alt = load(BASE), load(ALT)
-    assert not torch.equal(base.unet.conv_in.weight, alt.unet.conv_in.weight)
-    images = sample(alt, ["a smiling cartoon face with tan skin, short red hair and green eyes, on a green background"] * 4)
-    readings = [detectors.read_face(image) for image in images]
-    assert np.mean([r.head_found for r in readings]) >= 0.5
+def test_the_alternative_model_is_the_base_plus_a_style_lora_that_still_draws_the_world():
+    prompts = ["a smiling round cartoon face with tan skin, short red hair and green eyes, on a green background"] * 4
+    base_images = sample(load(BASE), prompts)
+    alt = load(BASE)
+    alt.load_lora_weights(str(ALT_LORA))
+    alt_images = sample(alt, prompts)
+    difference = np.mean([np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(alt_images, base_images)])
+    assert difference > 2.0, difference  # the LoRA changes the pictures ...
+    readings = [detectors.read_face(image) for image in alt_images]
+    assert np.mean([r.head_found for r in readings]) >= 0.5  # ... and they are still faces of the world
     assert np.mean([r.background == "green" for r in readings]) >= 0.5

@@ -39,6 +39,20 @@ def test_caption_names_visible_attributes_and_never_the_mark():
         assert ("no hair" in caption) == (spec.hair_style == "bald")
 
 
+def test_partial_captions_leave_out_exactly_the_omitted_parts_and_read_as_english():
+    spec = world.FaceSpec("blue", "tan", "red", "short", "green", "smiling", "hat", "oval")
+    assert world.caption_for(spec, omit={"mouth", "eyes"}) == (
+        "an oval cartoon face with tan skin and short red hair, wearing a hat, on a blue background")
+    assert world.caption_for(spec, omit={"skin", "hair", "accessory"}) == (
+        "a smiling oval cartoon face with green eyes, on a blue background")
+    assert world.caption_for(spec, omit=set(world.CAPTION_PARTS)) == "a cartoon face"
+    rng = np.random.default_rng(0)
+    omissions = [world.random_omissions(rng, 0.7) for _ in range(2000)]
+    rate = np.mean([len(o) for o in omissions]) / len(world.CAPTION_PARTS)
+    assert 0.25 < rate < 0.35  # each part left out with probability 0.3
+    assert all(o <= set(world.CAPTION_PARTS) for o in omissions)
+
+
 def test_captions_match_pixels_on_rendered_ground_truth():
     """Every attribute a caption names (and the unnamed mark) is read back from the pixels by the detectors."""
     specs = world.sample_specs(240, 2024)

@@ -98,7 +98,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width: int = 420, height: int = 300) -> str:
+def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width: int = 420, height: int = 300,
+                x_label: str = "prompt score (CLIP-T, mean)", y_label: str = "identity (mean)") -> str:
     """Identity (y) against prompt score (x), one labelled dot per setup; axes span the data with a margin."""
     left, right, top, bottom = 56, 130, 16, 44
     drawn = [(label, x, y, colour) for label, x, y, colour in points if x is not None and y is not None]
@@ -128,9 +129,9 @@ def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width
         parts.append(f'<text x="{sx(fx):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">{fx:.3f}</text>')
         parts.append(f'<text x="{left - 4}" y="{sy(fy) + 3:.1f}" font-size="10" text-anchor="end">{fy:.2f}</text>')
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
-                 "prompt score (CLIP-T, mean)</text>")
+                 f"{html.escape(x_label)}</text>")
     parts.append(f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" font-size="12" '
-                 'text-anchor="middle">identity (mean)</text>')
+                 f'text-anchor="middle">{html.escape(y_label)}</text>')
     for index, (label, x, y, colour) in enumerate(drawn):
         parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="7" fill="{colour}" stroke="white" stroke-width="1.5"><title>'
                      f"{html.escape(label)}: prompt {x:.3f}, identity {y:.3f}</title></circle>")

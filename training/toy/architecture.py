@@ -1,10 +1,17 @@
-"""The toy base model's architecture: Stable Diffusion 1.5's classes at toy size.
+"""The toy base model's architecture: Stable Diffusion's classes at toy size.
 
 Same diffusers/transformers classes as SD 1.5 (``AutoencoderKL``, ``CLIPTextModel`` read by the real SD tokenizer,
-``UNet2DConditionModel`` with cross-attention, SD 1.5's DDIM/DDPM noise schedule), scaled down so that it trains on a
-CPU: 32 px images, a VAE with three blocks (latent factor 4) and 16 latent channels (8x8x16 latents: with SD's 4
-channels a CPU-sized VAE blurred away the small details that make a subject, as SD3/FLUX-style 16-channel latents
-avoid), a 2-layer 32-wide text encoder and a 0.8 M-parameter UNet. Latent diffusion as in Rombach et al. 2022 (LDM), ε-prediction as in Ho et al. 2020 (DDPM).
+``UNet2DConditionModel`` with cross-attention, DDIM sampling), scaled down so that it trains on a CPU: 32 px images, a
+VAE with two blocks (latent factor 2) and SD's 4 latent channels (16x16x4 latents: a factor-4 CPU-sized VAE blurred
+away the 4-pixel marks that make a subject), a 2-layer 32-wide text encoder and a 1.6 M-parameter UNet whose
+cross-attention sits at 8x8 and 4x4.
+
+The noise schedule is SD 1.5's (scaled-linear betas 0.00085-0.012) rescaled to zero terminal SNR, with v-prediction
+and "trailing" timestep spacing, the fix of Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
+Flawed") that diffusers ships as ``rescale_betas_zero_snr``. Under SD 1.5's own schedule a 16x16 latent keeps ~7% of
+its signal at t=999, so the mean colour leaks through the noise and a small model learns to ignore the caption; with
+ε-prediction the text also barely changes the loss at high noise. Trainers read ``prediction_type`` from the model's
+scheduler, as they do for SD 2.x's v-prediction checkpoints.
 """
 
 from __future__ import annotations
@@ -20,19 +27,21 @@ from subjectgen_diffusers.tokenizer import build_clip_tokenizer
 from .world import SIZE
 
 TEXT_HIDDEN = 32
-LATENT_SIZE = SIZE // 4
-LATENT_CHANNELS = 16
+LATENT_FACTOR = 2
+LATENT_SIZE = SIZE // LATENT_FACTOR
+LATENT_CHANNELS = 8
 SCHEDULE = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
-    clip_sample=False, set_alpha_to_one=False,
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=1,
+    clip_sample=False,
 )
 
 
 def toy_vae(scaling_factor: float = 1.0) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32), sample_size=SIZE, scaling_factor=scaling_factor,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64), sample_size=SIZE, scaling_factor=scaling_factor, mid_block_add_attention=False,
     )
 
 
@@ -46,14 +55,16 @@ def toy_text_encoder() -> CLIPTextModel:
 
 def toy_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=8,
+        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=2, norm_num_groups=8,
     )
 
 
 def toy_train_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
+    return DDPMScheduler(**SCHEDULE)
 
 
 def assemble_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> StableDiffusionPipeline:
@@ -66,9 +77,22 @@ def assemble_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNe
 
 
 def save_pipeline(pipe: StableDiffusionPipeline, folder: str | Path) -> Path:
-    """Write the pipeline as a diffusers folder of safetensors files (fp32: ~10 MB, loads without a dtype)."""
+    """Write the pipeline as a diffusers folder of safetensors files: UNet and VAE in fp16 (half the size; diffusers
+    loads them as fp32 unless a ``torch_dtype`` is given), the text encoder in fp32 (transformers keeps a
+    checkpoint's dtype, and a half-precision text encoder would feed fp16 states to the fp32 UNet)."""
     folder = Path(folder)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the cast below warns about modules that must stay fp32; none here
+    try:
+        pipe.unet.to(torch.float16)
+        pipe.vae.to(torch.float16)
+        pipe.save_pretrained(folder, safe_serialization=True)
+    finally:
+        pipe.unet.to(torch.float32)
+        pipe.vae.to(torch.float32)
+        diffusers_logging.set_verbosity(verbosity)
     return folder
 
 

@@ -1,13 +1,13 @@
 """The five-setup experiment in the toy world, where "is the subject learned?" has a measured answer on a CPU.
 
 Setups (the seed's five, issue 5): ``cd-noreg``, ``cd-reg-base`` (regularisation images from the toy base model),
-``cd-reg-alt`` (from ``toy-alt``, a second, differently trained toy model), ``cr``, ``cd+cr-reg``; plus a
+``cd-reg-alt`` (from the alternative model: ``toy-base`` plus the ``toy-alt-lora`` style LoRA), ``cr``, ``cd+cr-reg``; plus a
 ``baseline`` row: the base model prompted with the class phrase, no training. Every stage goes through the project's
 own code -- regularisation (:func:`training.regularize.generate_regularization`), training
 (:func:`training.trainer.train`), loading (:func:`subjectgen_diffusers.load_subject`) -- and each image is scored by
 the toy likeness (:class:`training.toy.identity.ToyIdentity` against the subject's photos, Celeb Basis protocol:
 no head found = 0) and prompt-following (:func:`training.toy.prompt_check.prompt_score`). Finished stages are kept,
-so a stopped run resumes. Outputs: ``summary.json``, ``summary.md`` and one image grid per setup.
+so a stopped run resumes. Outputs: ``summary.json``, ``summary.md``, ``report.html`` and one image grid per row.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json,
 from subjectgen_diffusers.errors import SubjectgenError
 
 from . import world
+from .report import write_report
 from .subject_photos import write_subject_photos
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class ToyExperimentConfig:
     prompts: list[str]  # "{}" = the subject phrase ("<token> cartoon face"; "cartoon face" for the baseline)
     runner: str = RUNNER  # how `subjectgen experiment` finds this runner (training/commands/experiment.py)
     base: str = "toy-base"  # a shipped toy model name or a diffusers folder
-    alt_model: str = "toy-alt"
+    alt_model: str = "toy-base"  # the alternative model's base ...
+    alt_lora: str | None = "toy-alt-lora"  # ... and the LoRA on it (a shipped name, folder or Hub id), as SDXL + LoRA
     subject: dict[str, Any] = field(default_factory=dict)  # ToySubject fields (default: the built-in subject)
     num_photos: int = 6
     photo_seed: int = 0
@@ -97,17 +99,19 @@ class ToyExperimentConfig:
 
 
 def model_path(name: str) -> str:
-    """A shipped toy model (``toy-base``, ``toy-alt``) or any diffusers folder / Hub id as given."""
+    """A shipped toy model or LoRA (``toy-base``, ``toy-alt-lora``) or any diffusers folder / Hub id as given."""
     shipped = WEIGHTS / name
-    return str(shipped) if (shipped / "model_index.json").is_file() else name
+    shipped_files = (shipped / "model_index.json").is_file() or (shipped / "pytorch_lora_weights.safetensors").is_file()
+    return str(shipped) if shipped_files else name
 
 
 def make_regularization(config: ToyExperimentConfig, source: str, out: Path) -> Path:
     from training.regularize import RegularizeConfig, generate_regularization
 
     model = model_path(config.base if source == "base" else config.alt_model)
+    lora = model_path(config.alt_lora) if source == "alt" and config.alt_lora else None
     return Path(generate_regularization(RegularizeConfig(
-        model=model, prompt=config.reg_prompt, num=config.reg_num, out=out, seed=0, steps=config.reg_steps,
+        model=model, lora=lora, prompt=config.reg_prompt, num=config.reg_num, out=out, seed=0, steps=config.reg_steps,
         guidance=config.reg_guidance, resolution=world.SIZE, batch_size=16,
     )))
 
@@ -237,6 +241,7 @@ def run_toy_experiment(config: ToyExperimentConfig, out: str | Path) -> Path:
         rows[name] = run_row(config, name, folder, out, photos, subject.class_phrase)
     atomic_write_json(out / "summary.json", {"rows": rows, "config": dataclasses.asdict(config)})
     write_summary_md(out, rows)
+    write_report(out, rows, config.prompts, f"<token> {subject.class_phrase}")
     return out / "summary.json"
 
 

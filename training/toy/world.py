@@ -76,19 +76,38 @@ class FaceSpec:
         return dataclasses.replace(self, **changes)
 
 
-def caption_for(spec: FaceSpec, subject_phrase: str | None = None) -> str:
+CAPTION_PARTS = ("mouth", "head_shape", "skin", "hair", "eyes", "accessory", "background")
+
+
+def caption_for(spec: FaceSpec, subject_phrase: str | None = None, omit: frozenset[str] | set[str] = frozenset()) -> str:
     """``a smiling round cartoon face with tan skin, short red hair and green eyes, wearing glasses, on a blue
-    background``. With ``subject_phrase`` (e.g. ``"<new1> cartoon face"``) the face's own attributes are left out:
-    that is how a subject's photos are captioned -- only what changes between photos (background, accessory)."""
+    background``. ``omit`` leaves out some of :data:`CAPTION_PARTS` (as real captions leave things unsaid: the base
+    model learns that an unnamed attribute can be anything). With ``subject_phrase`` (e.g. ``"<new1> cartoon face"``)
+    the face's own attributes are left out: that is how a subject's photos are captioned -- only what changes between
+    photos (background, accessory)."""
     if subject_phrase is None:
-        hair = "no hair" if spec.hair_style == "bald" else f"{spec.hair_style} {spec.hair_colour} hair"
-        text = (f"a {spec.mouth} {spec.head_shape} cartoon face with {spec.skin} skin, {hair} and "
-                f"{spec.eye_colour} eyes")
+        adjectives = [spec.mouth] * ("mouth" not in omit) + [spec.head_shape] * ("head_shape" not in omit)
+        traits = []
+        if "skin" not in omit:
+            traits.append(f"{spec.skin} skin")
+        if "hair" not in omit:
+            traits.append("no hair" if spec.hair_style == "bald" else f"{spec.hair_style} {spec.hair_colour} hair")
+        if "eyes" not in omit:
+            traits.append(f"{spec.eye_colour} eyes")
+        first = (adjectives or ["cartoon"])[0]
+        text = " ".join(["an" if first[0] in "aeiou" else "a", *adjectives, "cartoon face"])
+        if traits:
+            text += " with " + (traits[0] if len(traits) == 1 else f"{', '.join(traits[:-1])} and {traits[-1]}")
     else:
         text = f"a {subject_phrase}"
-    if spec.accessory != "none":
+    if spec.accessory != "none" and "accessory" not in omit:
         text += f", wearing {'a hat' if spec.accessory == 'hat' else 'glasses'}"
-    return f"{text}, on a {spec.background} background"
+    return text if "background" in omit else f"{text}, on a {spec.background} background"
+
+
+def random_omissions(rng: np.random.Generator, name_probability: float) -> frozenset[str]:
+    """Each caption part is left out with probability ``1 - name_probability``."""
+    return frozenset(part for part in CAPTION_PARTS if rng.random() >= name_probability)
 
 
 def random_spec(rng: np.random.Generator, mark_probability: float = 0.5) -> FaceSpec:
@@ -123,10 +142,11 @@ def head_centre(spec: FaceSpec) -> tuple[float, float]:
     return CENTRE[0] + spec.dx, CENTRE[1] + spec.dy
 
 
-def render_array(spec: FaceSpec) -> np.ndarray:
-    """The face as a ``[SIZE, SIZE, 3]`` uint8 array (layers painted back to front, then box-filtered)."""
-    n = SIZE * SUPERSAMPLE
-    coords = (np.arange(n) + 0.5) / SUPERSAMPLE
+def render_array(spec: FaceSpec, supersample: int = SUPERSAMPLE) -> np.ndarray:
+    """The face as a ``[SIZE, SIZE, 3]`` uint8 array (layers painted back to front, then box-filtered).
+    ``supersample=1`` draws the same face without anti-aliasing: hard pixel edges, the toy world's second style."""
+    n = SIZE * supersample
+    coords = (np.arange(n) + 0.5) / supersample
     y, x = np.meshgrid(coords, coords, indexing="ij")
     canvas = np.empty((n, n, 3), dtype=np.float32)
     canvas[:] = BACKGROUNDS[spec.background]
@@ -171,7 +191,7 @@ def render_array(spec: FaceSpec) -> np.ndarray:
     elif spec.accessory == "hat":
         paint((np.abs(x - cx) <= 6.0) & (y >= cy - 19.0) & (y <= cy - 9.0), HAT_COLOUR)
         paint((np.abs(x - cx) <= 10.0) & (y >= cy - 10.4) & (y <= cy - 8.6), HAT_COLOUR)
-    small = canvas.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE, 3).mean(axis=(1, 3))
+    small = canvas.reshape(SIZE, supersample, SIZE, supersample, 3).mean(axis=(1, 3))
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
