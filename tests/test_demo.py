@@ -14,7 +14,7 @@ from subjectgen_diffusers.subject_format import Subject
 @pytest.mark.slow
 def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--out", "demo", "--steps", "2", cwd=tmp_path)  # relative --out, as a newcomer types it
+    proc = run_cli("demo", "--real-photos", "--out", "demo", "--steps", "2", cwd=tmp_path)  # relative --out, as a newcomer types it
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
     assert "subjectgen experiment five_setups" in proc.stdout
@@ -40,7 +40,29 @@ def test_demo_names_scikit_image_when_it_is_missing(tmp_path):
     shadow = tmp_path / "shadow" / "skimage"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('scikit-image hidden for this test')\n")
-    proc = run_cli("demo", "--out", str(tmp_path / "demo"), env={"PYTHONPATH": f"{tmp_path / 'shadow'}:{REPO_ROOT}"})
+    proc = run_cli("demo", "--real-photos", "--out", str(tmp_path / "demo"), env={"PYTHONPATH": f"{tmp_path / 'shadow'}:{REPO_ROOT}"})
     assert proc.returncode == 2
     assert "pip install scikit-image" in proc.stderr and proc.stderr.startswith("error: ")
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO_ROOT / "training" / "toy" / "weights" / "toy-base" / "model_index.json").is_file(),
+                    reason="toy weights not shipped")
+def test_default_demo_learns_the_toy_subject_and_says_where_to_look(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
+    assert "| cd+cr-reg |" in proc.stdout  # the scores table is printed
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert list(rows) == ["baseline", "cd+cr-reg"]
+    learned, baseline = rows["cd+cr-reg"], rows["baseline"]
+    assert learned["likeness"] >= baseline["likeness"] + 0.3, rows  # the subject is learned ...
+    assert learned["prompt_following"] >= baseline["prompt_following"] - 0.2, rows  # ... and drawn in new scenes
+    subject = Subject.load(out / "cd+cr-reg" / "subject")
+    assert subject.config.method == "cd+cr"
+    report = (out / "report.html").read_text()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', report)
+    assert len(sources) == 6 + 2  # the six photos and one grid per row
+    assert all((out / src).is_file() for src in sources)

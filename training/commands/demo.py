@@ -1,26 +1,50 @@
-"""``subjectgen demo [--out DIR]``: the whole path offline, in about a minute, on the built-in tiny model.
+"""``subjectgen demo [--out DIR]``: the whole path offline, in about a minute, on the shipped toy base model.
 
-Sample photos of a real person (scikit-image's astronaut: crops, mirror images, small rescales) are prepared (face
-crops + masks), a CD+CR subject is trained for a few steps on ``builtin:tiny-sd``, sampled over a few prompts,
-evaluated (face detection and dlib identity; no CLIP, which would need the Hub) and reported. It is the experiment
-runner with one subject and one setup, so the output folder looks like a real experiment's and a rerun resumes.
+The toy world's subject (a cartoon face whose traits and hidden mark its captions never name) is photographed six
+times; a CD+CR subject (with regularisation images from the base) is trained on ``toy-base`` (an SD-architecture model trained on that world, shipped in the
+package), drawn in new scenes (other backgrounds, a hat, glasses) next to the untrained baseline, scored by the toy
+likeness and prompt-following, and reported. It is the toy experiment runner with one setup, so a rerun resumes.
+
+``--real-photos`` runs the path for real photos instead: sample photos of a person (scikit-image's astronaut) are
+prepared (face crops + masks), trained on ``builtin:tiny-sd`` (random weights: the pictures are noise, the path is
+real) and evaluated with dlib face identity.
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "the whole path offline on the built-in tiny model and sample photos"
+HELP = "the whole path offline: the shipped toy model learns a subject (or --real-photos on a tiny random model)"
 DEMO_PROMPTS = "a photo of {} | a close-up photo of {} laughing | a pencil sketch of {} | a photo of {} wearing a red baseball cap"
+TOY_PROMPTS = ["a {}, on a red background", "a {}, wearing a hat, on a green background",
+               "a {}, wearing glasses, on a yellow background", "a {}, on a purple background"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="subjectgen-demo", help="output folder (default: ./subjectgen-demo)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default 300 on the toy model, 20 with --real-photos)")
+    parser.add_argument("--real-photos", action="store_true",
+                        help="prepare and train on sample photos of a real person with the tiny random-weight model")
+
+
+def toy_demo_config(steps: int = 300):
+    """The toy demo: the shipped subject, CD+CR with regularisation images from the base, four new scenes, four seeds."""
+    from training.toy.experiment import ToyExperimentConfig
+
+    return ToyExperimentConfig.from_dict({
+        "prompts": TOY_PROMPTS, "num_per_prompt": 4,
+        "train": {"resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
+                  "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0,
+                  "checkpoint_every": max(1, steps // 2)},
+        "reg_num": 16,
+        "setups": {"cd+cr-reg": {"method": "cd+cr", "reg": "base",
+                                 "train": {"steps": steps, "lr": 1e-3, "token_lr": 2e-2, "batch_size": 4}}},
+    })
 
 
 def demo_config(steps: int = 20):
-    """The demo as an experiment config: one subject, one setup (CD+CR), the tiny built-in model."""
+    """The real-photos demo as an experiment config: one subject, one setup (CD+CR), the tiny built-in model."""
     from training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, SetupSpec,
                                             SubjectSpec)
 
@@ -39,12 +63,12 @@ def demo_config(steps: int = 20):
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run_real_photos(args: argparse.Namespace) -> int:
     from training.experiment import run_experiment
     from training.sample_photos import astronaut_image
 
     astronaut_image()  # fails early, naming scikit-image, when it is missing
-    summary = run_experiment(demo_config(args.steps), args.out)
+    summary = run_experiment(demo_config(args.steps or 20), args.out)
     out = summary.parent.resolve()
     run_dir = out / "runs" / "astronaut" / "cd+cr"
     print("\ndone. Look at:")
@@ -55,3 +79,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"  prepared photos:            {out / 'subjects' / 'astronaut' / 'photos' / 'prepared'}")
     print("On a GPU with Stable Diffusion 1.5: subjectgen experiment five_setups --out runs/five_setups")
     return 0
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from subjectgen_diffusers.errors import SubjectgenError
+    from training.toy.experiment import WEIGHTS, run_toy_experiment
+
+    if not (WEIGHTS / "toy-base" / "model_index.json").is_file():
+        raise SubjectgenError(f"the toy base model is missing from {WEIGHTS}; reinstall the package or train it "
+                              "with `python -m training.toy.train_base`, or run `subjectgen demo --real-photos`.")
+    out = Path(args.out).resolve()
+    run_toy_experiment(toy_demo_config(args.steps or 300), out)
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print("done. Look at:")
+    print(f"  report (open in a browser): {out / 'report.html'}")
+    print(f"  the subject's photos:       {out / 'photos'}")
+    print(f"  the trained subject:        {out / 'cd+cr-reg' / 'subject'}")
+    print(f"  its new scenes:             {out / 'cd+cr-reg' / 'grid.png'}  (baseline: {out / 'baseline' / 'grid.png'})")
+    print("All five setups in this world: subjectgen experiment five_setups_toy --out runs/toy")
+    print("On a GPU with Stable Diffusion 1.5: subjectgen experiment five_setups --out runs/five_setups")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_real_photos(args) if args.real_photos else run_toy(args)

@@ -154,10 +154,11 @@ def generate(config: ToyExperimentConfig, subject_folder: Path | None, out: Path
     return entries
 
 
-def score_images(folder: Path, entries: list[dict], photos: Path) -> list[dict]:
+def score_images(folder: Path, entries: list[dict], photos: Path, subject: world.ToySubject) -> list[dict]:
     from training.evaluation.metrics import identity_score
     from training.photos import load_image
 
+    from .detectors import read_face
     from .identity import ToyIdentity
     from .prompt_check import prompt_score
 
@@ -168,7 +169,11 @@ def score_images(folder: Path, entries: list[dict], photos: Path) -> list[dict]:
     for entry in entries:
         image = load_image(folder / entry["file"])
         embedding = encoder.embed(image)
+        reading = read_face(image)
+        traits = [reading.skin == subject.skin, reading.hair_colour == subject.hair_colour,
+                  reading.hair_style == subject.hair_style]
         scored.append({**entry, "face_found": embedding is not None,
+                       "hidden_mark": float(reading.mark == tuple(subject.mark)), "traits": float(np.mean(traits)),
                        "likeness": identity_score(embedding, references, encoder.similarity),
                        "prompt_following": prompt_score(image, entry["prompt"])})
     return scored
@@ -182,7 +187,8 @@ def _mean(values) -> float | None:
 def summarize(scored: list[dict]) -> dict[str, Any]:
     return {"images": len(scored), "likeness": _mean(e["likeness"] for e in scored),
             "prompt_following": _mean(e["prompt_following"] for e in scored),
-            "face_found": _mean(float(e["face_found"]) for e in scored)}
+            "face_found": _mean(float(e["face_found"]) for e in scored),
+            "hidden_mark": _mean(e["hidden_mark"] for e in scored), "traits": _mean(e["traits"] for e in scored)}
 
 
 def save_grid(folder: Path, scored: list[dict], prompts: list[str], per_prompt: int, zoom: int = 3) -> Path:
@@ -207,21 +213,29 @@ def run_row(config: ToyExperimentConfig, name: str, subject_folder: Path | None,
         return json.loads(scores_path.read_text(encoding="utf-8"))["summary"]
     images = row_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
-    scored = score_images(images, generate(config, subject_folder, images, class_phrase), photos)
+    subject = world.ToySubject(**config.subject)
+    scored = score_images(images, generate(config, subject_folder, images, class_phrase), photos, subject)
     save_grid(images, scored, config.prompts, config.num_per_prompt)
     summary = summarize(scored)
     atomic_write_json(scores_path, {"summary": summary, "images": scored})
     return summary
 
 
+def _cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    return "—" if row.get(key) is None else f"{row[key]:.{digits}f}"
+
+
 def write_summary_md(out: Path, rows: dict[str, dict[str, Any]]) -> Path:
     lines = ["# Toy-world five-setup experiment", "",
-             "Likeness: toy identity vs the subject's photos (0.5 hidden mark + 0.5 traits; no head = 0). "
-             "Prompt-following: fraction of requested backgrounds/accessories present (pixel rules).", "",
-             "| setup | likeness | prompt-following | head found | grid |", "| --- | --- | --- | --- | --- |"]
+             "Likeness: toy identity vs the subject's photos (0.5 hidden mark + 0.5 traits; no head = 0), split into "
+             "its parts: the hidden mark (colour and place) and the traits (skin, hair colour, hair style). "
+             "Prompt-following: fraction of requested backgrounds/accessories present (pixel rules). "
+             "Open report.html for the images.", "",
+             "| setup | likeness | hidden mark | traits | prompt-following | head found | grid |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['likeness']:.3f} | {row['prompt_following']:.3f} | {row['face_found']:.2f} | "
-                     f"[grid]({name}/grid.png) |")
+        lines.append(f"| {name} | {_cell(row, 'likeness')} | {_cell(row, 'hidden_mark', 2)} | {_cell(row, 'traits', 2)} | "
+                     f"{_cell(row, 'prompt_following')} | {_cell(row, 'face_found', 2)} | [grid]({name}/grid.png) |")
     return atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
 
 

@@ -19,10 +19,15 @@ STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1100px}table{border-
 def render_report(out: Path, rows: dict[str, dict[str, Any]], prompts: list[str], subject_phrase: str) -> str:
     esc = html.escape
     photos = sorted((out / "photos").glob("photo_*.png"))
-    table = ["<table><tr><th>setup</th><th>likeness</th><th>prompt-following</th><th>head found</th></tr>"]
+    def cell(row: dict[str, Any], key: str, form: str = ".3f") -> str:
+        return "—" if row.get(key) is None else format(row[key], form)
+
+    table = ["<table><tr><th>setup</th><th>likeness</th><th>hidden mark</th><th>traits</th><th>prompt-following</th>"
+             "<th>head found</th></tr>"]
     for name, row in rows.items():
-        table.append(f"<tr><td>{esc(name)}</td><td>{row['likeness']:.3f}</td><td>{row['prompt_following']:.3f}</td>"
-                     f"<td>{row['face_found']:.0%}</td></tr>")
+        table.append(f"<tr><td>{esc(name)}</td><td>{cell(row, 'likeness')}</td><td>{cell(row, 'hidden_mark', '.0%')}</td>"
+                     f"<td>{cell(row, 'traits', '.0%')}</td><td>{cell(row, 'prompt_following')}</td>"
+                     f"<td>{cell(row, 'face_found', '.0%')}</td></tr>")
     table.append("</table>")
     points = [(name, row["prompt_following"], row["likeness"], SETUP_COLOURS[i % len(SETUP_COLOURS)])
               for i, (name, row) in enumerate(rows.items())]
@@ -36,8 +41,9 @@ def render_report(out: Path, rows: dict[str, dict[str, Any]], prompts: list[str]
             f"<h2>The subject's photos</h2><p class='photos'>{photo_tags}</p>"
             "<p>Its mark and traits are never named in a caption: the new token must learn them from the photos.</p>"
             f"<h2>Scores</h2>{''.join(table)}<p>Likeness: toy identity against the photos (half the hidden mark, half "
-            "skin, hair colour and hair style; no head found = 0). Prompt-following: the fraction of requested "
-            "backgrounds and accessories that the pixel rules find. The baseline is the untrained base model prompted "
+            "skin, hair colour and hair style; no head found = 0); hidden mark and traits are those halves on their "
+            "own. Prompt-following: the fraction of requested backgrounds and accessories that the pixel rules find. "
+            "The baseline is the untrained base model prompted "
             f"with the class phrase.</p>{plot}<h2>Images</h2><p>Rows, top to bottom:</p><ol>{prompt_list}</ol>"
             f"{grids}</body></html>\n")
 
