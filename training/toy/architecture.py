@@ -2,9 +2,9 @@
 
 Same diffusers/transformers classes as SD 1.5 (``AutoencoderKL``, ``CLIPTextModel`` read by the real SD tokenizer,
 ``UNet2DConditionModel`` with cross-attention, DDIM sampling), scaled down so that it trains on a CPU: 32 px images, a
-VAE with two blocks (latent factor 2) and SD's 4 latent channels (16x16x4 latents: a factor-4 CPU-sized VAE blurred
-away the 4-pixel marks that make a subject), a 2-layer 32-wide text encoder and a 1.6 M-parameter UNet whose
-cross-attention sits at 8x8 and 4x4.
+VAE with two blocks (latent factor 2, 8 latent channels, no mid-block attention: 16x16x8 latents; a factor-4
+CPU-sized VAE blurred away the 4-pixel marks that make a subject), a 2-layer 32-wide text encoder and a
+1.7 M-parameter UNet whose cross-attention sits at 8x8 and 4x4.
 
 The noise schedule is SD 1.5's (scaled-linear betas 0.00085-0.012) rescaled to zero terminal SNR, with v-prediction
 and "trailing" timestep spacing, the fix of Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
