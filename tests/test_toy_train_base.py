@@ -59,3 +59,25 @@ def test_training_writes_a_loadable_fp16_model_and_lora_and_resumes(tmp_path):
     assert main([*args, "--steps", "6"]) == 0  # resumes at step 4, keeps the trained VAE
     assert torch.load(work / "state.pt", weights_only=True)["step"] == 6
     assert (work / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == vae_mtime
+
+
+@pytest.mark.slow
+def test_a_run_that_reuses_the_trained_vae_gives_the_same_model_as_one_that_trains_it(tmp_path):
+    """How the shipped weights were made (VAE first, UNet later from --work) must not change them."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def run(name: str) -> dict:
+        out = tmp_path / name
+        assert main(["--out", str(out), "--alt-lora-out", str(tmp_path / f"{name}-lora"), "--work", str(tmp_path / f"{name}-work"),
+                     "--num-images", "48", "--vae-num-images", "32", "--vae-steps", "3", "--vae-batch", "4",
+                     "--batch-size", "4", "--steps", "3", "--warmup", "1", "--alt-lora-steps", "1",
+                     "--alt-num-images", "8"]) == 0
+        return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    fresh = run("fresh")
+    (tmp_path / "reused-work").mkdir()
+    shutil.copytree(tmp_path / "fresh-work" / "vae", tmp_path / "reused-work" / "vae")
+    reused = run("reused")
+    assert fresh.keys() == reused.keys() and all(torch.equal(fresh[k], reused[k]) for k in fresh)
