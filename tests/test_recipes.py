@@ -213,3 +213,25 @@ def test_zoom_prefixes_go_inside_the_template():
         assert " a a " not in f" {caption} " and " the a " not in f" {caption} "
     plain = CaptionMaker("photo of a {} person", "<p>", 1, templates=False)
     assert plain.caption(rng, "a far away ") == "a far away photo of a <p> person"  # CD's own placement
+
+
+# -- optimiser and precision switches -------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (dict(use_8bit_adam=True), "--use-8bit-adam needs a CUDA GPU and the bitsandbytes package"),
+    (dict(mixed_precision="fp16"), "fp16 needs a CUDA GPU"),
+])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+def test_gpu_only_switches_are_refused_on_a_cpu_before_any_model_loads(photo_dirs, extra, message):
+    from subjectgen_diffusers.errors import SubjectgenError
+    from training.methods import build_method
+    from training.trainer import check_inputs
+
+    config = TrainConfig.from_dict({**REQUIRED, "photos": str(photo_dirs[0]), "method": "cd", "resolution": 64,
+                                    **extra}).resolved()
+    with pytest.raises(SubjectgenError, match=message):
+        check_inputs(config, build_method(config))
+
+
+def test_8bit_adam_is_off_by_default_for_every_method():
+    for name in ("cd", "cr", "cd+cr"):
+        assert TrainConfig.from_dict({**REQUIRED, "method": name}).resolved().use_8bit_adam is False

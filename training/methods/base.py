@@ -9,10 +9,10 @@ Learning-rate scaling (both references multiply the given rate when ``--scale_lr
 it):
 
 - Custom Diffusion, diffusers ``examples/custom_diffusion/train_custom_diffusion.py`` (the ``if args.scale_lr:`` block
-  after the attention processors are set, ~line 1000): ``lr x gradient accumulation x batch x processes``, and x2
+  in `main()` right after the attention processors are set): ``lr x gradient accumulation x batch x processes``, and x2
   more with prior preservation (the batch then also holds as many class images).
 - Cross Initialization, ``lyuPang/CrossInitialization`` ``train_cross_init.py`` (the ``if args.scale_lr:`` block
-  before the optimizer, ~line 255): ``lr x gradient accumulation x batch x processes``; its README runs
+  in `train()` right before the optimizer is built): ``lr x gradient accumulation x batch x processes``; its README runs
   ``--learning_rate 0.000625 --train_batch_size 8 --scale_lr``, i.e. 0.005 on one GPU.
 
 This trainer has no gradient accumulation (one optimizer step per batch), so that factor is 1.
