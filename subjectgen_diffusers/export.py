@@ -43,7 +43,7 @@ def custom_diffusion_state_dict(subject: Subject, unet) -> dict[str, torch.Tenso
             tensors[f"{layer}.processor.{CD_PROCESSOR_WEIGHTS[proj]}.weight"] = linear.weight.detach().float().cpu() + delta.float()
         if layer in subject.bias_deltas:
             bias = attn.to_out[0].bias.detach().float().cpu()
-            tensors[f"{layer}.processor.to_out_custom_diffusion.0.bias"] = bias + subject.bias_deltas[layer].float()
+            tensors[f"{layer}.processor.{CD_PROCESSOR_WEIGHTS['to_out.0']}.bias"] = bias + subject.bias_deltas[layer].float()
     return tensors
 
 

@@ -32,7 +32,8 @@ from .subject_format import CONFIG_NAME, WEIGHTS_NAME, Subject, SubjectConfig, S
 CD_WEIGHT_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
 TI_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-_CD_KEY = re.compile(r"^(?P<layer>.+)\.processor\.(?P<proj>to_[qkv]_custom_diffusion|to_out_custom_diffusion\.0)\.(?P<kind>weight|bias)$")
+_CD_KEY = re.compile(r"^(?P<layer>.+)\.processor\.(?P<proj>" + "|".join(re.escape(n) for n in CD_PROCESSOR_WEIGHTS.values())
+                     + r")\.(?P<kind>weight|bias)$")
 _CD_PROJ = {name: proj for proj, name in CD_PROCESSOR_WEIGHTS.items()}
 _CR_KEY = re.compile(r"^(?P<token>.+)_v(?P<index>\d+)$")
 
