@@ -17,12 +17,11 @@ import torch
 
 from .atomic_io import atomic_save_safetensors, atomic_write
 from .errors import SubjectgenError
+from .methods import CD_PROCESSOR_WEIGHTS
 from .subject_format import Subject
 
 TI_FILE = "learned_embeds.safetensors"
 CD_FILE = "pytorch_custom_diffusion_weights.safetensors"
-_CD_NAMES = {"to_q": "to_q_custom_diffusion", "to_k": "to_k_custom_diffusion", "to_v": "to_v_custom_diffusion",
-             "to_out.0": "to_out_custom_diffusion.0"}
 
 
 def _as_subject(subject: Subject | str | Path) -> Subject:
@@ -41,10 +40,10 @@ def custom_diffusion_state_dict(subject: Subject, unet) -> dict[str, torch.Tenso
                     f"`{layer}.{proj}`: the base UNet's weight is {tuple(linear.weight.shape)}, the subject's delta "
                     f"{tuple(delta.shape)}; export against the base model the subject was trained on."
                 )
-            tensors[f"{layer}.processor.{_CD_NAMES[proj]}.weight"] = linear.weight.detach().float().cpu() + delta.float()
+            tensors[f"{layer}.processor.{CD_PROCESSOR_WEIGHTS[proj]}.weight"] = linear.weight.detach().float().cpu() + delta.float()
         if layer in subject.bias_deltas:
             bias = attn.to_out[0].bias.detach().float().cpu()
-            tensors[f"{layer}.processor.to_out_custom_diffusion.0.bias"] = bias + subject.bias_deltas[layer].float()
+            tensors[f"{layer}.processor.{CD_PROCESSOR_WEIGHTS['to_out.0']}.bias"] = bias + subject.bias_deltas[layer].float()
     return tensors
 
 

@@ -26,18 +26,15 @@ from pathlib import Path
 
 import torch
 
+from .methods import CD_PROCESSOR_WEIGHTS, CD_SCOPES, CROSS_INITIALIZATION, CUSTOM_DIFFUSION
 from .subject_format import CONFIG_NAME, WEIGHTS_NAME, Subject, SubjectConfig, SubjectFormatError
 
 CD_WEIGHT_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
 TI_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-_CD_KEY = re.compile(r"^(?P<layer>.+)\.processor\.(?P<proj>to_[qkv]_custom_diffusion|to_out_custom_diffusion\.0)\.(?P<kind>weight|bias)$")
-_CD_PROJ = {
-    "to_q_custom_diffusion": "to_q",
-    "to_k_custom_diffusion": "to_k",
-    "to_v_custom_diffusion": "to_v",
-    "to_out_custom_diffusion.0": "to_out.0",
-}
+_CD_KEY = re.compile(r"^(?P<layer>.+)\.processor\.(?P<proj>" + "|".join(re.escape(n) for n in CD_PROCESSOR_WEIGHTS.values())
+                     + r")\.(?P<kind>weight|bias)$")
+_CD_PROJ = {name: proj for proj, name in CD_PROCESSOR_WEIGHTS.items()}
 _CR_KEY = re.compile(r"^(?P<token>.+)_v(?P<index>\d+)$")
 
 BaseWeight = Callable[[str, str], "torch.Tensor"]
@@ -167,7 +164,7 @@ def _matrix(path: Path, tensor: object) -> torch.Tensor:
 
 def _token_subject(token: str, vectors: torch.Tensor, source_format: str) -> Subject:
     config = SubjectConfig(
-        method="cr",
+        method=CROSS_INITIALIZATION.name,
         token=token,
         num_vectors=vectors.shape[0],
         text_hidden_size=vectors.shape[1],
@@ -220,13 +217,13 @@ def _read_custom_diffusion(
     projs = {p for layer in deltas.values() for p in layer}
     cross_dim = next(iter(deltas.values()))["to_k"].shape[1] if "to_k" in projs else None
     config = SubjectConfig(
-        method="cd",
+        method=CUSTOM_DIFFUSION.name,
         token=name,
         num_vectors=vectors.shape[0],
         text_hidden_size=vectors.shape[1],
         cross_attention_dim=cross_dim,
         layers=sorted(deltas),
-        cd_scope="kv+q+out" if projs - {"to_k", "to_v"} else "kv",
+        cd_scope=min((s for s, p in CD_SCOPES.items() if projs <= set(p)), key=lambda s: len(CD_SCOPES[s])),
         training={"source_format": "diffusers-custom-diffusion"},
     )
     return Subject(config, vectors, deltas, bias_deltas)

@@ -14,25 +14,11 @@ from typing import Any
 
 from .atomic_io import atomic_write_text
 from .errors import SubjectgenError
+from .methods import method_info
 from .subject_format import CONFIG_NAME, WEIGHTS_NAME, SubjectConfig
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SUBJECT_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "README.md"]
-METHOD_NAMES = {
-    "cd": "Custom Diffusion",
-    "cr": "Cross Initialization",
-    "cd+cr": "Custom Diffusion + Cross Initialization",
-}
-METHOD_NOTES = {
-    "cd": "Custom Diffusion (Kumari et al., CVPR 2023) fine-tunes the cross-attention key/value projections together "
-    "with a new modifier token; this repository stores the weight *deltas* ΔW = W_trained − W_base.",
-    "cr": "Cross Initialization (Pang et al., CVPR 2024) is textual inversion whose token vectors start from the text "
-    "encoder's output for the mean embedding of celebrity names, with an L2 pull back to that start.",
-    "cd+cr": "The token is learned with Cross Initialization (Pang et al., CVPR 2024) while Custom Diffusion "
-    "(Kumari et al., CVPR 2023) fine-tunes the cross-attention projections; weight deltas ΔW = W_trained − W_base.",
-}
-
-
 def is_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and ".." not in source
 
@@ -95,7 +81,7 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
     card_data = ModelCardData(
         base_model=config.base_model if config.base_model != "unknown" else None,
         library_name="diffusers",
-        tags=["text-to-image", "stable-diffusion", "diffusers", "subjectgen-diffusers", _method_tag(config.method)],
+        tags=["text-to-image", "stable-diffusion", "diffusers", "subjectgen-diffusers", method_info(config.method).hub_tag],
         instance_prompt=f"a photo of {config.token}",
         token=config.token,
         method=config.method,
@@ -103,11 +89,11 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
     card = ModelCard.from_template(
         card_data,
         template_str=read_template(),
-        title=f"{config.token} — {METHOD_NAMES[config.method]} subject",
+        title=f"{config.token} — {method_info(config.method).title} subject",
         base_model=config.base_model,
         method=config.method,
-        method_long=METHOD_NAMES[config.method],
-        method_notes=METHOD_NOTES[config.method],
+        method_long=method_info(config.method).title,
+        method_notes=method_info(config.method).note,
         token=config.token,
         num_vectors=config.num_vectors,
         cd_scope=config.cd_scope if config.has_deltas else None,
@@ -119,10 +105,6 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
         training=[(key, _short(value)) for key, value in sorted(config.training.items())],
     )
     return str(card)
-
-
-def _method_tag(method: str) -> str:
-    return {"cd": "custom-diffusion", "cr": "cross-initialization", "cd+cr": "custom-diffusion"}[method]
 
 
 def _short(value: Any, limit: int = 80) -> str:

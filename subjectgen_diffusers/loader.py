@@ -22,6 +22,7 @@ import torch
 from .attention import attach_layer_delta, detach_layer_delta, set_layer_scale
 from .errors import SubjectgenError
 from .formats import read_subject
+from .methods import token_strings
 from .subject_format import Subject
 
 _REGISTRY_ATTR = "_subjectgen_subjects"
@@ -50,11 +51,6 @@ def _registry(pipe) -> dict[str, LoadedSubject]:
     if not hasattr(unet, _REGISTRY_ATTR):
         object.__setattr__(unet, _REGISTRY_ATTR, {})
     return getattr(unet, _REGISTRY_ATTR)
-
-
-def _expanded_tokens(token: str, num_vectors: int) -> list[str]:
-    """The vocabulary entries diffusers' textual-inversion loader creates for a multi-vector token."""
-    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
 def _check_pipeline(pipe) -> None:
@@ -127,7 +123,7 @@ def validate_subject(pipe, subject: Subject) -> None:
     if token in loaded_subjects(pipe):
         raise SubjectgenError(f"subject `{token}` is already loaded; unload_subject(pipe, {token!r}) first or pass token=.")
     vocab = pipe.tokenizer.get_vocab()
-    taken = [t for t in _expanded_tokens(token, config.num_vectors) if t in vocab]
+    taken = [t for t in token_strings(token, config.num_vectors) if t in vocab]
     if taken:
         raise SubjectgenError(
             f"token {taken[0]!r} is already in the tokenizer's vocabulary; pick a new word with token='<something>'."
@@ -160,7 +156,7 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     _check_pipeline(pipe)
     validate_subject(pipe, subject)
     token = subject.config.token
-    added = _expanded_tokens(token, subject.config.num_vectors)
+    added = token_strings(token, subject.config.num_vectors)
     attached: list[str] = []
     tokens_loaded = False
     rows_before = pipe.text_encoder.get_input_embeddings().num_embeddings

@@ -22,15 +22,13 @@ import torch
 
 from .atomic_io import atomic_save_safetensors, atomic_write_json
 from .errors import SubjectgenError
+from .methods import CD_SCOPES, METHODS, PROJECTIONS, method_info  # noqa: F401 - re-exported for old imports
 from .strict_config import check_known_keys
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "subject_config.json"
 WEIGHTS_NAME = "subject.safetensors"
 TOKEN_KEY = "token_embeddings"
-METHODS = ("cd", "cr", "cd+cr")
-CD_SCOPES = {"kv": ("to_k", "to_v"), "kv+q+out": ("to_q", "to_k", "to_v", "to_out.0")}
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 class SubjectFormatError(SubjectgenError):
@@ -61,12 +59,12 @@ class SubjectConfig:
                 "upgrade subjectgen-diffusers."
             )
         if self.method not in METHODS:
-            raise SubjectFormatError(f"method must be one of {METHODS}, got {self.method!r}.")
+            raise SubjectFormatError(f"method must be one of {sorted(METHODS)}, got {self.method!r}.")
         if not self.token or any(c.isspace() for c in self.token):
             raise SubjectFormatError(f"token must be a non-empty string without spaces, got {self.token!r}.")
         if self.num_vectors < 1:
             raise SubjectFormatError(f"num_vectors must be >= 1, got {self.num_vectors}.")
-        if "cd" in self.method.split("+"):
+        if self.has_deltas:
             if self.cd_scope not in CD_SCOPES:
                 raise SubjectFormatError(f"cd_scope must be one of {sorted(CD_SCOPES)}, got {self.cd_scope!r}.")
             if not self.layers or self.cross_attention_dim is None:
@@ -74,7 +72,7 @@ class SubjectConfig:
 
     @property
     def has_deltas(self) -> bool:
-        return "cd" in self.method.split("+")
+        return method_info(self.method).has_deltas
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubjectConfig:

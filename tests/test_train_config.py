@@ -12,11 +12,13 @@ REQUIRED = dict(base="model", photos="photos", out="out")
 @pytest.mark.parametrize(
     "method, expected",
     [
-        ("cd", dict(steps=1500, lr=5e-6, token_lr=5e-6, cd_scope="kv+q+out", num_vectors=1, init_word="ktn",
-                    prompt="photo of a {} person", class_prompt="person", random_rescale=True)),
-        ("cr", dict(steps=320, lr=0.005, token_lr=0.005, batch_size=8, num_vectors=2, reg_weight=1e-5,
-                    flip_p=0.5, caption_templates=True, cd_scope=None)),
-        ("cd+cr", dict(lr=5e-6, token_lr=0.005, cd_scope="kv+q+out", num_vectors=2, reg_weight=1e-5)),
+        ("cd", dict(steps=1000, lr=5e-6, token_lr=5e-6, cd_scope="kv+q+out", num_vectors=1, init_word="ktn",
+                    prompt="photo of a {} person", class_prompt="person", random_rescale=False, scale_lr=True,
+                    max_grad_norm=1.0, use_8bit_adam=False)),
+        ("cr", dict(steps=320, lr=None, token_lr=0.000625, batch_size=8, num_vectors=2, reg_weight=1e-5,
+                    flip_p=0.5, caption_templates=True, cd_scope=None, scale_lr=True, max_grad_norm=0.0,
+                    use_8bit_adam=False)),
+        ("cd+cr", dict(lr=5e-6, token_lr=0.000625, cd_scope="kv+q+out", num_vectors=2, reg_weight=1e-5)),
     ],
 )
 def test_method_defaults_follow_the_papers(method, expected):
@@ -26,8 +28,8 @@ def test_method_defaults_follow_the_papers(method, expected):
 
 
 def test_user_values_win_over_defaults():
-    resolved = TrainConfig.from_dict({**REQUIRED, "method": "cr", "steps": 7, "lr": 0.01}).resolved()
-    assert (resolved.steps, resolved.lr, resolved.token_lr) == (7, 0.01, 0.01)
+    resolved = TrainConfig.from_dict({**REQUIRED, "method": "cr", "steps": 7, "token_lr": 0.01}).resolved()
+    assert (resolved.steps, resolved.lr, resolved.token_lr) == (7, None, 0.01)
 
 
 def test_unknown_key_lists_the_allowed_ones():

@@ -130,7 +130,7 @@ def test_cross_init_only_keeps_prompts_without_the_token_byte_identical(tiny_sd_
     from subjectgen_diffusers import load_subject
 
     out = tmp_path / "out"
-    make_trainer(tiny_sd_dir, photo_dir, out, "cr", steps=3, lr=0.05).run()
+    make_trainer(tiny_sd_dir, photo_dir, out, "cr", steps=3, token_lr=0.05).run()
 
     def render(pipe, prompt):
         pipe.set_progress_bar_config(disable=True)
@@ -147,7 +147,7 @@ def test_cross_init_only_keeps_prompts_without_the_token_byte_identical(tiny_sd_
 
 @pytest.mark.parametrize("method, extra", [
     ("cd", dict(lr=2e-3, token_lr=2e-2)),
-    ("cr", dict(lr=5e-2)),
+    ("cr", dict(token_lr=5e-2)),
     ("cd+cr", dict(lr=2e-3, token_lr=5e-2)),
 ])
 def test_loss_on_the_photos_falls(tiny_sd_dir, photo_dir, tmp_path, method, extra):

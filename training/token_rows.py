@@ -12,15 +12,11 @@ import torch
 from torch import nn
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.methods import token_strings  # noqa: F401 - the one spelling, re-exported
 
 
 class TokenError(SubjectgenError):
     """The requested token cannot be added to the tokenizer."""
-
-
-def token_strings(token: str, num_vectors: int) -> list[str]:
-    """``<tok>``, ``<tok>_1``, ... : diffusers' multi-vector textual-inversion spelling."""
-    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
 def prompt_with_token(prompt: str, token: str, num_vectors: int) -> str:

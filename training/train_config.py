@@ -1,14 +1,10 @@
-"""The typed configuration of one training run (``subjectgen train``), with each method's published defaults.
+"""The typed configuration of one training run (``subjectgen train``).
 
-Defaults left as ``None`` are filled from the recipe of the chosen method by :meth:`TrainConfig.resolved`:
-
-- Custom Diffusion (Kumari et al., "Multi-Concept Customization of Text-to-Image Diffusion", CVPR 2023), face
-  recipe: lr 5e-6, 1500 steps, batch 2, scope ``kv+q+out``, modifier token initialised from "ktn", prompt
-  "photo of a {} person", class prompt "person", prior loss weight 1.0, horizontal flip and random rescale.
-- Cross Initialization (Pang et al., "Cross Initialization for Face Personalization of Text-to-Image Models",
-  CVPR 2024): 2 vectors, lr 0.000625 x batch 8 = 0.005, 320 steps, batch 8, regulariser weight 1e-5, captions from
-  templates around "face of {} person", flip 0.5.
-- CD+CR: Cross-Initialised tokens (token lr 0.005) and Custom Diffusion deltas (lr 5e-6) trained together.
+Fields left as ``None`` are filled by :meth:`TrainConfig.resolved` from the chosen method's published recipe, which
+lives with the method (``training/methods/cd.py``, ``cr.py``, ``cd_cr.py``; README "Recipes"). ``lr`` is always the
+rate of the Custom Diffusion weight deltas and ``token_lr`` the rate of the new token rows; with ``scale_lr`` (the
+default, as both references' recipes) they are multiplied by the method's reference rule, and the rates the optimizer
+really used are written to ``train_config.json`` as ``effective_lr`` / ``effective_token_lr``.
 
 A YAML/TOML file holds the same fields; unknown keys are errors; command-line flags override the file.
 """
@@ -24,30 +20,13 @@ from typing import Any
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
-METHODS = ("cd", "cr", "cd+cr")
-CD_SCOPES = ("kv", "kv+q+out")
+from subjectgen_diffusers.methods import CD_SCOPES
+from training.methods import get_method, method_names
+
+METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CONFIG_FILE_NAME = "train_config.json"
 DEFAULT_TOKEN = "<new1>"
-
-# Per-method recipe defaults (see the module docstring for the sources).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cd": dict(
-        steps=1500, lr=5e-6, token_lr=5e-6, batch_size=2, cd_scope="kv+q+out", num_vectors=1, reg_weight=0.0,
-        init_word="ktn", prompt="photo of a {} person", class_prompt="person", flip_p=0.5, random_rescale=True,
-        caption_templates=False,
-    ),
-    "cr": dict(
-        steps=320, lr=0.005, token_lr=0.005, batch_size=8, cd_scope=None, num_vectors=2, reg_weight=1e-5,
-        init_word=None, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
-        caption_templates=True,
-    ),
-    "cd+cr": dict(
-        steps=1500, lr=5e-6, token_lr=0.005, batch_size=2, cd_scope="kv+q+out", num_vectors=2, reg_weight=1e-5,
-        init_word=None, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=True,
-        caption_templates=True,
-    ),
-}
 
 
 class TrainConfigError(SubjectgenError):
@@ -60,15 +39,16 @@ class TrainConfig:
 
     base: str  # local diffusers folder or Hub id of an SD 1.x model
     photos: str  # folder of 4-20 photos of the subject (optionally prepared: crops + face masks)
-    method: str  # "cd" | "cr" | "cd+cr"
+    method: str  # a registered method: "cd" | "cr" | "cd+cr"
     out: str  # output folder: the subject files, train_config.json, checkpoints/
     token: str | None = None  # the new token string (default "<new1>"); must not be in the vocabulary
     reg_dir: str | None = None  # regularisation images (prior preservation); None disables it
     steps: int | None = None
     resolution: int = 512
     batch_size: int | None = None  # instance images per step (plus as many class images when reg_dir is set)
-    lr: float | None = None  # lr of the Custom Diffusion deltas (cd, cd+cr) or of the token rows (cr)
-    token_lr: float | None = None  # lr of the new token rows
+    lr: float | None = None  # rate of the Custom Diffusion weight deltas (cd, cd+cr; unused by cr), before scaling
+    token_lr: float | None = None  # rate of the new token rows (every method), before scaling
+    scale_lr: bool = True  # multiply the rates by the method's reference rule (batch x processes [x2 with prior])
     seed: int = 0
     prior_loss_weight: float = 1.0
     cd_scope: str | None = None  # "kv" | "kv+q+out" (Custom Diffusion methods only)
@@ -86,9 +66,9 @@ class TrainConfig:
     mask_background_weight: float = 0.2  # loss weight outside the face when mask_loss is on
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (through accelerate)
     gradient_checkpointing: bool = False
-    use_8bit_adam: bool = True  # used only when bitsandbytes imports and a GPU is present
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (needs bitsandbytes and a CUDA GPU); off as in the references
     adam_weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = None  # gradient clipping; 0 = none (method default: cd 1.0, cr none)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
     checkpoints_total_limit: int = 2  # keep the last K checkpoints
     resume: bool = False  # continue from the latest checkpoint in out/checkpoints
@@ -99,8 +79,8 @@ class TrainConfig:
     save_dtype: str = "float32"  # dtype of the stored subject tensors
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TrainConfigError(f"method must be one of {list(METHODS)}, got {self.method!r}.")
+        if self.method not in method_names():
+            raise TrainConfigError(f"method must be one of {list(method_names())}, got {self.method!r}.")
         for name in ("base", "photos", "out"):
             if not getattr(self, name):
                 raise TrainConfigError(f"`{name}` is required.")
@@ -121,7 +101,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise TrainConfigError(f"{name} must be > 0, got {value}.")
-        for name in ("reg_weight", "prior_loss_weight", "checkpoint_every", "validation_every"):
+        for name in ("reg_weight", "prior_loss_weight", "checkpoint_every", "validation_every", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise TrainConfigError(f"{name} must be >= 0, got {value}.")
@@ -190,29 +170,24 @@ class TrainConfig:
 
     # -- defaults ----------------------------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` recipe field filled from the method's published defaults."""
-        defaults = METHOD_DEFAULTS[self.method]
-        values = {name: getattr(self, name) for name in self.field_names()}
-        for name, default in defaults.items():
+        """A copy with every ``None`` recipe field filled from the method's published defaults and checked by it."""
+        method = get_method(self.method)
+        given = {name: getattr(self, name) for name in self.field_names()}
+        values = dict(given)
+        for name, default in method.defaults.items():
             if values[name] is None:
                 values[name] = default
-        if self.method == "cr":
-            if self.cd_scope is not None:
-                raise TrainConfigError("cd_scope applies to Custom Diffusion only; drop it or use --method cd / cd+cr.")
-            values["token_lr"] = self.token_lr if self.token_lr is not None else values["lr"]
-        elif self.method == "cd" and self.token_lr is None:
-            values["token_lr"] = values["lr"]  # as the Custom Diffusion example: one optimizer group
+        try:
+            values = method.resolve(values, given)
+        except SubjectgenError as error:
+            raise TrainConfigError(str(error)) from error
         values["token"] = self.token or DEFAULT_TOKEN
         values["validation_prompt"] = self.validation_prompt or values["prompt"]
         return TrainConfig(**values)
 
-    @property
-    def trains_deltas(self) -> bool:
-        return "cd" in self.method.split("+")
-
-    @property
-    def cross_initialised(self) -> bool:
-        return "cr" in self.method.split("+")
+    def effective_rates(self, num_processes: int):
+        """The rates the optimizer uses on ``num_processes`` processes (a resolved config): ``Rates(lr, token_lr)``."""
+        return get_method(self.method).rates(self, num_processes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

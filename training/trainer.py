@@ -1,9 +1,10 @@
-"""The training loop shared by every method (Custom Diffusion, Cross Initialization, CD+CR).
+"""The training loop shared by every registered method (``training.methods``); it never branches on a method's name.
 
 Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoder (with
 grad: the new token rows train), add noise at a random timestep (DDPM forward process) and regress the UNet's
-prediction on the noise (or velocity): ``loss = masked MSE(instance) + prior_loss_weight * MSE(class)
-+ the method's extra loss``. Class prompts contain no trainable token, so their text encodings are computed once.
+prediction on the noise (or velocity): ``loss = instance loss + prior_loss_weight * prior loss + the method's extra
+loss`` (``training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
+token, so their text encodings are computed once. The optimizer uses the method's scaled rates (``Method.rates``).
 
 All per-step randomness comes from a generator seeded by ``(seed, step, process)``: a resumed run draws exactly
 what an uninterrupted one would. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
@@ -22,6 +23,8 @@ import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
+from training.losses import instance_loss, prior_loss
+from training.methods import build_method
 from training.train_config import CONFIG_FILE_NAME, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -41,15 +44,22 @@ class TrainingData:
     reg_photos: list | None
 
 
-def check_inputs(config: TrainConfig) -> TrainingData:
-    """Everything that can be checked without loading a model: photos, regularisation images, name list."""
-    from training.methods.cross_init import read_celeb_names
+def check_inputs(config: TrainConfig, method) -> TrainingData:
+    """Everything that can be checked without loading a model: photos, regularisation images, the method's files."""
     from training.photos import load_photo_folder
 
     photos = load_photo_folder(config.photos, what="--photos", resolution=config.resolution)
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
-    if config.cross_initialised:
-        read_celeb_names(config.celeb_names)
+    method.check_inputs()
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise SubjectgenError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not mix float16); use "
+                              "--mixed-precision bf16 or no on a CPU.")
+    if config.use_8bit_adam:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+            raise SubjectgenError("--use-8bit-adam needs a CUDA GPU and the bitsandbytes package (pip install "
+                                  "bitsandbytes); drop the flag to use torch's AdamW.")
     if config.log_with == "tensorboard":
         import importlib.util
 
@@ -58,6 +68,25 @@ def check_inputs(config: TrainConfig) -> TrainingData:
     if config.mask_loss and not any(p.mask is not None for p in photos):
         logger.warning("--mask-loss: %s has no face masks (run `subjectgen prepare`); the loss stays unweighted", config.photos)
     return TrainingData(photos, reg)
+
+
+def cast_frozen_weights(modules, dtype: torch.dtype) -> None:
+    """Frozen weights to the compute dtype under mixed precision; trainable tensors stay float32 (autocast mixes)."""
+    if dtype == torch.float32:
+        return
+    for module in modules:
+        for param in module.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(dtype)
+
+
+def format_rates(config: TrainConfig, rates, num_processes: int) -> str:
+    """The run-start line: given and effective rates, and why they differ."""
+    how = "scaled by the method's rule" if config.scale_lr else "as given (--no-scale-lr)"
+    weights = "none trained" if rates.lr is None else f"{config.lr:g} -> effective_lr {rates.lr:g}"
+    return (f"learning rates ({how}; batch {config.batch_size}, processes {num_processes}, prior preservation "
+            f"{'on' if config.reg_dir else 'off'}): weight deltas {weights}; token rows {config.token_lr:g} -> "
+            f"effective_token_lr {rates.token_lr:g}")
 
 
 class Trainer:
@@ -69,14 +98,14 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from training.methods import build_method
         from training.model_parts import load_model_parts, load_tokenizer
         from training.token_rows import add_token_to_tokenizer
 
         self.config = config = config.resolved()
         self.out = Path(config.out)
         self.on_step = on_step
-        self.data = check_inputs(config)
+        self.method = build_method(config)
+        self.data = check_inputs(config, self.method)
         tokenizer = parts.tokenizer if parts is not None else load_tokenizer(config.base, config.revision)
         self.token_ids = add_token_to_tokenizer(tokenizer, config.token, config.num_vectors)
 
@@ -87,8 +116,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         self.device = self.accelerator.device
+        self.rates = config.effective_rates(self.accelerator.num_processes)
         self.parts = parts if parts is not None else load_model_parts(config.base, tokenizer, config.revision)
-        self.method = build_method(config)
         self._build_trainable()
         self._build_caches()
         self._build_optimizer()
@@ -101,18 +130,13 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
         parts.text_encoder.resize_token_embeddings(max(self.token_ids) + 1, mean_resizing=False)
-        initial = self.method.tokens.initial_rows(parts.tokenizer, parts.text_encoder, self.token_ids)
+        initial = self.method.initial_rows(parts.tokenizer, parts.text_encoder, self.token_ids)
         self.rows = splice_token_rows(parts.text_encoder, self.token_ids, initial)
-        if self.method.deltas is not None:
-            self.method.deltas.attach(parts.unet)
+        self.method.attach(parts.unet)  # float32 copies, before the cast below: deltas subtract a float32 start
         for module in (parts.text_encoder, parts.vae, parts.unet):
             module.to(self.device)
-        # Frozen weights in the compute dtype; the trainable tensors stay float32 (autocast mixes them).
-        if weight_dtype != torch.float32:  # the VAE stays float32: it encodes once, then leaves the device
-            for module in (parts.text_encoder, parts.unet):
-                for name, param in module.named_parameters():
-                    if not param.requires_grad:
-                        param.data = param.data.to(weight_dtype)
+        # the VAE stays float32: it encodes once, then leaves the device
+        cast_frozen_weights((parts.text_encoder, parts.unet), weight_dtype)
         if config.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             parts.text_encoder.gradient_checkpointing_enable()
@@ -120,12 +144,7 @@ class Trainer:
             parts.text_encoder.train()
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"token_rows": self.rows.rows}
-        if self.method.deltas is not None:
-            for layer, processor in self.method.deltas.processors.items():
-                for name, param in processor.named_parameters():
-                    tensors[f"cd.{layer}.{name}"] = param
-        return tensors
+        return {"token_rows": self.rows.rows, **self.method.weight_parameters()}
 
     def _build_caches(self) -> None:
         from training.captions import CaptionMaker
@@ -151,18 +170,17 @@ class Trainer:
         parts.vae.to("cpu")  # the VAE is not needed again (validation images move it back)
 
     def _build_optimizer(self) -> None:
+        """AdamW (betas 0.9/0.999, eps 1e-8, weight decay 1e-2 as both references), one group per rate."""
         config = self.config
-        groups = [{"params": [self.rows.rows], "lr": config.token_lr}]
-        if self.method.deltas is not None:
-            groups.append({"params": self.method.deltas.parameters(), "lr": config.lr})
+        groups = [{"params": [self.rows.rows], "lr": self.rates.token_lr}]
+        weights = list(self.method.weight_parameters().values())
+        if weights:
+            groups.append({"params": weights, "lr": self.rates.lr})
         optimizer_class = torch.optim.AdamW
-        if config.use_8bit_adam and torch.cuda.is_available():
-            try:
-                import bitsandbytes as bnb
+        if config.use_8bit_adam:  # availability checked in check_inputs
+            import bitsandbytes as bnb
 
-                optimizer_class = bnb.optim.AdamW8bit
-            except ImportError:
-                logger.info("bitsandbytes is not installed; using torch AdamW")
+            optimizer_class = bnb.optim.AdamW8bit
         optimizer = optimizer_class(groups, weight_decay=config.adam_weight_decay)
         self.optimizer = self.accelerator.prepare(optimizer)
 
@@ -174,8 +192,8 @@ class Trainer:
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return self.parts.text_encoder(ids)[0]
 
-    def batch_loss(self, latents, states, weight, generator, timesteps=None):
-        """Per-sample weighted MSE of the UNet's prediction at random (or given) timesteps."""
+    def predict(self, latents, states, generator, timesteps=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prediction, target)`` of the UNet at random (or given) timesteps."""
         scheduler = self.parts.noise_scheduler
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         if timesteps is None:
@@ -189,9 +207,7 @@ class Trainer:
             target = noise
         with self.accelerator.autocast():
             prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, states.to(self.weight_dtype)).sample
-        weight = weight.to(self.device)
-        squared = (prediction.float() - target.float()) ** 2 * weight
-        return squared.sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * latents.shape[1]).clamp_min(1e-8)
+        return prediction, target
 
     def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
         config = self.config
@@ -208,15 +224,17 @@ class Trainer:
             latents = torch.cat([latents, self.reg.sample(reg_index, generator)])
             weight = torch.cat([weight, self.reg.weight[reg_index]])
             states = torch.cat([states, torch.stack([self.class_states[self.reg_captions[i]] for i in reg_index.tolist()])])
-        per_sample = self.batch_loss(latents, states, weight, generator)
-        instance_loss = per_sample[: config.batch_size].mean()
-        loss = instance_loss
-        logs = {"loss": float(instance_loss.detach())}
+        prediction, target = self.predict(latents, states, generator)
+        n = config.batch_size
+        instance = instance_loss(prediction[:n], target[:n], weight[:n].to(self.device),
+                                 self.method.instance_loss_mean).mean()
+        loss = instance
+        logs = {"loss": float(instance.detach())}
         if self.reg is not None:
-            prior = per_sample[config.batch_size :].mean()
+            prior = prior_loss(prediction[n:], target[n:])
             loss = loss + config.prior_loss_weight * prior
             logs["prior"] = float(prior.detach())
-        extra = self.method.tokens.extra_loss(self.rows.rows)
+        extra = self.method.extra_loss(self.rows.rows)
         if extra is not None:
             loss = loss + extra
             logs["reg"] = float(extra.detach())
@@ -241,9 +259,11 @@ class Trainer:
         states = self.encode_text([self.captions.plain()] * len(views), grad=False)
         index = torch.tensor(views)
         latents = self.instance.mean[index]
+        ones = torch.ones_like(self.instance.weight[index]).to(self.device)
         for t in PHOTO_LOSS_TIMESTEPS:
             timesteps = torch.full((len(views),), t, dtype=torch.long)
-            total += float(self.batch_loss(latents, states, torch.ones_like(self.instance.weight[index]), generator, timesteps).mean())
+            prediction, target = self.predict(latents, states, generator, timesteps)
+            total += float(instance_loss(prediction, target, ones, self.method.instance_loss_mean).mean())
         return total / len(PHOTO_LOSS_TIMESTEPS)
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -281,8 +301,9 @@ class Trainer:
                 logger.info("resuming from %s (step %d)", found[-1], start)
             else:
                 logger.info("--resume: no checkpoint in %s; starting from step 0", self.out / "checkpoints")
+        accelerator.print(format_rates(config, self.rates, accelerator.num_processes))
         if accelerator.is_main_process:
-            atomic_write_json(self.out / CONFIG_FILE_NAME, config.to_dict())
+            atomic_write_json(self.out / CONFIG_FILE_NAME, self.recorded_config())
             if config.log_with:
                 accelerator.init_trackers("subjectgen", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
         initial_loss = self.photo_loss()
@@ -325,22 +346,27 @@ class Trainer:
         return self.out
 
     # -- outputs -----------------------------------------------------------------------------------------------
+    def recorded_config(self) -> dict:
+        """``train_config.json``: the resolved config plus the rates the optimizer really used."""
+        return {**self.config.to_dict(), "effective_lr": self.rates.lr, "effective_token_lr": self.rates.token_lr,
+                "num_processes": self.accelerator.num_processes}
+
     def build_subject(self):
         from subjectgen_diffusers.subject_format import Subject, SubjectConfig
 
         config, unet = self.config, self.parts.unet
-        layers, deltas, bias_deltas = ([], {}, {})
-        if self.method.deltas is not None:
-            layers, deltas, bias_deltas = self.method.deltas.export()
+        part = self.method.subject_parts()
         subject_config = SubjectConfig(
             method=config.method, token=config.token, num_vectors=config.num_vectors,
             text_hidden_size=self.rows.embedding_dim, base_model=config.base,
-            cross_attention_dim=unet.config.cross_attention_dim if layers else None, layers=layers,
-            cd_scope=config.cd_scope if layers else None,
+            cross_attention_dim=unet.config.cross_attention_dim if part.layers else None, layers=part.layers,
+            cd_scope=part.cd_scope if part.layers else None,
             training={**self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
-                      "token_lr": config.token_lr, "resolution": config.resolution, "batch_size": config.batch_size},
+                      "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
+                      "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
+                      "batch_size": config.batch_size},
         )
-        return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), deltas, bias_deltas)
+        return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), part.deltas, part.bias_deltas)
 
     def save_subject(self) -> Path:
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)

@@ -34,7 +34,8 @@ def toy_demo_config(steps: int = 300):
 
     return ToyExperimentConfig.from_dict({
         "prompts": TOY_PROMPTS, "num_per_prompt": 4,
-        "train": {"resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
+        # scale_lr off: the toy world's rates are chosen directly, as used (training/configs/five_setups_toy.yaml)
+        "train": {"scale_lr": False, "resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
                   "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0,
                   "checkpoint_every": max(1, steps // 2)},
         "reg_num": 16,
@@ -56,7 +57,8 @@ def demo_config(steps: int = 20):
         subjects=[SubjectSpec(name="astronaut", photos="builtin:astronaut", prepare=True)],
         setups=[SetupSpec(name="cd+cr", method="cd+cr",
                           description="Cross-Initialised tokens + Custom Diffusion deltas, no regularisation")],
-        train={"resolution": 64, "steps": steps, "batch_size": 2, "lr": 1e-3, "token_lr": 0.05, "rescale_variants": 1,
+        train={"resolution": 64, "steps": steps, "batch_size": 2, "lr": 1e-3, "token_lr": 0.05, "scale_lr": False,
+               "rescale_variants": 1,
                "checkpoint_every": max(1, steps // 2)},
         generate=GenerationSpec(prompts=DEMO_PROMPTS, num_per_prompt=2, steps=10, batch_size=8),
         evaluate=EvaluationSpec(face_model="dlib", clip_model="none"),

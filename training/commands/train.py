@@ -20,22 +20,30 @@ def _bool(text: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from subjectgen_diffusers.methods import CD_SCOPES
+    from training.methods import REGISTRY
+
     add = parser.add_argument
     add("--config", help="YAML/TOML/JSON file with the same fields; flags override it")
     add("--base", help="Stable Diffusion 1.x: a local diffusers folder or a Hub id")
     add("--photos", help="folder of 4-20 photos of the person (or a `subjectgen prepare` output)")
-    add("--method", choices=["cd", "cr", "cd+cr"], help="Custom Diffusion, Cross Initialization or both")
+    add("--method", choices=list(REGISTRY), help="; ".join(f"{name}: {m.info.title}" for name, m in REGISTRY.items()))
     add("--out", help="output folder for the subject")
     add("--token", help="the new token string (default <new1>)")
     add("--reg-dir", help="regularisation images for prior preservation")
     add("--steps", type=int)
     add("--resolution", type=int)
     add("--batch-size", type=int)
-    add("--lr", type=float, help="lr of the Custom Diffusion deltas (or of the tokens for --method cr)")
-    add("--token-lr", type=float, help="lr of the new token vectors")
+    add("--lr", type=float, help="rate of the Custom Diffusion weight deltas (cd, cd+cr), before --scale-lr")
+    add("--token-lr", type=float, help="rate of the new token vectors (every method), before --scale-lr")
+    add("--scale-lr", action=argparse.BooleanOptionalAction, default=None,
+        help="multiply the rates by the method's reference rule (default on); --no-scale-lr uses them as given")
+    add("--use-8bit-adam", action="store_const", const=True, default=None,
+        help="bitsandbytes' 8-bit AdamW (needs a CUDA GPU); off by default as in the references")
+    add("--max-grad-norm", type=float, help="gradient clipping norm, 0 = none (default: cd 1.0, cr none)")
     add("--seed", type=int)
     add("--prior-loss-weight", type=float)
-    add("--cd-scope", choices=["kv", "kv+q+out"])
+    add("--cd-scope", choices=list(CD_SCOPES))
     add("--num-vectors", type=int)
     add("--reg-weight", type=float, help="Cross Initialization's L2 pull to the start")
     add("--celeb-names", help="replace the packaged celebrity-name list (one name per line)")
@@ -58,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 FIELDS = (
     "base", "photos", "method", "out", "token", "reg_dir", "steps", "resolution", "batch_size", "lr", "token_lr",
+    "scale_lr", "use_8bit_adam", "max_grad_norm",
     "seed", "prior_loss_weight", "cd_scope", "num_vectors", "reg_weight", "celeb_names", "init_word", "prompt",
     "class_prompt", "flip_p", "random_rescale", "mask_loss", "mixed_precision", "gradient_checkpointing",
     "checkpoint_every", "checkpoints_total_limit", "resume", "validation_every", "validation_prompt", "log_with",

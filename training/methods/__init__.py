@@ -1,44 +1,50 @@
-"""Personalisation methods, registered by name. A method is a token initialiser (with its optional extra loss)
-plus, for Custom Diffusion, the weight deltas; the training loop only talks to these parts and never branches on
-the method's name.
+"""Personalisation methods, registered by name. Each method is one module holding one :class:`Method` subclass
+(its recipe, rate rule, what it trains, its token start, extra loss and subject contents); the trainer, the
+``--method`` choices, the config defaults, the subject format and the Hub card all read this registry.
 
-- ``cd``: Custom Diffusion (Kumari et al., CVPR 2023): word-initialised modifier token + cross-attention deltas.
-- ``cr``: Cross Initialization (Pang et al., CVPR 2024): cross-initialised tokens + L2 pull to the start.
-- ``cd+cr``: both, each with its own learning rate.
+Adding a method (say DreamBooth-LoRA) means one new module plus one ``register(...)`` line below; a method whose
+subjects hold something other than token rows and Custom Diffusion deltas also needs the plugin to read it.
+
+- ``cd``: Custom Diffusion (Kumari et al., CVPR 2023), :mod:`training.methods.cd`.
+- ``cr``: Cross Initialization (Pang et al., CVPR 2024), :mod:`training.methods.cr`.
+- ``cd+cr``: both, each part with its own recipe, :mod:`training.methods.cd_cr`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from subjectgen_diffusers.methods import register_method_info
+from training.methods.base import Method, MethodConfigError
 
-from training.methods.cross_init import CrossInitTokens
-from training.methods.custom_diffusion import CustomDiffusionDeltas
-from training.methods.word_init import WordInitTokens
-from training.train_config import TrainConfig
+REGISTRY: dict[str, type[Method]] = {}
 
 
-@dataclass
-class Method:
-    name: str
-    tokens: WordInitTokens | CrossInitTokens
-    deltas: CustomDiffusionDeltas | None = None
-
-    def describe(self) -> dict[str, Any]:
-        info = {"method": self.name, **self.tokens.describe()}
-        if self.deltas is not None:
-            info.update(self.deltas.describe())
-        return info
+def register(method: type[Method]) -> type[Method]:
+    """Register a method class under its name (and its subject-format entry in the plugin's table)."""
+    register_method_info(method.info)
+    REGISTRY[method.info.name] = method
+    return method
 
 
-REGISTRY: dict[str, Callable[[TrainConfig], Method]] = {
-    "cd": lambda c: Method("cd", WordInitTokens(c.init_word or "ktn"), CustomDiffusionDeltas(c.cd_scope)),
-    "cr": lambda c: Method("cr", CrossInitTokens(c.reg_weight, c.celeb_names)),
-    "cd+cr": lambda c: Method("cd+cr", CrossInitTokens(c.reg_weight, c.celeb_names), CustomDiffusionDeltas(c.cd_scope)),
-}
+def method_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
 
 
-def build_method(config: TrainConfig) -> Method:
-    """The method parts for a *resolved* config."""
-    return REGISTRY[config.method](config)
+def get_method(name: str) -> type[Method]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise MethodConfigError(f"method must be one of {list(REGISTRY)}, got {name!r}.") from None
+
+
+def build_method(config) -> Method:
+    """The method object for a *resolved* config."""
+    return get_method(config.method)(config)
+
+
+from training.methods.cd import CustomDiffusion  # noqa: E402
+from training.methods.cd_cr import CustomDiffusionCrossInit  # noqa: E402
+from training.methods.cr import CrossInitialization  # noqa: E402
+
+register(CustomDiffusion)
+register(CrossInitialization)
+register(CustomDiffusionCrossInit)

@@ -6,7 +6,8 @@ sub-token in column i (i < n) and average each column over all names; then run `
 pad x (75 - n)]`` through the whole text encoder (position embeddings, every layer with its causal mask, the final
 layer norm). The outputs at positions 1..n are the initial vectors ``init_i`` and the regulariser's fixed target.
 
-Loss: ``MSE + reg_weight * mean_i ||e_i - init_i||_2`` (plain L2 norm, not squared).
+Loss: ``MSE + reg_weight * mean_i ||e_i - init_i||_2`` (plain L2 norm, not squared), as ``train_cross_init.py`` of
+lyuPang/CrossInitialization (the mean pairwise L2 distance to the start, times ``--reg_weight``, added in the training step).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class CrossInitTokens:
     reg_weight: float
     names_file: str | None = None
     target: torch.Tensor | None = field(default=None, repr=False)
+
+    def check_inputs(self) -> None:
+        read_celeb_names(self.names_file)
 
     def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
         names = read_celeb_names(self.names_file)

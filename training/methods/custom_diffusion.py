@@ -4,7 +4,9 @@ and the output projection with its bias).
 
 Each cross-attention layer gets diffusers' ``CustomDiffusionAttnProcessor2_0`` (SDPA) whose trainable linears start
 as copies of the base projections; the processor detaches K/V at the start token so it takes no gradient. The base
-projections stay untouched, so the saved delta is ``ΔW = W_trained - W_base`` exactly.
+projections are cast to the compute dtype under mixed precision, so the delta is taken against a float32 copy of the
+trainable weights as they started (``ΔW = W_trained - W_start``, with ``W_start`` the float32 base weights): a run that
+trains nothing saves zero deltas in fp32, fp16 and bf16 alike.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-SCOPE_PROJECTIONS = {"kv": ("to_k", "to_v"), "kv+q+out": ("to_q", "to_k", "to_v", "to_out.0")}
-_PROCESSOR_WEIGHT = {"to_q": "to_q_custom_diffusion", "to_k": "to_k_custom_diffusion",
-                     "to_v": "to_v_custom_diffusion", "to_out.0": "to_out_custom_diffusion.0"}
+from subjectgen_diffusers.methods import CD_PROCESSOR_WEIGHTS, CD_SCOPES
 
 
 def cross_attention_layers(unet) -> dict[str, nn.Module]:
@@ -40,11 +39,11 @@ class CustomDiffusionDeltas:
 
     scope: str
     processors: dict[str, nn.Module] = field(default_factory=dict, repr=False)
-    bases: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    starts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def projections(self) -> tuple[str, ...]:
-        return SCOPE_PROJECTIONS[self.scope]
+        return CD_SCOPES[self.scope]
 
     def attach(self, unet) -> nn.ModuleDict:
         """Give every cross-attention layer a Custom Diffusion processor; return the trainable modules by layer."""
@@ -53,7 +52,7 @@ class CustomDiffusionDeltas:
         layers = cross_attention_layers(unet)
         if not layers:
             raise ValueError("this UNet has no cross-attention layers to train")
-        train_q_out = self.scope == "kv+q+out"
+        train_q_out = "to_q" in self.projections
         processors = {}
         for name, attn in unet.named_modules():
             if not hasattr(attn, "set_processor"):
@@ -69,17 +68,20 @@ class CustomDiffusionDeltas:
                 cross_attention_dim=attn.to_k.in_features,
                 out_bias=attn.to_out[0].bias is not None,
             ).to(device=attn.to_q.weight.device, dtype=torch.float32)
+            start: dict[str, torch.Tensor] = {}
             with torch.no_grad():
                 for proj in self.projections:
-                    target = _submodule(processor, _PROCESSOR_WEIGHT[proj])
+                    target = _submodule(processor, CD_PROCESSOR_WEIGHTS[proj])
                     source = _submodule(attn, proj)
                     target.weight.copy_(source.weight)
+                    start[proj] = source.weight.detach().float().cpu().clone()
                     if proj == "to_out.0" and source.bias is not None:
                         target.bias.copy_(source.bias)
+                        start["to_out.0.bias"] = source.bias.detach().float().cpu().clone()
             processor.requires_grad_(True)
             processors[processor_name] = processor
             self.processors[name] = processor
-            self.bases[name] = attn
+            self.starts[name] = start
         unet.set_attn_processor(processors)
         return nn.ModuleDict({name.replace(".", "__"): p for name, p in self.processors.items()})
 
@@ -88,18 +90,17 @@ class CustomDiffusionDeltas:
 
     @torch.no_grad()
     def export(self) -> tuple[list[str], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        """``(layers, {layer: {proj: ΔW}}, {layer: Δb})`` with ``ΔW = W_trained - W_base`` in float32."""
+        """``(layers, {layer: {proj: ΔW}}, {layer: Δb})``, ``ΔW = W_trained - W_start`` in float32 (module docstring)."""
         deltas: dict[str, dict[str, torch.Tensor]] = {}
         bias_deltas: dict[str, torch.Tensor] = {}
         for name, processor in self.processors.items():
-            attn = self.bases[name]
+            start = self.starts[name]
             deltas[name] = {}
             for proj in self.projections:
-                trained = _submodule(processor, _PROCESSOR_WEIGHT[proj])
-                base = _submodule(attn, proj)
-                deltas[name][proj] = (trained.weight.float() - base.weight.float()).cpu().contiguous()
-                if proj == "to_out.0" and base.bias is not None:
-                    bias_deltas[name] = (trained.bias.float() - base.bias.float()).cpu().contiguous()
+                trained = _submodule(processor, CD_PROCESSOR_WEIGHTS[proj])
+                deltas[name][proj] = (trained.weight.detach().float().cpu() - start[proj]).contiguous()
+                if "to_out.0.bias" in start and proj == "to_out.0":
+                    bias_deltas[name] = (trained.bias.detach().float().cpu() - start["to_out.0.bias"]).contiguous()
         return sorted(self.processors), deltas, bias_deltas
 
     def describe(self) -> dict:

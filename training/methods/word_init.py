@@ -1,30 +1,60 @@
-"""Token start from an existing word's embedding row: Custom Diffusion's modifier token (Kumari et al., CVPR 2023,
-initialised from a rare word, "ktn" by default, as in diffusers' ``train_custom_diffusion.py``)."""
+"""Token start from an existing vocabulary entry: Custom Diffusion's modifier token (Kumari et al., CVPR 2023).
+
+The references look the initializer word up as *one vocabulary entry*, not through BPE: diffusers'
+``examples/custom_diffusion/train_custom_diffusion.py`` calls ``tokenizer.encode([initializer_token])`` (a list,
+which the slow CLIP tokenizer of transformers 4 treats as ready-made tokens; the "modifier token" block of ``main()``)
+and refuses a word that is not one entry (issue 10 reads adobe-research/custom-diffusion ``src/diffusers_training.py``
+as hard-coding row 42170 for its default ``ktn``; not re-read here). In SD's CLIP
+vocabulary ``ktn`` is entry 42170 (the piece without ``</w>``); run through BPE the word would become ``k`` + ``tn``.
+
+Here: a word that is one vocabulary entry (exactly as spelled, as the references) starts every vector of the new
+token at that row. Any other word starts from the mean of the rows of its BPE pieces, which is logged; the
+references would refuse it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
 
+logger = logging.getLogger(__name__)
+
+
+def init_word_ids(tokenizer, word: str) -> tuple[list[int], str]:
+    """``(ids, how)``: the vocabulary entry of ``word`` if it is one (``how="vocabulary entry"``), otherwise its BPE
+    pieces (``how="mean of BPE pieces"``)."""
+    entry = tokenizer.get_vocab().get(word)
+    if entry is not None:
+        return [int(entry)], "vocabulary entry"
+    pieces = tokenizer(word, add_special_tokens=False).input_ids
+    if not pieces:
+        raise SubjectgenError(f"init_word {word!r} tokenizes to nothing; pass a real word such as 'ktn'.")
+    return list(pieces), "mean of BPE pieces"
+
 
 @dataclass
 class WordInitTokens:
-    """Every vector of the new token starts at the embedding of ``word`` (its first sub-token); no extra loss."""
+    """Every vector of the new token starts at the row of ``word`` (see the module docstring); no extra loss."""
 
     word: str
+    ids: list[int] = field(default_factory=list)
+    how: str = ""
 
     def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
-        ids = tokenizer(self.word, add_special_tokens=False).input_ids
-        if not ids:
-            raise SubjectgenError(f"init_word {self.word!r} tokenizes to nothing; pass a real word such as 'ktn'.")
-        row = text_encoder.get_input_embeddings().weight[ids[0]].detach().float()
+        self.ids, self.how = init_word_ids(tokenizer, self.word)
+        if len(self.ids) > 1:
+            logger.info("init_word %r is not one vocabulary entry: the token starts from the mean of its pieces %s",
+                        self.word, tokenizer.convert_ids_to_tokens(self.ids))
+        table = text_encoder.get_input_embeddings().weight.detach()
+        row = table[self.ids].float().mean(dim=0)
         return row.unsqueeze(0).repeat(len(token_ids), 1).clone()
 
     def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
         return None
 
     def describe(self) -> dict:
-        return {"token_init": "word", "init_word": self.word}
+        return {"token_init": "word", "init_word": self.word, "init_token_ids": self.ids, "init_word_lookup": self.how}

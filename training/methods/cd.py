@@ -1,0 +1,82 @@
+"""``cd``: Custom Diffusion (Kumari et al., "Multi-Concept Customization of Text-to-Image Diffusion", CVPR 2023).
+
+Trains the cross-attention projections of the UNet (as deltas, :mod:`training.methods.custom_diffusion`) and a
+modifier token started from the vocabulary entry ``ktn`` (:mod:`training.methods.word_init`), both in one optimizer
+group at one rate, as diffusers' ``examples/custom_diffusion/train_custom_diffusion.py`` does.
+
+Recipe: the "Training on human faces" command of that example's README: ``--learning_rate=5e-6
+--train_batch_size=2 --max_train_steps=1000 --scale_lr --hflip --noaug --freeze_model crossattn
+--with_prior_preservation --prior_loss_weight=1.0 --class_prompt="person" --num_class_images=200
+--instance_prompt="photo of a <new1> person" --resolution=512`` (the text above it says 1000 to 2000 steps). The
+loss averages the masked instance term over the mask's pixels (``instance_loss_mean = "pixels"``), as the script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from subjectgen_diffusers.methods import CUSTOM_DIFFUSION
+from training.methods.base import Method, MethodConfigError, Rates, SubjectParts, custom_diffusion_lr
+from training.methods.custom_diffusion import CustomDiffusionDeltas
+from training.methods.word_init import WordInitTokens
+
+
+class CustomDiffusion(Method):
+    info = CUSTOM_DIFFUSION
+    defaults: dict[str, Any] = dict(
+        steps=1000, lr=5e-6, token_lr=None, batch_size=2, cd_scope="kv+q+out", num_vectors=1, reg_weight=0.0,
+        init_word="ktn", prompt="photo of a {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
+        caption_templates=False, max_grad_norm=1.0,
+    )
+    instance_loss_mean = "pixels"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.tokens = self.build_tokens(config)
+        self.deltas = CustomDiffusionDeltas(config.cd_scope)
+
+    def build_tokens(self, config):
+        return WordInitTokens(config.init_word)
+
+    @classmethod
+    def resolve(cls, values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        if values["token_lr"] is None:  # the reference trains the token and the deltas in one group at one rate
+            values["token_lr"] = values["lr"]
+        if given.get("reg_weight"):
+            raise MethodConfigError(f"reg_weight is Cross Initialization's pull to its start; method "
+                                    f"{cls.name()} has no such start: drop reg_weight or use --method cd+cr.")
+        return values
+
+    @classmethod
+    def rates(cls, config, num_processes: int) -> Rates:
+        if not config.scale_lr:
+            return Rates(config.lr, config.token_lr)
+        scale = dict(batch_size=config.batch_size, num_processes=num_processes, prior_preservation=bool(config.reg_dir))
+        return Rates(custom_diffusion_lr(config.lr, **scale), custom_diffusion_lr(config.token_lr, **scale))
+
+    def check_inputs(self) -> None:
+        check = getattr(self.tokens, "check_inputs", None)
+        if check is not None:
+            check()
+
+    def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
+        return self.tokens.initial_rows(tokenizer, text_encoder, token_ids)
+
+    def attach(self, unet) -> None:
+        self.deltas.attach(unet)
+
+    def weight_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {f"cd.{layer}.{name}": param for layer, processor in self.deltas.processors.items()
+                for name, param in processor.named_parameters()}
+
+    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
+        return self.tokens.extra_loss(rows)
+
+    def subject_parts(self) -> SubjectParts:
+        layers, deltas, bias_deltas = self.deltas.export()
+        return SubjectParts(layers, deltas, bias_deltas, self.deltas.scope)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name(), **self.tokens.describe(), **self.deltas.describe()}
