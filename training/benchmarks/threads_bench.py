@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.calls)
         return 0
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the busy processes on a kill
     results: dict[tuple, list[float]] = {}
     for load in args.loads:
         busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy_jobs if load == "busy" else 0)]
