@@ -6,8 +6,8 @@ unset) *spins* on the core for a while before it sleeps. When another program ho
 shares it gets only part of it: its siblings spin through their own time slices waiting for it, and every one of the
 thousands of small operators in a diffusion step pays that delay. ``training/benchmarks/threads_bench.py`` measured it
 on the 2-core machine this was written on (README, "CPU threads"): with 2 threads and spinning waits a toy image or a
-toy training step took many times longer than with 1 thread, while with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads
-sleep at once) 2 threads cost about what 1 did.
+toy training step took 8-19 times longer than with 1 thread, while with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads
+sleep at once) 2 threads took 0.5-1.8 times the time of 1.
 
 So before torch loads, :func:`configure_threads`:
 
