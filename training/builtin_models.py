@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from subjectgen_diffusers.atomic_io import make_staging_dir
 from subjectgen_diffusers.errors import SubjectgenError
 
 PREFIX = "builtin:"
@@ -116,7 +116,7 @@ def resolve_model(model_id: str | None, cache_dir: str | Path | None = None) -> 
     if target.is_dir():
         return str(target)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir))
+    staging = make_staging_dir(cache_dir, f".{name}.")
     try:
         BUILDERS[name](staging)
         try:

@@ -14,7 +14,8 @@ import sys
 from subjectgen_diffusers.errors import SubjectgenError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("training.commands.demo", "the whole path offline on the built-in tiny model and sample photos"),
+    "demo": ("training.commands.demo", "the whole path offline: the shipped toy model learns a toy subject "
+             "(--real-photos: sample photos of a person on a tiny random-weight model)"),
     "prepare": ("training.commands.prepare", "face-aware square crops and masks from a folder of photos"),
     "regularize": ("training.commands.regularize", "generate regularisation images with any text-to-image model"),
     "train": ("training.commands.train", "train a subject: Custom Diffusion, Cross Initialization or both"),
@@ -26,29 +27,69 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+THREADS_HELP = ("torch CPU threads (default: auto = the cores not busy with other programs, from the load average; "
+                "OMP_NUM_THREADS if set). OMP_WAIT_POLICY=PASSIVE is set unless you set it: on a shared CPU, "
+                "spinning OpenMP threads made jobs many times slower (README, 'CPU threads')")
+GLOBAL_OPTIONS_WITH_VALUE = ("--threads",)
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool = False) -> None:
+    """Options every command takes, before or after its name (``subjectgen --threads 1 train`` or ``train --threads 1``)."""
+    from training.threads import parse_threads
+
+    # In a command's parser the default is SUPPRESS, so it never overwrites a value given before the command's name.
+    default = argparse.SUPPRESS if in_command else None
+    parser.add_argument("--threads", type=parse_threads, default=default, metavar="N|auto", help=THREADS_HELP)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="subjectgen", description="Teach Stable Diffusion a person from a few photos.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(module_name).add_arguments(sub_parser)
+            add_global_options(sub_parser, in_command=True)
     return parser
+
+
+def find_command(argv: list[str]) -> str | None:
+    """The first word that is neither an option nor the value of a global option."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = find_command(argv)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Before anything imports torch: OpenMP reads its wait policy once, when torch loads.
+    from training.threads import configure_threads
+
+    configure_threads(args.threads)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from training.quiet import quiet_libraries
+
+    quiet_libraries()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
+        with logging_redirect_tqdm():  # log lines go above the progress bar instead of through it
+            return int(module.run(args) or 0)
     except SubjectgenError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

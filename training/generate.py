@@ -5,7 +5,9 @@ The pipeline is the plug-in's :class:`~subjectgen_diffusers.SubjectPipeline` wit
 -> ``"<new1> person"``, the phrasing both Custom Diffusion and Cross Initialization train with), or with
 ``a person`` when no subject is loaded (the base model's baseline). Image ``k`` of every prompt uses seed
 ``seed + k``, so setups and prompts are compared on the same initial noise. ``manifest.jsonl`` lists each image
-(file, prompt, prompt_template, seed, subject, settings); images already listed are skipped when the job is rerun.
+(file, prompt, prompt_template, seed, subject, settings); its settings record the resolution used (the model's
+native size when none was asked) and ``subject_text``, what every ``{}`` became. Images already listed are skipped
+when the job is rerun.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
+from training.resolution import check_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +69,8 @@ class GenerateConfig:
                 raise GenerateError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise GenerateError(f"unknown scheduler {self.scheduler!r}: choose one of {sorted(SCHEDULERS)}.")
-        if self.resolution is not None and self.resolution % 8:
-            raise GenerateError(f"resolution must be a multiple of 8, got {self.resolution}.")
+        if self.resolution is not None:
+            check_resolution(self.resolution, GenerateError)
         if "{}" not in self.subject_phrase:
             raise GenerateError(f"subject_phrase must contain {{}} for the token, got {self.subject_phrase!r}.")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -150,8 +153,9 @@ def generate_images(config: GenerateConfig) -> Path:
 
     pipe = load_pipeline(config)
     fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else DEFAULT_SUBJECT_PHRASE
-    settings = config.settings()
     size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    # What was actually used: the native size when none was asked, and the text that every {} became.
+    settings = {**config.settings(), "resolution": size, "subject_text": fill}
     finished = dict(done)
     progress = tqdm(total=len(todo), desc="generate", unit="img")
     for start in range(0, len(todo), config.batch_size):

@@ -26,6 +26,10 @@ class PhotoError(SubjectgenError):
     """The photo folder cannot be used; the message says what to change."""
 
 
+class PhotoTooLargeError(PhotoError):
+    """An image has more pixels than Pillow's decompression-bomb limit, so it is refused before it is decoded."""
+
+
 @dataclass
 class Photo:
     path: Path
@@ -51,6 +55,11 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as handle:
             handle.load()
             return to_rgb(handle)
+    except Image.DecompressionBombError as error:
+        # Pillow refuses to decode more than 2 x Image.MAX_IMAGE_PIXELS (about 179 million) pixels: such a file would
+        # take gigabytes of memory, and no photo needs it. It is dropped like any other unusable photo.
+        raise PhotoTooLargeError(f"{path} is too large to decode ({error}); downscale it below "
+                                 f"{Image.MAX_IMAGE_PIXELS:,} pixels.") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise PhotoError(f"{path} is not a readable image ({error}).") from error
 

@@ -2,7 +2,8 @@
 
 Each photo is EXIF-transposed and made RGB; dlib's HOG detector (:mod:`training.faces`) finds the faces and the most
 confident one is the subject (the detector also fires, weakly, on small face-like patches such as a badge). A photo is
-dropped, with the reason recorded, when it cannot be read, shows no face, shows another face of similar size and
+dropped, with the reason recorded, when it cannot be read, is too large to decode safely (more pixels than Pillow's
+decompression-bomb limit), shows no face, shows another face of similar size and
 confidence (which person is the subject?), or the face is smaller than ``min_face`` pixels (the crop would be an
 upscaled blur). Kept photos become a square crop of ``(1 + 2 * margin)`` face widths centred on the face (shrunk and
 shifted to stay inside the photo) resized to ``resolution``, plus a face mask (outline of the 68 landmarks (jaw line and
@@ -24,13 +25,15 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json,
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from training.faces import FaceAnalyzer, FaceBox
-from training.photos import MASK_SUFFIX, PhotoError, candidate_files, load_image
+from training.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
+from training.resolution import resolution_problem
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "prepare.json"
 REASONS = {
     "unreadable": "unreadable file",
+    "too_large": "image too large",
     "no_face": "no face",
     "several_faces": "several faces of similar size",
     "face_too_small": "face too small",
@@ -54,8 +57,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.photos, self.out = Path(self.photos), Path(self.out)
         problems = []
-        if self.resolution < 64 or self.resolution % 8:
-            problems.append(f"--resolution must be a multiple of 8 and at least 64, got {self.resolution}")
+        if resolution_problem(self.resolution):
+            problems.append(resolution_problem(self.resolution))
         if self.margin < 0:
             problems.append(f"--margin must be >= 0 (face widths on each side), got {self.margin}")
         if self.min_face < 1:
@@ -121,6 +124,8 @@ def prepare_photo(path: Path, analyzer: FaceAnalyzer, config: PrepareConfig, ste
     entry: dict[str, Any] = {"file": path.name}
     try:
         image = load_image(path)
+    except PhotoTooLargeError as error:
+        return {**entry, "status": "dropped", "reason": "too_large", "detail": str(error.__cause__ or error)}
     except PhotoError as error:
         return {**entry, "status": "dropped", "reason": "unreadable", "detail": str(error.__cause__ or error)}
     faces = analyzer.detect(image)

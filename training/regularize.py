@@ -26,6 +26,7 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from training.resolution import resolution_problem
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class RegularizeConfig:
             problems.append(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             problems.append(f"--seed must be >= 0, got {self.seed}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            problems.append(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.resolution is not None and resolution_problem(self.resolution):
+            problems.append(resolution_problem(self.resolution))
         if self.dtype not in DTYPES:
             problems.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if problems:

@@ -10,7 +10,7 @@ HELP = "face-aware square crops and masks from a folder of photos"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("photos", metavar="PHOTOS", help="folder of the subject's photos")
     parser.add_argument("out", metavar="OUT", help="folder for the crops, their face masks and prepare.json")
-    parser.add_argument("--resolution", type=int, default=512, metavar="R", help="side of the square crops (default 512)")
+    parser.add_argument("--resolution", type=int, default=512, metavar="R", help="side of the square crops in pixels, a positive multiple of 8 (default 512)")
     parser.add_argument("--margin", type=float, default=1.0, metavar="M",
                         help="space on each side of the face in face widths; the crop is 1 + 2M faces wide (default 1)")
     parser.add_argument("--min-face", type=int, default=64, metavar="PX",
