@@ -9,7 +9,7 @@ then runs the real CLI, so a test can observe what the command does from outside
 - ``pause_when``: ``{"dir": D, "name_startswith": P, "count": N}``: after the N-th file whose name starts with P is
   moved into place under D (``os.replace``, as every atomic write ends), the process stops (sleeps) until killed.
   ``{"torch_save_under": P}``: the process stops inside the first ``torch.save`` into a folder whose name starts
-  with P (a checkpoint half written). Either way the test watches for the file, then sends SIGKILL (or SIGINT): no race with
+  with P, hidden (temporary) or not (a checkpoint half written). Either way the test watches for the file, then sends SIGKILL (or SIGINT): no race with
   the job's own speed.
 - ``fake_hf_api``: ``huggingface_hub.HfApi`` becomes an autospec of the real class (a renamed parameter raises
   ``TypeError``) that records its calls, and the files present at upload time, into the given JSON file.
@@ -64,8 +64,11 @@ def signal_when(args, ready: Callable[[], bool], *, probes: dict, sig: int = sig
 
     The probe holds the job, so it cannot finish or move on before the signal lands: no race with its speed."""
     with tempfile.TemporaryFile("w+") as stderr:  # a file, not a pipe: a full pipe would block a chatty job
+        # SIGINT back to its default in the child: a shell starts background jobs with it ignored, and a Python
+        # started with SIGINT ignored never turns Ctrl-C into KeyboardInterrupt.
         process = subprocess.Popen(cli_command(args, probes), cwd=REPO_ROOT, env=cli_env(env, probes),
-                                   stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+                                   stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + timeout
             while not ready():
@@ -77,7 +80,7 @@ def signal_when(args, ready: Callable[[], bool], *, probes: dict, sig: int = sig
                     raise AssertionError(f"the signal point was not reached within {timeout} s")
                 time.sleep(0.05)
             process.send_signal(sig)
-            process.wait(timeout=120)
+            process.wait(timeout=600)  # only a guard: the job ends after the signal (Ctrl-C lets it wind down)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -120,7 +123,7 @@ def _pause_when(spec: dict) -> None:
         prefix, save = spec["torch_save_under"], torch.save
 
         def paused_save(obj, f, *args, **kwargs):
-            if isinstance(f, (str, os.PathLike)) and Path(f).parent.name.startswith(prefix):
+            if isinstance(f, (str, os.PathLike)) and Path(f).parent.name.lstrip(".").startswith(prefix):
                 Path(f).write_bytes(b"")  # the file was opened, nothing written yet
                 _stop_forever()
             return save(obj, f, *args, **kwargs)

@@ -47,12 +47,12 @@ def test_killed_process_resumed_equals_uninterrupted(tiny_sd_dir, photo_dir, reg
     done = run_cli(*command(straight), env=one_thread)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # Killed while writing the checkpoint of step 6: the probe holds the process inside that torch.save (the step-6
-    # folder exists only under its temporary name), the test sees it and sends SIGKILL.
+    # Killed while writing the checkpoint of step 6: the probe holds the process inside the torch.save of its optimizer
+    # state, the test sees that file appear and sends SIGKILL. The half-written step 6 must not count as a checkpoint.
     out = tmp_path / "killed"
     checkpoints = out / "checkpoints"
-    killed = signal_when(command(out), lambda: any(checkpoints.glob(".step-0000006.*/optimizer.pt")),
-                         probes={"pause_when": {"torch_save_under": ".step-0000006"}}, env=one_thread)
+    killed = signal_when(command(out), lambda: any(checkpoints.glob("*step-0000006*/optimizer.pt")),
+                         probes={"pause_when": {"torch_save_under": "step-0000006"}}, env=one_thread)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert [p.name for p in list_checkpoints(out)] == ["step-0000002", "step-0000004"]  # the last K=2 complete ones
     assert not (out / "subject.safetensors").exists()
