@@ -185,11 +185,18 @@ class Trainer:
         self.optimizer = self.accelerator.prepare(optimizer)
 
     # -- one step ----------------------------------------------------------------------------------------------
+    def autocast(self):
+        """accelerate's autocast; it has none for fp16 on a CPU, where torch's CPU autocast runs the fp16 forward
+        (the frozen weights were cast to float16 above, so without it the first matmul meets two dtypes)."""
+        if self.weight_dtype == torch.float16 and not self.accelerator.native_amp:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return self.accelerator.autocast()
+
     def encode_text(self, prompts: list[str], grad: bool) -> torch.Tensor:
         tokenizer = self.parts.tokenizer
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(self.device)
-        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+        with torch.set_grad_enabled(grad), self.autocast():
             return self.parts.text_encoder(ids)[0]
 
     def predict(self, latents, states, generator, timesteps=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +212,7 @@ class Trainer:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        with self.accelerator.autocast():
+        with self.autocast():
             prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, states.to(self.weight_dtype)).sample
         return prediction, target
 
@@ -387,7 +394,7 @@ class Trainer:
         )
         pipe.set_progress_bar_config(disable=True)
         prompt = prompt_with_token(config.validation_prompt, config.token, config.num_vectors)
-        with self.accelerator.autocast():
+        with self.autocast():
             image = pipe(prompt, num_inference_steps=25, height=config.resolution, width=config.resolution,
                          generator=torch.Generator().manual_seed(config.seed)).images[0]
         parts.vae.to("cpu")
