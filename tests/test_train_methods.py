@@ -32,7 +32,7 @@ MIN_FALL = {"cd": 0.05, "cr": 0.005, "cd+cr": 0.05}
 
 def make_trainer(tiny_sd_dir, photo_dir, out, method, **extra):
     config = dict(base=str(tiny_sd_dir), photos=str(photo_dir), out=str(out), method=method, resolution=64,
-                  batch_size=2, steps=4, seed=0)
+                  batch_size=2, steps=4, seed=0, scale_lr=False)  # the rates below are the ones used
     return Trainer(TrainConfig.from_dict({**config, **extra}))
 
 

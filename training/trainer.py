@@ -51,9 +51,6 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
     photos = load_photo_folder(config.photos, what="--photos", resolution=config.resolution)
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
     method.check_inputs()
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise SubjectgenError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not mix float16); use "
-                              "--mixed-precision bf16 or no on a CPU.")
     if config.use_8bit_adam:
         import importlib.util
 
