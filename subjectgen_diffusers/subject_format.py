@@ -103,12 +103,17 @@ class Subject:
             raise SubjectFormatError("the delta layers do not match the `layers` listed in the config.")
 
     # -- tensors <-> files -------------------------------------------------------------------------------------
-    def state_dict(self, rank: int | None = None) -> dict[str, torch.Tensor]:
-        """Flatten to safetensors keys; ``rank`` stores each delta as truncated-SVD factors."""
+    def state_dict(
+        self, rank: int | None = None, factors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Flatten to safetensors keys; ``rank`` stores each delta as truncated-SVD factors, ``factors`` as the given
+        ``(up, down)`` pair per ``(layer, proj)`` (ranks may differ per delta, see :mod:`.compress`)."""
         tensors = {TOKEN_KEY: self.token_embeddings}
         for layer, projs in self.deltas.items():
             for proj, delta in projs.items():
-                if rank is None:
+                if factors is not None:
+                    tensors[f"{layer}.{proj}.delta_up"], tensors[f"{layer}.{proj}.delta_down"] = factors[(layer, proj)]
+                elif rank is None:
                     tensors[f"{layer}.{proj}.delta"] = delta
                 else:
                     up, down = low_rank_factors(delta, rank)
@@ -145,10 +150,20 @@ class Subject:
             deltas.setdefault(layer, {})[proj] = pair["delta_up"].float() @ pair["delta_down"].float()
         return cls(config, tensors[TOKEN_KEY], deltas, bias_deltas)
 
-    def save(self, folder: str | Path, rank: int | None = None, dtype: torch.dtype | None = None) -> Path:
-        """Write ``subject_config.json`` and ``subject.safetensors`` atomically into ``folder``."""
+    def save(
+        self,
+        folder: str | Path,
+        rank: int | None = None,
+        dtype: torch.dtype | None = None,
+        factors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> Path:
+        """Write ``subject_config.json`` and ``subject.safetensors`` atomically into ``folder``.
+
+        ``delta_rank`` in the config records the largest rank stored (``None``: dense deltas)."""
         folder = Path(folder)
-        tensors = self.state_dict(rank)
+        tensors = self.state_dict(rank, factors)
+        if factors is not None:
+            rank = max(up.shape[1] for up, _ in factors.values())
         if dtype is not None:
             tensors = {k: v.to(dtype) for k, v in tensors.items()}
         stored_dtype = str(next(iter(tensors.values())).dtype).replace("torch.", "")
