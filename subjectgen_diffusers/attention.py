@@ -6,10 +6,12 @@ fine-tunes only the cross-attention projections ``W_k`` and ``W_v`` (optionally 
 ``b_out + Σ_s scale_s · Δb_s``), so several subjects compose and each keeps its own strength.
 
 The math is diffusers' ``AttnProcessor2_0`` (PyTorch scaled-dot-product attention) line for line; only the four
-projections change. Projections without a delta call the layer's own ``nn.Linear``, so a layer whose deltas are all
-zero (or whose scales are 0) produces bit-identical output to the stock processor. Under accelerate's offloading
-hooks (``enable_sequential_cpu_offload``) the weight only exists inside the layer's forward, so there the processor
-computes ``W x + ΔW x`` instead.
+projections change. Projections without a delta call the layer's own ``nn.Linear``, so a layer whose scales are 0
+produces bit-identical output to the stock processor. When the projection is not a plain ``nn.Linear`` — a peft
+LoRA layer put there by ``pipe.load_lora_weights`` (a style LoRA), or a layer under accelerate's offloading hooks
+(``enable_sequential_cpu_offload``), whose weight only exists inside its forward — the processor calls the layer's
+own forward and adds ``ΔW x`` (and ``Δb``): ``W x + scale_lora·B A x + Σ scale_s·ΔW_s x``, so subjects and LoRAs
+compose in either load order.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ class SubjectAttnProcessor:
         module = getattr(attn, PROJ_ATTRS[proj])
         if proj == "to_out.0":
             module = module[0]
-        if hasattr(module, "_hf_hook") or module.weight.device.type == "meta":
-            # accelerate offloading moves the weight in only inside forward: keep the call, add the delta path
+        if type(module) is not torch.nn.Linear or hasattr(module, "_hf_hook") or module.weight.device.type == "meta":
+            # A LoRA-wrapped Linear (peft, after pipe.load_lora_weights) or accelerate's offloading (the weight only
+            # exists inside forward): run the layer's own forward, then add the subjects' ΔW x (+ Δb).
             delta = self._summed(proj, inputs.device, inputs.dtype)
             bias_delta = self._summed("bias", inputs.device, inputs.dtype) if proj == "to_out.0" else None
             output = module(inputs)
@@ -92,6 +95,8 @@ class SubjectAttnProcessor:
         bias_delta = self._summed("bias", module.weight.device, module.weight.dtype) if proj == "to_out.0" else None
         if delta is None and bias_delta is None:
             return module(inputs)
+        # a plain Linear: one matmul with W + ΔW (the cached Σ scale·ΔW is added to the live weight, so a LoRA fused
+        # into W later, or any other in-place change of W, is seen)
         weight = module.weight if delta is None else module.weight + delta
         bias = module.bias
         if bias_delta is not None:
