@@ -22,7 +22,7 @@ import torch
 from .attention import attach_layer_delta, detach_layer_delta, set_layer_scale
 from .errors import SubjectgenError
 from .formats import read_subject
-from .subject_format import Subject
+from .subject_format import LowRankDelta, Subject
 from .token_table import add_tokens, remove_tokens, token_taken
 
 _REGISTRY_ATTR = "_subjectgen_subjects"
@@ -115,6 +115,10 @@ def _linear(module, proj: str, layer: str) -> torch.nn.Linear:
     return linear
 
 
+def _tensors(delta) -> tuple[torch.Tensor, ...]:
+    return (delta.up, delta.down) if isinstance(delta, LowRankDelta) else (delta,)
+
+
 def validate_subject(pipe, subject: Subject) -> None:
     """Raise a :class:`SubjectgenError` naming the mismatch if ``subject`` cannot be loaded into ``pipe``."""
     config = subject.config
@@ -149,7 +153,7 @@ def validate_subject(pipe, subject: Subject) -> None:
                     f"subject `{token}`: delta for `{layer}.{proj}` has shape {tuple(delta.shape)}, the UNet's weight "
                     f"is {tuple(base.shape)}; the subject was trained on another base model."
                 )
-            if not torch.isfinite(delta.sum(dtype=torch.float32)):  # one pass; NaN/inf propagate into the sum
+            if not all(torch.isfinite(t.sum(dtype=torch.float32)) for t in _tensors(delta)):  # NaN/inf propagate
                 raise SubjectgenError(f"subject `{token}`: delta `{layer}.{proj}` holds NaN/inf; the file is corrupt.")
     for layer, bias in subject.bias_deltas.items():
         base = lookup(layer, "to_out.0.bias")
@@ -170,7 +174,8 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
         tokens_loaded = True
         layers = sorted(set(subject.deltas) | set(subject.bias_deltas))
         for layer in layers:
-            weights = {proj: delta.detach() for proj, delta in subject.deltas.get(layer, {}).items()}
+            weights = {proj: delta if isinstance(delta, LowRankDelta) else delta.detach()
+                       for proj, delta in subject.deltas.get(layer, {}).items()}
             bias = subject.bias_deltas.get(layer)
             attach_layer_delta(pipe.unet, layer, token, weights, None if bias is None else bias.detach(), scale)
             attached.append(layer)
@@ -222,7 +227,7 @@ def load_subject(
         path = resolve_source(source, weight_name=weight_name, revision=revision, cache_dir=cache_dir,
                               local_files_only=local_files_only)
         subject = read_subject(path, token=token, weight_name=weight_name if path.is_dir() else None,
-                               base_weight=_base_weight(pipe.unet))
+                               base_weight=_base_weight(pipe.unet), low_rank=True)
     return apply_subject(pipe, subject, scale)
 
 

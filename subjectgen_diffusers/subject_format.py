@@ -33,6 +33,26 @@ CD_SCOPES = {"kv": ("to_k", "to_v"), "kv+q+out": ("to_q", "to_k", "to_v", "to_ou
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+@dataclass(frozen=True)
+class LowRankDelta:
+    """A delta kept as its stored factors, ``ΔW = up @ down`` (``up: [out, r]``, ``down: [r, in]``).
+
+    Only :meth:`Subject.load` with ``low_rank=True`` (what ``load_subject`` uses) produces these: the attention
+    processor then computes ``up (down x)`` and never builds the dense ``[out, in]`` matrix, so a compressed subject
+    loads in milliseconds. Everything else reads dense tensors.
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.up.shape[0], self.down.shape[1]))
+
+    def dense(self) -> torch.Tensor:
+        return self.up.float() @ self.down.float()
+
+
 class SubjectFormatError(SubjectgenError):
     """A subject file or config is malformed or does not fit the pipeline it is loaded into."""
 
@@ -124,7 +144,8 @@ class Subject:
         return tensors
 
     @classmethod
-    def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor]) -> Subject:
+    def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor], low_rank: bool = False) -> Subject:
+        """Build a subject from its safetensors tensors; ``low_rank`` keeps factor pairs as :class:`LowRankDelta`."""
         if TOKEN_KEY not in tensors:
             raise SubjectFormatError(f"{WEIGHTS_NAME} has no `{TOKEN_KEY}` tensor.")
         deltas: dict[str, dict[str, torch.Tensor]] = {}
@@ -147,7 +168,10 @@ class Subject:
         for (layer, proj), pair in factors.items():
             if set(pair) != {"delta_up", "delta_down"}:
                 raise SubjectFormatError(f"{layer}.{proj}: low-rank delta needs both delta_up and delta_down.")
-            deltas.setdefault(layer, {})[proj] = pair["delta_up"].float() @ pair["delta_down"].float()
+            if tuple(pair["delta_up"].shape[1:]) != tuple(pair["delta_down"].shape[:1]):
+                raise SubjectFormatError(f"{layer}.{proj}: delta_up and delta_down have mismatched ranks.")
+            factored = LowRankDelta(pair["delta_up"], pair["delta_down"])
+            deltas.setdefault(layer, {})[proj] = factored if low_rank else factored.dense()
         return cls(config, tensors[TOKEN_KEY], deltas, bias_deltas)
 
     def save(
@@ -173,7 +197,7 @@ class Subject:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> Subject:
+    def load(cls, folder: str | Path, low_rank: bool = False) -> Subject:
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -185,7 +209,7 @@ class Subject:
             config = SubjectConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as error:
             raise SubjectFormatError(f"{config_path} is not valid JSON: {error}") from error
-        return cls.from_state_dict(config, load_file(str(weights_path)))
+        return cls.from_state_dict(config, load_file(str(weights_path)), low_rank=low_rank)
 
 
 def _split_layer_proj(stem: str, key: str) -> tuple[str, str]:
