@@ -51,3 +51,25 @@ def test_rows_are_a_view_of_one_buffer_and_unload_restores_the_table():
     unload_subject(pipe)
     restored = pipe.text_encoder.get_input_embeddings()
     assert torch.equal(restored.weight, table) and restored.num_embeddings == table.shape[0]
+
+
+def test_swapping_subjects_on_one_pipeline_equals_a_fresh_load(tmp_path):
+    """Unload A, load B on the same pipeline (no reload): the output is a fresh pipeline's with only B."""
+    from _plugin_fixtures import unet_out
+
+    from subjectgen_diffusers.compress import compress_subject
+    from training.benchmarks.plugin_bench import load_times
+
+    pipe = build_tiny_sd_pipeline(seed=0)
+    a = make_subject(pipe, "<a>", scope="kv+q+out", seed=1).save(tmp_path / "a")
+    b = compress_subject(make_subject(pipe, "<b>", scope="kv", seed=2).save(tmp_path / "b-full"), tmp_path / "b", rank=3)
+    load_subject(pipe, a)
+    unload_subject(pipe, "<a>")
+    load_subject(pipe, b)
+    fresh = build_tiny_sd_pipeline(seed=0)
+    load_subject(fresh, b)
+    assert torch.equal(unet_out(pipe, "a <b>"), unet_out(fresh, "a <b>"))
+    unload_subject(pipe)
+    timings = load_times(pipe, 1, rank=2)  # the benchmark's own loop leaves the pipeline as it found it
+    assert set(timings) >= {"full_load_ms", "rank2_load_ms", "swap_full_and_compressed_ms"}
+    assert not token_taken(pipe.tokenizer, "<s1>") and not token_taken(pipe.tokenizer, "<s2>")
