@@ -123,30 +123,25 @@ def check_new_folder(out: Path) -> None:
         raise SubjectgenError(f"{out} already exists; choose a new output folder or remove it first.")
 
 
-def compress_subject(
-    src: Subject | str | Path,
-    out: str | Path,
+def save_compressed(
+    subject: Subject,
+    folder: str | Path,
     *,
     rank: int | None = None,
     energy: float | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``src`` to ``out`` with every delta as rank-``rank`` (or ``energy``) factors; return ``out``.
-
-    ``dtype`` (default: the source's stored dtype) is the dtype of the written tensors. ``compress.json`` beside the
-    subject lists each delta's rank and relative Frobenius error. The trainer's ``--save-rank R`` is
-    ``compress_subject(folder, out, rank=R)`` on the freshly trained subject.
-    """
+    """Write ``subject`` into ``folder`` (which may hold other files, e.g. a training run's) with rank-``rank`` (or
+    ``energy``) factors, plus ``compress.json``. This is what ``train --save-rank R`` calls on the trained subject:
+    ``save_compressed(trainer.build_subject(), out, rank=R, dtype=dtype)``."""
     choice = RankChoice(rank, energy)
     if choice.exact:
         raise SubjectgenError("compress needs --rank R or --energy E.")
-    out = Path(out)
-    check_new_folder(out)
-    subject = src if isinstance(src, Subject) else Subject.load(src)
+    folder = Path(folder)
     if dtype is None:
         dtype = getattr(torch, subject.config.dtype, torch.float32)
     factors = factorize_subject(subject, choice)
-    subject.save(out, factors={key: (f.up, f.down) for key, f in factors.items()}, dtype=dtype)
+    subject.save(folder, factors={key: (f.up, f.down) for key, f in factors.items()}, dtype=dtype)
     report = {
         "rank": rank,
         "energy": energy,
@@ -155,5 +150,25 @@ def compress_subject(
         "layers": {f"{layer}.{proj}": {"rank": f.rank, "relative_error": f.relative_error}
                    for (layer, proj), f in factors.items()},
     }
-    atomic_write_json(out / COMPRESS_REPORT, report)
-    return out
+    atomic_write_json(folder / COMPRESS_REPORT, report)
+    return folder
+
+
+def compress_subject(
+    src: Subject | str | Path,
+    out: str | Path,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``src`` to the new folder ``out`` with every delta as rank-``rank`` (or ``energy``) factors; return ``out``.
+
+    ``dtype`` (default: the source's stored dtype) is the dtype of the written tensors. ``compress.json`` beside the
+    subject lists each delta's rank and relative Frobenius error.
+    """
+    RankChoice(rank, energy)  # argument errors before any file is touched
+    out = Path(out)
+    check_new_folder(out)
+    subject = src if isinstance(src, Subject) else Subject.load(src)
+    return save_compressed(subject, out, rank=rank, energy=energy, dtype=dtype)
