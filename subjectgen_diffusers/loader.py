@@ -1,8 +1,9 @@
 """``load_subject`` / ``unload_subject`` / ``set_subject_scale`` for any Stable Diffusion 1.x/2.x pipeline.
 
 A subject has two parts (Custom Diffusion, Kumari et al. CVPR 2023; Cross Initialization, Pang et al. CVPR 2024):
-token vectors, added to the tokenizer and text encoder in milliseconds by :mod:`~subjectgen_diffusers.token_table` (a token with
-``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention weight deltas,
+token vectors, added to the tokenizer and text encoder in milliseconds by :mod:`~subjectgen_diffusers.token_table`
+(a token with ``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention
+weight deltas,
 applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
 
 Loads are transactional: everything is read and checked against the pipeline (text width, cross-attention width,
@@ -182,7 +183,7 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     except Exception as error:
         for layer in attached:
             detach_layer_delta(pipe.unet, layer, token)
-        if tokens_loaded:
+        if tokens_loaded or any(token_taken(pipe.tokenizer, t) for t in added):
             _unload_tokens(pipe, added)
         if isinstance(error, SubjectgenError):
             raise

@@ -77,12 +77,16 @@ def remove_tokens(tokenizer, text_encoder, tokens: list[str]) -> None:
         return
     embedding = text_encoder.get_input_embeddings()
     rows = embedding.num_embeddings
-    keep = [i for i in range(min(removed), rows) if i not in removed]
-    with torch.no_grad():
-        if keep:
-            embedding.weight[min(removed) : min(removed) + len(keep)] = embedding.weight[keep].clone()
+    removed_rows = {i for i in removed if i < rows}  # a token whose row was never added (a failed load) has none
+    if removed_rows:
+        keep = [i for i in range(min(removed_rows), rows) if i not in removed_rows]
+        with torch.no_grad():
+            if keep:
+                start = min(removed_rows)
+                embedding.weight[start : start + len(keep)] = embedding.weight[keep].clone()
     _rebuild_tokenizer(tokenizer, [decoder[i] for i in sorted(decoder) if i not in removed])
-    _set_rows(text_encoder, rows - len(removed))
+    if removed_rows:
+        _set_rows(text_encoder, rows - len(removed_rows))
 
 
 def _rebuild_tokenizer(tokenizer, added_tokens) -> None:
