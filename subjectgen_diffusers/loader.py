@@ -3,8 +3,7 @@
 A subject has two parts (Custom Diffusion, Kumari et al. CVPR 2023; Cross Initialization, Pang et al. CVPR 2024):
 token vectors, added to the tokenizer and text encoder in milliseconds by :mod:`~subjectgen_diffusers.token_table`
 (a token with ``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention
-weight deltas,
-applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
+weight deltas, applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
 
 Loads are transactional: everything is read and checked against the pipeline (text width, cross-attention width,
 layer names, projection shapes, token not yet in the vocabulary) before the pipeline is touched, and if applying
