@@ -80,3 +80,29 @@ def test_compress_cli(tmp_path, full):
     assert refused.returncode == 2 and "error:" in refused.stderr and "already exists" in refused.stderr
     missing = run_cli("compress", str(full), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "one of the arguments --rank --energy is required" in missing.stderr
+
+
+@pytest.mark.slow
+def test_train_save_rank_stores_the_truncation_of_what_it_trained(tmp_path, tiny_sd_dir, astronaut_image):
+    """`train --save-rank R` writes the same subject as training exactly and compressing afterwards, and a method
+    without deltas refuses the flag before anything loads."""
+    from training.train_config import TrainConfig, TrainConfigError
+    from training.trainer import Trainer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, box in enumerate([(0, 0, 400, 400), (60, 0, 460, 400), (0, 40, 420, 460)]):
+        astronaut_image.crop(box).save(photos / f"photo{i}.png")
+    settings = dict(base=str(tiny_sd_dir), photos=str(photos), method="cd", resolution=64, batch_size=1, steps=2,
+                    lr=1e-3, token_lr=1e-3, scale_lr=False, seed=0)
+    Trainer(TrainConfig.from_dict({**settings, "out": str(tmp_path / "exact")})).run()
+    Trainer(TrainConfig.from_dict({**settings, "out": str(tmp_path / "r2"), "save_rank": 2})).run()
+    assert json.loads((tmp_path / "r2" / "subject_config.json").read_text())["delta_rank"] == 2
+    assert (tmp_path / "r2" / COMPRESS_REPORT).is_file()
+    afterwards = Subject.load(compress_subject(tmp_path / "exact", tmp_path / "later", rank=2))
+    trained = Subject.load(tmp_path / "r2")
+    for layer, projs in afterwards.deltas.items():
+        for proj, delta in projs.items():
+            torch.testing.assert_close(trained.deltas[layer][proj], delta, atol=1e-6, rtol=1e-5)
+    with pytest.raises(TrainConfigError, match="drop --save-rank"):
+        TrainConfig.from_dict({**settings, "method": "cr", "out": str(tmp_path / "cr"), "save_rank": 2})

@@ -374,6 +374,10 @@ class Trainer:
 
     def save_subject(self) -> Path:
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)
+        if self.config.save_rank is not None:
+            from subjectgen_diffusers.compress import save_compressed
+
+            return save_compressed(self.build_subject(), self.out, rank=self.config.save_rank, dtype=dtype)
         return self.build_subject().save(self.out, dtype=dtype)
 
     @torch.no_grad()
