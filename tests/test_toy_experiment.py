@@ -106,29 +106,35 @@ def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     assert [s["source"] for s in summary["subjects"]] == ["toy:seed=100", "toy:seed=101"]
     print(json.dumps({f"{r['subject']}/{r['setup']}": r["overall"] for r in summary["runs"]}, indent=1))
 
+    # Thresholds from the population run's spread on other runs (training/toy/README.md, "A population of faces";
+    # tuning subject tune-0, full size, final detectors): per-subject gains over the baseline of +0.11 (cd-noreg,
+    # cr) to +0.32 (cd-reg-alt) in likeness, +0.25 to +0.32 in traits; hidden mark 38-41 % for the regularised CD
+    # rows and CD+CR against 9 % for the baseline and 0 % for CR; every background, hat and glasses kept.
+    def mean(overall, key, part=None):
+        return (overall[key] if part is None else overall[key][part])["mean"]
+
     for subject in ("test-100", "test-101"):
         base = _overall(summary, subject, "baseline")
-        mean = lambda o, *keys: (o[keys[0]] if len(keys) == 1 else o[keys[0]][keys[1]])["mean"]  # noqa: E731
-        assert mean(base, "identity") < 0.35
         for setup in SETUPS:
             row = _overall(summary, subject, setup)
-            # Likeness: the full run's smallest per-subject gain over the baseline on test subjects was +X (README);
-            # CI asks for half of the weakest setup's mean gain minus 2 std.
-            assert mean(row, "identity") >= mean(base, "identity") + 0.15, (subject, setup, row, base)
-            # New scenes: backgrounds never in the photos are kept (full run: >= 0.97 for every row) ...
-            assert mean(row, "prompt_checks", "background") >= 0.85, (subject, setup, row)
-            # ... and the hat against the baseline's own rate (full run: within 0.1 for every setup)
-            assert mean(row, "prompt_checks", "hat") >= mean(base, "prompt_checks", "hat") - 0.5, (subject, setup)
-            assert mean(row, "prompt_following") >= mean(base, "prompt_following") - 0.3, (subject, setup)
-        # The headline: only weight tuning learns the unnamed mark. CD rows with regularisation and CD+CR draw it;
-        # CR (tokens only) does not.
+            why = (subject, setup, row, base)
+            # every setup beats the baseline's likeness (margin: half the smallest tuning gain) ...
+            assert mean(row, "identity") >= mean(base, "identity") + 0.05, why
+            # ... and learns the named traits (smallest tuning gain +0.25)
+            assert mean(row, "identity_parts", "traits") >= mean(base, "identity_parts", "traits") + 0.1, why
+            # New scenes: backgrounds the photos never show are drawn; hat and glasses each against the baseline's
+            # own rate (4 images per prompt here: one lost accessory is 0.25)
+            assert mean(row, "prompt_checks", "background") >= 0.85, why
+            for accessory in ("hat", "glasses"):
+                assert mean(row, "prompt_checks", accessory) >= mean(base, "prompt_checks", accessory) - 0.25, why
+            assert mean(row, "prompt_following") >= mean(base, "prompt_following") - 0.2, why
+        # The headline, apart from the traits: the unnamed mark is learned by weight tuning with regularisation
+        # (and CD+CR), never by CR's tokens alone.
+        base_mark = mean(base, "identity_parts", "hidden_mark")
         for setup in ("cd-reg-base", "cd-reg-alt", "cd+cr-reg"):
-            assert mean(_overall(summary, subject, setup), "identity_parts", "hidden_mark") >= 0.3, (subject, setup)
-        assert mean(_overall(summary, subject, "cr"), "identity_parts", "hidden_mark") <= 0.1
-        # Traits are learned by every setup, CR included
-        for setup in SETUPS:
-            row, traits = _overall(summary, subject, setup), None
-            assert mean(row, "identity_parts", "traits") >= mean(base, "identity_parts", "traits") + 0.2, (subject, setup)
+            row = _overall(summary, subject, setup)
+            assert mean(row, "identity_parts", "hidden_mark") >= base_mark + 0.15, (subject, setup, row, base)
+        assert mean(_overall(summary, subject, "cr"), "identity_parts", "hidden_mark") <= base_mark + 0.1
 
     assert "| cd+cr-reg |" in (out / "summary.md").read_text() and (out / "report.html").is_file()
     assert summary["across_subjects"]["test"]["setups"]["cd+cr-reg"]["beats_baseline"] == 2

@@ -23,12 +23,12 @@ TOY_PROMPTS = ("{}, on a yellow background", "{}, on a purple background", "{}, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="subjectgen-demo", help="output folder (default: ./subjectgen-demo)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default 300 on the toy model, 20 with --real-photos)")
+                        help="training steps (default 150 on the toy model, 20 with --real-photos)")
     parser.add_argument("--real-photos", action="store_true",
                         help="prepare and train on sample photos of a real person with the tiny random-weight model")
 
 
-def toy_demo_config(steps: int = 300):
+def toy_demo_config(steps: int = 150):
     """The toy demo as an experiment config: the shipped subject, CD+CR with 16 regularisation images from the base,
     the four new scenes of ``five_setups_toy`` (backgrounds its photos never show, a hat, glasses), four seeds."""
     from training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, RegularizationSpec,
@@ -44,7 +44,7 @@ def toy_demo_config(steps: int = 300):
                                                     steps=20, guidance=4.0, resolution=32, batch_size=16)},
         setups=[SetupSpec(name="cd+cr-reg", method="cd+cr", regularization="base",
                           description="Cross-Initialised tokens + Custom Diffusion deltas, with regularisation",
-                          train={"steps": steps, "lr": 1e-3, "token_lr": 2e-2, "batch_size": 4,
+                          train={"steps": steps, "lr": 2e-3, "token_lr": 4e-2, "batch_size": 4,
                                  "checkpoint_every": max(1, steps // 2)})],
         train={"resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
                "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0},
@@ -101,7 +101,7 @@ def run_toy(args: argparse.Namespace) -> int:
     if not has_weights():
         raise SubjectgenError(f"the toy base model is missing from {WEIGHTS}; reinstall the package or train it "
                               "with `python -m training.toy.train_base`, or run `subjectgen demo --real-photos`.")
-    summary = run_experiment(toy_demo_config(args.steps or 300), args.out)
+    summary = run_experiment(toy_demo_config(args.steps or 150), args.out)
     out = summary.parent.resolve()
     run_dir = out / "runs" / "shipped" / "cd+cr-reg"
     print((out / "summary.md").read_text(encoding="utf-8"))
