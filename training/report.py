@@ -32,7 +32,7 @@ def format_summary_line(summary: dict[str, Any]) -> str:
     parts = [f"{summary['count']} images"]
     if summary.get("face_detection_rate") is not None:
         parts.append(f"face detection {summary['face_detection_rate']:.0%}")
-    for key, _ in METRICS:
+    for key in (*(key for key, _ in METRICS), "prompt_following"):
         if summary.get(key):
             parts.append(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}")
     return ", ".join(parts)
