@@ -44,10 +44,12 @@ def toy_demo_config(steps: int = 150):
                                                     steps=20, guidance=4.0, resolution=32, batch_size=16)},
         setups=[SetupSpec(name="cd+cr-reg", method="cd+cr", regularization="base",
                           description="Cross-Initialised tokens + Custom Diffusion deltas, with regularisation",
-                          train={"steps": steps, "lr": 2e-3, "token_lr": 4e-2, "batch_size": 4,
+                          train={"steps": steps, "lr": 2e-3, "token_lr": 4e-2, "batch_size": 4, "reg_weight": 8e-5,
                                  "checkpoint_every": max(1, steps // 2)})],
         # scale_lr off: the toy world's rates are chosen directly, as used (training/configs/five_setups_toy.yaml)
-        train={"scale_lr": False, "resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
+        # prior weight, clipping and CR's pull x8: the toy's 8 latent channels (training/configs/five_setups_toy.yaml)
+        train={"scale_lr": False, "prior_loss_weight": 8.0, "max_grad_norm": 8.0, "resolution": 32, "flip_p": 0.0,
+               "random_rescale": False, "caption_templates": False,
                "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0},
         generate=GenerationSpec(prompts=list(TOY_PROMPTS), num_per_prompt=4, seed=1000, steps=20, guidance=4.0,
                                 resolution=32, batch_size=16, subject_phrase="a {} cartoon face",
