@@ -99,7 +99,7 @@ def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     config_file = tmp_path / "toy_ci.yaml"
     config_file.write_text(yaml.safe_dump(ci_sized(CONFIGS / "five_setups_toy_population.yaml", test_subjects)))
     out = tmp_path / "toy"
-    result = run_cli("experiment", str(config_file), "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    result = run_cli("experiment", str(config_file), "--out", str(out), env={"OMP_NUM_THREADS": "1"}, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(out / "summary.json") in result.stdout
     summary = json.loads((out / "summary.json").read_text())
