@@ -82,6 +82,22 @@ def test_form_values_are_typed_and_empty_means_the_recipe():
     assert forms.initial_value(fields["token_lr"], "cr") == get_method("cr").defaults["token_lr"]
 
 
+def test_the_prompt_box_takes_text_or_a_shipped_set_but_never_reads_a_server_file(tmp_path):
+    from training.prompts import load_prompts
+    from training.ui.app import page_prompts
+    from training.ui.workdir import WorkdirError
+
+    assert page_prompts("a {} | {} smiling") == ["a {}", "{} smiling"]
+    assert page_prompts("accessories") == load_prompts("accessories")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a {} with the secret\n")
+    for text in (str(secret), "../secret.txt", "secret.txt"):
+        with pytest.raises(WorkdirError, match="does not read files"):
+            page_prompts(text)
+    with pytest.raises(WorkdirError, match="needs {}"):
+        page_prompts("a photo of a dog")
+
+
 # -- uploads -------------------------------------------------------------------------------------------------------
 def test_file_names_are_sanitised():
     assert safe_name("../../etc/passwd") == "passwd"
@@ -214,6 +230,11 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     shoot(page, "generate")
 
     page.get_by_role("tab", name="Subjects").click()
+    page.click("#subjects input")
+    page.get_by_role("option", name="ann").click()  # the listing knows the new subject; picking it selects it
+    page.click("#export")
+    exported = wait_text(page, "#subjects-status", "exported")
+    assert "ann-lora" in exported and (workdir / "downloads/ann-lora/export.json").is_file()
     page.click("#zip")
     wait_text(page, "#subjects-status", "ready")
     with page.expect_download() as download:

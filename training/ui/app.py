@@ -50,6 +50,22 @@ def toy_generation() -> dict:
     return {"steps": config.steps, "guidance": config.guidance}
 
 
+def page_prompts(text: str) -> list[str]:
+    """The prompts of the page's prompt box: a shipped set's name or prompt text (``|`` separates several), each
+    with ``{}`` for the subject. Unlike the CLI's ``--prompts``, a file path is refused: the page reads no server files."""
+    from training.prompts import available_prompt_sets, load_prompts
+
+    text = (text or "").strip()
+    if text not in available_prompt_sets() and ("/" in text or "\\" in text or text.endswith(".txt")):
+        raise WorkdirError("type the prompt itself or pick a shipped prompt set; the page does not read files.")
+    templates = load_prompts(text)
+    missing = [t for t in templates if "{}" not in t]
+    if missing:
+        raise WorkdirError(f"each prompt needs {{}} where the subject goes (e.g. 'a photo of {{}} on a beach'); "
+                           f"missing in {missing[0]!r}.")
+    return templates
+
+
 def page_errors(count: int):
     """Wrap a handler with ``count`` outputs after its status line: an error becomes the status, the rest is skipped."""
     import gradio as gr
@@ -234,18 +250,17 @@ class App:
         paths = self.workdir.subject(name)
         if not paths.is_trained():
             raise WorkdirError(f"{paths.name} has no trained subject yet: train it on the Train tab first.")
-        if "{}" not in prompt:
-            raise WorkdirError("the prompt must contain {} where the subject goes, e.g. 'a photo of {} on a beach'.")
+        templates = page_prompts(prompt)
         runs = paths.root / "images"
         run = f"{len(list(runs.iterdir())) + 1 if runs.is_dir() else 1:04d}"
         settings = toy_generation() if self.toy else {}
         common = dict(base=self.base, num_per_prompt=int(number), seed=int(seed), **settings)
         subject_out = generate_images(GenerateConfig(
-            prompts=prompt.replace("|", " "), out=str(paths.images(run) / "subject"), subject=str(paths.subject),
+            prompts="|".join(templates), out=str(paths.images(run) / "subject"), subject=str(paths.subject),
             scale=float(scale), subject_phrase="{} " + self.class_phrase, **common))
         base_out = generate_images(GenerateConfig(
-            prompts=prompt.replace("|", " ").replace("{}", f"a {self.class_phrase}"), out=str(paths.images(run) / "base"),
-            **common))
+            prompts="|".join(t.replace("{}", f"a {self.class_phrase}") for t in templates),
+            out=str(paths.images(run) / "base"), **common))
         subject_images = [(str(subject_out / e["file"]), f"subject · seed {e['seed']}") for e in read_manifest(subject_out)]
         base_images = [(str(base_out / e["file"]), f"base · seed {e['seed']}") for e in read_manifest(base_out)]
         return f"{len(subject_images)} images -> `{paths.images(run)}`", subject_images, base_images
@@ -358,7 +373,7 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
             with gr.Row():
                 gallery = gr.Gallery(label="With the subject", columns=4, height=240, elem_id="gallery")
                 base_gallery = gr.Gallery(label="Base model, same seeds", columns=4, height=240, elem_id="base-gallery")
-        with gr.Tab("Subjects", elem_id="tab-subjects"):
+        with gr.Tab("Subjects", elem_id="tab-subjects") as subjects_tab:
             with gr.Row():
                 subjects = gr.Dropdown(app.trained_subjects(), label="Trained subjects", elem_id="subjects")
                 refresh = gr.Button("Refresh", elem_id="refresh")
@@ -369,7 +384,7 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
             with gr.Row():
                 export_format = gr.Radio(["lora", "a1111"], value="lora", label="Export", elem_id="export-format")
                 export = gr.Button("Export", elem_id="export")
-            exported = gr.File(label="Exported files", elem_id="exported")
+            exported = gr.File(label="Exported files", elem_id="exported", height=160)
             with gr.Accordion("Push to the Hugging Face Hub", open=False):
                 repo = gr.Textbox(label="Repository (owner/name)", elem_id="repo")
                 private = gr.Checkbox(value=True, label="Private", elem_id="private")
@@ -386,7 +401,10 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
         prompt_set.change(lambda s: s if s and "{}" in s else (s or gr.skip()), [prompt_set], [prompt])
         generate.click(page_errors(2)(app.generate), [name, prompt, scale, seed, number],
                        [generate_status, gallery, base_gallery], concurrency_limit=1)
-        refresh.click(lambda: gr.Dropdown(choices=app.trained_subjects()), None, [subjects])
+        listing = lambda: gr.Dropdown(choices=app.trained_subjects())  # noqa: E731
+        refresh.click(listing, None, [subjects])
+        subjects_tab.select(listing, None, [subjects])
+        page.load(listing, None, [subjects])
         subjects.change(lambda s: s or gr.skip(), [subjects], [name])
         make_zip.click(page_errors(1)(app.download), [name], [subjects_status, download])
         export.click(page_errors(1)(app.export), [name, export_format], [subjects_status, exported])
