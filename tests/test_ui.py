@@ -73,9 +73,11 @@ def test_a_field_added_to_trainconfig_and_its_flag_appears_in_train_help_and_in_
 def test_form_values_are_typed_and_empty_means_the_recipe():
     fields = {f.name: f for f in forms.train_form_fields()}
     chosen = [fields["steps"], fields["lr"], fields["cd_scope"], fields["prompt"]]
-    assert forms.read_form(chosen, [30.0, 0.001, "", "  "]) == {"steps": 30, "lr": 0.001}
+    assert forms.read_form(chosen, ["30", "0.001", "", "  "]) == {"steps": 30, "lr": 0.001}
     with pytest.raises(forms.FormError, match="--steps must be a whole number"):
-        fields["steps"].read(2.5)
+        fields["steps"].read("2.5")
+    with pytest.raises(forms.FormError, match="--lr must be a number"):
+        fields["lr"].read("fast")
     # prefilled from the method's own recipe (training/methods), not from a copy
     from training.methods import get_method
 
@@ -184,7 +186,10 @@ def wait_text(page, selector: str, text: str, timeout: float = 120_000) -> str:
 def shoot(page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"ui_{name}.png"))
+        path = Path(SCREENSHOTS) / f"ui_{name}.png"
+        page.screenshot(path=str(path))
+        with Image.open(path) as shot:  # 256 colours: the README's four screenshots stay small
+            shot.convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def set_subject(page, name: str) -> None:
@@ -257,7 +262,10 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
 
 
 @pytest.mark.slow
-def test_a_text_file_among_the_photos_gets_a_message_in_the_page(server, browser_page, tmp_path):
+def test_bad_input_gets_a_message_in_the_page_never_a_stack_trace(server, browser_page, tmp_path):
+    import torch
+
+    url, workdir = server
     page = browser_page
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
@@ -266,8 +274,44 @@ def test_a_text_file_among_the_photos_gets_a_message_in_the_page(server, browser
     page.click("#prepare")
     message = wait_text(page, "#photos-status", "error")
     assert "notes.txt" in message and "not an image" in message
+    photos = workdir / "subjects/textonly/photos"
+    assert not photos.exists() or not any(photos.iterdir())
+
+    page.get_by_role("tab", name="Train").click()
+    page.click("#train")
+    assert "has no prepared photos" in wait_text(page, "#train-status", "error", timeout=30_000)
+
+    if not torch.cuda.is_available():  # a training that fails once it runs: 8-bit Adam needs a CUDA GPU
+        set_subject(page, "eightbit")
+        page.get_by_role("tab", name="Photos").click()
+        page.click("#sample")
+        wait_text(page, "#photos-status", "kept")
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("All training options").click()
+        page.check("#use_8bit_adam input")
+        page.click("#train")
+        failed = wait_text(page, "#progress textarea", "failed")
+        assert "error: --use-8bit-adam needs a CUDA GPU" in failed
     assert "Traceback" not in page.content()
-    assert not (server[1] / "subjects/textonly/photos").exists() or not any((server[1] / "subjects/textonly/photos").iterdir())
+
+
+@pytest.mark.slow
+def test_the_app_serves_files_of_the_workdir_only(server):
+    import urllib.error
+    import urllib.request
+
+    url, workdir = server
+    inside = workdir / "subjects" / "probe.txt"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text("inside")
+    with urllib.request.urlopen(f"{url}/gradio_api/file={inside}") as response:
+        assert response.read() == b"inside"
+    outside = workdir.parent / "outside.txt"
+    outside.write_text("outside")
+    for path in (outside, Path(__file__)):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{url}/gradio_api/file={path}")
+        assert error.value.code in (403, 404)
 
 
 @pytest.mark.slow

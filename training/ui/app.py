@@ -81,7 +81,7 @@ def page_errors(count: int):
             except Exception as error:  # noqa: BLE001 - the page shows a line, the log keeps the traceback
                 logger.exception("UI action failed")
                 message = f"error: {type(error).__name__}: {error} (details in the server log)"
-            return (message, *[gr.skip() for _ in range(count)])
+            return (message, *[gr.skip() for _ in range(count)]) if count else message
 
         return run
 
@@ -147,7 +147,7 @@ class App:
 
     # -- Train ---------------------------------------------------------------------------------------------------
     def method_changed(self, method: str):
-        return [self.initial(field, method) for field in self.fields]
+        return [shown(field, self.initial(field, method)) for field in self.fields]
 
     def start(self, name: str, method: str, reg: str, *values):
         from training.train_config import TrainConfig
@@ -413,6 +413,18 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
     return page
 
 
+def as_text(field: forms.FormField) -> bool:
+    """Numbers the recipe decides (TrainConfig default None) are text boxes: empty = "the recipe's value"
+    (a gr.Number has no empty state and would send 0)."""
+    return field.kind in ("int", "float", "text") and field.default is None
+
+
+def shown(field: forms.FormField, value):
+    if as_text(field):
+        return "" if value is None else str(value)
+    return bool(value) if field.kind == "bool" else value
+
+
 def _component(gr, field: forms.FormField, value):
     label = f"{field.name} ({field.flag})"
     common = dict(label=label, info=field.help or None, elem_id=field.name)
@@ -420,11 +432,13 @@ def _component(gr, field: forms.FormField, value):
         return gr.Checkbox(value=bool(value), **common)
     if field.kind == "choice":
         return gr.Dropdown([""] + list(field.choices), value=value or "", **common)
+    if as_text(field):
+        return gr.Textbox(value=shown(field, value), placeholder="empty: the method's recipe", max_lines=1, **common)
     if field.kind == "int":
         return gr.Number(value=value, precision=0, **common)
     if field.kind == "float":
         return gr.Number(value=value, **common)
-    return gr.Textbox(value="" if value is None else str(value), **common)
+    return gr.Textbox(value="" if value is None else str(value), max_lines=1, **common)
 
 
 def launch(settings: UISettings, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -40,6 +40,11 @@ class FormField:
             return None
         if self.kind == "bool":
             return bool(value)
+        if self.kind in ("int", "float"):
+            try:
+                float(value)
+            except ValueError:
+                raise FormError(f"{self.flag} must be a number, got {value!r}.") from None
         if self.kind == "int":
             if float(value) != int(float(value)):
                 raise FormError(f"{self.flag} must be a whole number, got {value!r}.")
