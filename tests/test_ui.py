@@ -187,7 +187,7 @@ def shoot(page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
         path = Path(SCREENSHOTS) / f"ui_{name}.png"
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), full_page=True)
         with Image.open(path) as shot:  # 256 colours: the README's four screenshots stay small
             shot.convert("RGB").quantize(256).save(path, optimize=True)
 
@@ -220,6 +220,7 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     page.click("#train")
     progress = wait_text(page, "#progress textarea", "done", timeout=240_000)
     assert progress.startswith("done · step 30/30 · 100%")
+    page.wait_for_selector("#loss canvas, #loss svg", timeout=10_000)  # the loss curve is drawn
     shoot(page, "train")
     recorded = json.loads((workdir / "subjects/ann/subject/train_config.json").read_text())
     assert (recorded["steps"], recorded["method"], recorded["lr"]) == (30, "cd+cr", 0.001)  # the toy demo's rate

@@ -241,7 +241,20 @@ class App:
         except SubjectgenError:
             job = None
         losses = job.losses if job else []
-        return pd.DataFrame({"step": [s for s, _ in losses], "loss": [v for _, v in losses]})
+        steps, values = [s for s, _ in losses], [v for _, v in losses]
+        # The per-step loss is noisy (a random timestep each step); the mean of the last 10 steps shows the trend.
+        means = pd.Series(values, dtype=float).rolling(10, min_periods=1).mean().tolist()
+        return pd.DataFrame({"step": steps, "loss": means})
+
+    def progress_bar(self, name: str) -> str:
+        try:
+            job = self.queue.snapshot(self.workdir.subject(name).name)
+        except SubjectgenError:
+            job = None
+        percent = 100 * job.step / job.total if job and job.total else 0
+        colour = {"failed": "#c0392b", "stopped": "#999"}.get(job.state if job else "", "#ea580c")
+        return (f'<div style="background:#eee;border-radius:4px;height:12px"><div style="width:{percent:.1f}%;'
+                f'background:{colour};height:12px;border-radius:4px"></div></div>')
 
     # -- Generate ------------------------------------------------------------------------------------------------
     def generate(self, name: str, prompt: str, scale: float, seed: float, number: float):
@@ -355,8 +368,9 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
                 stop = gr.Button("Stop", elem_id="stop")
                 resume = gr.Button("Resume", elem_id="resume")
             train_status = gr.Markdown(elem_id="train-status")
+            bar = gr.HTML(elem_id="progress-bar")
             progress = gr.Textbox(label="Progress", interactive=False, elem_id="progress", lines=2)
-            loss = gr.LinePlot(x="step", y="loss", title="training loss", height=220, elem_id="loss")
+            loss = gr.LinePlot(x="step", y="loss", title="training loss (mean of the last 10 steps)", height=220, elem_id="loss")
             timer = gr.Timer(1.0)
         with gr.Tab("Generate", elem_id="tab-generate"):
             with gr.Row():
@@ -397,7 +411,8 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
         train.click(page_errors(0)(app.start), [name, method, reg, *field_inputs], [train_status])
         stop.click(page_errors(0)(app.stop), [name], [train_status])
         resume.click(page_errors(0)(app.resume), [name], [train_status])
-        timer.tick(lambda n: (app.progress_text(n), app.loss_frame(n)), [name], [progress, loss], show_progress="hidden")
+        timer.tick(lambda n: (app.progress_bar(n), app.progress_text(n), app.loss_frame(n)), [name], [bar, progress, loss],
+                   show_progress="hidden")
         prompt_set.change(lambda s: s if s and "{}" in s else (s or gr.skip()), [prompt_set], [prompt])
         generate.click(page_errors(2)(app.generate), [name, prompt, scale, seed, number],
                        [generate_status, gallery, base_gallery], concurrency_limit=1)
