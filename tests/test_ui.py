@@ -341,3 +341,48 @@ def test_stop_midway_then_resume_to_the_end(server, browser_page):
     summary = json.loads((workdir / "subjects/bob/subject/train_summary.json").read_text())
     assert summary["resumed_from"] == step and summary["steps"] == 100
     assert json.loads((workdir / "subjects/bob/subject/train_config.json").read_text())["method"] == "cd"
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_subjectgen_ui_starts_on_localhost_and_serves_the_page(tmp_path):
+    """The real command in a subprocess: listens on 127.0.0.1 only (the default), answers with the page."""
+    import subprocess
+    import urllib.request
+
+    from _cli import cli_command, cli_env
+
+    pytest.importorskip("gradio")
+    port = free_port()
+    env = cli_env({"GRADIO_ANALYTICS_ENABLED": "False"}, None)
+    process = subprocess.Popen(cli_command(["--threads", "1", "ui", "--workdir", str(tmp_path / "work"), "--port", str(port)], None),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200 and "subjectgen" in response.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "subjectgen ui did not start"
+                time.sleep(0.5)
+        other = outside_address()
+        if other is not None:  # another address of this machine: nothing listens there
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert f"subjectgen ui: http://127.0.0.1:{port}" in out
+    assert (tmp_path / "work").is_dir()
