@@ -326,20 +326,28 @@ def test_stop_midway_then_resume_to_the_end(server, browser_page):
     page.fill("#steps input", "1")
     page.check("#method input[value=cd]")  # refills the fields from cd's recipe (toy preset: 300 steps) ...
     page.wait_for_function("document.querySelector('#steps input').value === '300'")
-    page.fill("#steps input", "100")  # ... then 100 steps, checkpointed every 10 (a tenth): Stop ends at one
+    page.fill("#steps input", "200")  # ... then 200 steps, checkpointed every 20 (a tenth): Stop ends at one
     page.click("#train")
     page.wait_for_function("document.querySelector('#progress textarea').value.startsWith('running · step')",
                            timeout=120_000)
+    # Closing the browser tab does not stop the training; a new tab shows it running.
+    browser = page.context.browser
+    page.close()
+    page = browser.new_page()
+    page.goto(url)
+    assert wait_text(page, "#subject-name textarea", "bob", timeout=30_000) == "bob"
+    page.get_by_role("tab", name="Train").click()
+    wait_text(page, "#progress textarea", "running · step", timeout=30_000)
     page.click("#stop")
     stopped = wait_text(page, "#progress textarea", "stopped", timeout=120_000)
     step = int(stopped.split("step ")[1].split("/")[0])
-    assert 0 < step < 100 and step % 10 == 0, stopped
+    assert 0 < step < 200 and step % 20 == 0, stopped
     assert not (workdir / "subjects/bob/subject/subject_config.json").exists()
     page.click("#resume")
     done = wait_text(page, "#progress textarea", "done", timeout=240_000)
-    assert done.startswith("done · step 100/100")
+    assert done.startswith("done · step 200/200")
     summary = json.loads((workdir / "subjects/bob/subject/train_summary.json").read_text())
-    assert summary["resumed_from"] == step and summary["steps"] == 100
+    assert summary["resumed_from"] == step and summary["steps"] == 200
     assert json.loads((workdir / "subjects/bob/subject/train_config.json").read_text())["method"] == "cd"
 
 

@@ -420,6 +420,8 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
         refresh.click(listing, None, [subjects])
         subjects_tab.select(listing, None, [subjects])
         page.load(listing, None, [subjects])
+        # A reopened page shows the training that kept running on the server.
+        page.load(lambda: app.queue.latest_subject() or gr.skip(), None, [name])
         subjects.change(lambda s: s or gr.skip(), [subjects], [name])
         make_zip.click(page_errors(1)(app.download), [name], [subjects_status, download])
         export.click(page_errors(1)(app.export), [name, export_format], [subjects_status, exported])

@@ -93,6 +93,12 @@ class TrainingQueue:
         jobs = [job for job in self._jobs.values() if job.subject == subject]
         return jobs[-1] if jobs else None
 
+    def latest_subject(self) -> str | None:
+        """The subject being trained now, if any: what a reopened page shows."""
+        with self._lock:
+            active = [job for job in self._jobs.values() if job.state in ("running", "stopping")]
+            return active[-1].subject if active else None
+
     def place(self, job: TrainJob) -> int:
         """1 for the next job to run, 2 behind it, ...; 0 when not waiting."""
         with self._lock:
