@@ -113,7 +113,10 @@ class App:
         paths = self.workdir.subject(name)
         lines = []
         if files:
-            result = store_uploads(list(files), paths.photos, already=len(list(paths.photos.glob("*"))) if paths.photos.is_dir() else 0)
+            from training.photos import IMAGE_SUFFIXES
+
+            already = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in paths.photos.iterdir()) if paths.photos.is_dir() else 0
+            result = store_uploads(list(files), paths.photos, already=already)
             lines += [f"- refused `{file}`: {why}" for file, why in result.refused]
         if not paths.photos.is_dir() or not any(paths.photos.iterdir()):
             raise WorkdirError("no usable photo was uploaded: " + ("; ".join(f"{f}: {w}" for f, w in result.refused)
