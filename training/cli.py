@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
     "compress": ("training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
     "push": ("training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
+    "ui": ("training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
 }
 
 

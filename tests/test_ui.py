@@ -1,0 +1,396 @@
+"""``subjectgen ui``: the form comes from the CLI's definitions, uploads are checked, and the page works in a real
+Chromium (Debian's, driven by Playwright) on the shipped toy model: photos -> training -> images -> zip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from training.ui import forms
+from training.ui.uploads import MAX_FILES, safe_name, store_uploads
+
+CHROMIUM = os.environ.get("SUBJECTGEN_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = os.environ.get("SUBJECTGEN_UI_SCREENSHOTS")  # a folder: the README's screenshots are written there
+
+
+# -- one definition of each training field ------------------------------------------------------------------------
+def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags_help():
+    from training.train_config import TrainConfig
+
+    parser = forms.train_parser()
+    actions = {a.dest: a for a in parser._actions}  # noqa: SLF001
+    fields = forms.train_form_fields()
+    assert {"steps", "lr", "token_lr", "cd_scope", "mask_loss"} <= {f.name for f in fields}
+    for field in fields:
+        assert field.name in TrainConfig.field_names()
+        assert field.flag in actions[field.name].option_strings
+        assert field.help == (actions[field.name].help or "")
+    cd_scope = next(f for f in fields if f.name == "cd_scope")
+    assert cd_scope.kind == "choice" and set(cd_scope.choices) == set(actions["cd_scope"].choices)
+
+
+def test_a_field_added_to_trainconfig_and_its_flag_appears_in_train_help_and_in_the_page(monkeypatch, tmp_path, capsys):
+    """The field is written once (a TrainConfig field + its flag); `train --help` and the UI form both show it."""
+    import training.commands.train as train_command
+    import training.train_config as train_config
+    from training.cli import main
+    from training.ui.app import UISettings, build_app
+
+    @dataclasses.dataclass
+    class WithEma(train_config.TrainConfig):
+        ema_decay: float | None = None
+
+    original = train_command.add_arguments
+
+    def add_arguments(parser):
+        original(parser)
+        parser.add_argument("--ema-decay", type=float, help="decay of an exponential moving average of the weights")
+
+    monkeypatch.setattr(train_config, "TrainConfig", WithEma)
+    monkeypatch.setattr(train_command, "add_arguments", add_arguments)
+
+    assert "--ema-decay" in forms.train_parser().format_help()
+    field = next(f for f in forms.train_form_fields() if f.name == "ema_decay")
+    assert (field.flag, field.kind, field.help) == ("--ema-decay", "float", "decay of an exponential moving average of the weights")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "decay of an exponential moving average" in capsys.readouterr().out
+    page = build_app(UISettings(workdir=str(tmp_path)))
+    props = [c.get("props", {}) for c in page.config["components"]]
+    ema = [p for p in props if p.get("elem_id") == "ema_decay"]
+    assert len(ema) == 1 and ema[0]["info"] == field.help
+
+
+def test_form_values_are_typed_and_empty_means_the_recipe():
+    fields = {f.name: f for f in forms.train_form_fields()}
+    chosen = [fields["steps"], fields["lr"], fields["cd_scope"], fields["prompt"]]
+    assert forms.read_form(chosen, ["30", "0.001", "", "  "]) == {"steps": 30, "lr": 0.001}
+    with pytest.raises(forms.FormError, match="--steps must be a whole number"):
+        fields["steps"].read("2.5")
+    with pytest.raises(forms.FormError, match="--lr must be a number"):
+        fields["lr"].read("fast")
+    # prefilled from the method's own recipe (training/methods), not from a copy
+    from training.methods import get_method
+
+    assert forms.initial_value(fields["token_lr"], "cr") == get_method("cr").defaults["token_lr"]
+
+
+def test_the_prompt_box_takes_text_or_a_shipped_set_but_never_reads_a_server_file(tmp_path):
+    from training.prompts import load_prompts
+    from training.ui.app import page_prompts
+    from training.ui.workdir import WorkdirError
+
+    assert page_prompts("a {} | {} smiling") == ["a {}", "{} smiling"]
+    assert page_prompts("accessories") == load_prompts("accessories")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a {} with the secret\n")
+    for text in (str(secret), "../secret.txt", "secret.txt"):
+        with pytest.raises(WorkdirError, match="does not read files"):
+            page_prompts(text)
+    with pytest.raises(WorkdirError, match="needs {}"):
+        page_prompts("a photo of a dog")
+
+
+# -- uploads -------------------------------------------------------------------------------------------------------
+def test_file_names_are_sanitised():
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("..\\..\\x y$.png") == "x_y_.png"
+    assert safe_name(".hidden.png") == "hidden.png"
+    assert safe_name("") == "photo"
+
+
+def test_uploads_keep_images_and_refuse_text_large_files_bombs_and_more_than_50(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (64, 64), "red").save(src / "face one.jpg")
+    (src / "notes.png").write_text("this is text, named like an image")
+    (src / "big.png").write_bytes(b"\x89PNG" + b"\0" * (20 * 2**20 + 1))
+    Image.new("RGB", (64, 64), "blue").save(src / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000: Pillow's bomb error
+    result = store_uploads([src / "face one.jpg", src / "notes.png", src / "big.png", src / "bomb.png"], tmp_path / "out")
+    monkeypatch.undo()
+    assert [p.name for p in result.saved] == []  # the jpg is 4096 pixels too: refused as a bomb under this limit
+    why = dict(result.refused)
+    assert "not an image" in why["notes.png"] and "20 MB" in why["big.png"] and "decompression-bomb" in why["bomb.png"]
+
+    result = store_uploads([src / "face one.jpg"] * 3, tmp_path / "out", already=MAX_FILES - 2)
+    assert [p.name for p in result.saved] == ["face_one.jpg", "face_one_2.jpg"]
+    assert result.refused == [("face_one.jpg", f"more than {MAX_FILES} photos for one subject")]
+
+
+# -- the page in Chromium ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt install chromium, or set SUBJECTGEN_CHROMIUM)")
+    pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("gradio")
+    import torch
+
+    from training.toy.experiment import WEIGHTS
+    from training.ui.app import UISettings, launch
+
+    if not (WEIGHTS / "toy-base" / "model_index.json").is_file():
+        pytest.skip("the shipped toy model is missing")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    temp_dir = os.environ.get("GRADIO_TEMP_DIR")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    workdir = tmp_path_factory.mktemp("ui") / "work"
+    port = free_port()
+    page = launch(UISettings(workdir=str(workdir)), port=port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}", workdir
+    page.close()
+    torch.set_num_threads(threads)
+    if temp_dir is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = temp_dir
+
+
+@pytest.fixture
+def browser_page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        page.goto(server[0])
+        page.wait_for_selector("#prepare")
+        yield page
+        browser.close()
+
+
+def wait_text(page, selector: str, text: str, timeout: float = 120_000) -> str:
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); "
+                           "return e && (e.value ?? e.innerText).includes(t); }", arg=[selector, text], timeout=timeout)
+    element = page.query_selector(selector)
+    return element.input_value() if selector.endswith("textarea") else element.inner_text()
+
+
+def shoot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        path = Path(SCREENSHOTS) / f"ui_{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        with Image.open(path) as shot:  # 256 colours: the README's four screenshots stay small
+            shot.convert("RGB").quantize(256).save(path, optimize=True)
+
+
+def set_subject(page, name: str) -> None:
+    page.fill("#subject-name textarea", name)
+
+
+@pytest.mark.slow
+def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_page, tmp_path):
+    """A new user's path: upload the sample subject's photos, train 30 steps, generate, download and load the zip."""
+    from subjectgen_diffusers import load_subject
+    from training.toy.subject_photos import write_subject_photos
+
+    url, workdir = server
+    page = browser_page
+    began = time.monotonic()
+    photos = sorted(write_subject_photos(tmp_path / "sample").glob("*.png"))
+    set_subject(page, "ann")
+    page.set_input_files("#photos input[type=file]", [str(p) for p in photos])
+    page.click("#prepare")
+    report = wait_text(page, "#photos-status", "kept")
+    assert report.startswith(f"{len(photos)} kept, 0 dropped")
+    prepared = json.loads((workdir / "subjects/ann/prepared/prepare.json").read_text())
+    assert prepared["kept"] == len(photos)
+    shoot(page, "photos")
+
+    page.get_by_role("tab", name="Train").click()
+    page.fill("#steps input", "30")
+    page.click("#train")
+    progress = wait_text(page, "#progress textarea", "done", timeout=240_000)
+    assert progress.startswith("done · step 30/30 · 100%")
+    page.wait_for_selector("#loss canvas, #loss svg", timeout=10_000)  # the loss curve is drawn
+    shoot(page, "train")
+    recorded = json.loads((workdir / "subjects/ann/subject/train_config.json").read_text())
+    assert (recorded["steps"], recorded["method"], recorded["lr"]) == (30, "cd+cr", 0.001)  # the toy demo's rate
+
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#seed input", "7")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=120_000)
+    page.wait_for_selector("#base-gallery img", timeout=10_000)
+    assert len(page.query_selector_all("#gallery img")) == 2
+    manifest = [json.loads(line) for line in (workdir / "subjects/ann/images/0001/subject/manifest.jsonl").read_text().splitlines()]
+    assert [e["seed"] for e in manifest] == [7, 8] and all("cartoon face" in e["prompt"] for e in manifest)
+    shoot(page, "generate")
+
+    page.get_by_role("tab", name="Subjects").click()
+    page.click("#subjects input")
+    page.get_by_role("option", name="ann").click()  # the listing knows the new subject; picking it selects it
+    page.click("#export")
+    exported = wait_text(page, "#subjects-status", "exported")
+    assert "ann-lora" in exported and (workdir / "downloads/ann-lora/export.json").is_file()
+    page.click("#zip")
+    wait_text(page, "#subjects-status", "ready")
+    with page.expect_download() as download:
+        page.click("#download")
+    archive = tmp_path / "ann.zip"
+    download.value.save_as(archive)
+    shoot(page, "subjects")
+    seconds = time.monotonic() - began
+    print(f"toy flow in the browser: {seconds:.1f} s")
+
+    shutil.unpack_archive(archive, tmp_path / "unzipped")
+    from diffusers import StableDiffusionPipeline
+
+    from training.toy.experiment import model_path
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_path("toy-base"), safety_checker=None)
+    token = load_subject(pipe, tmp_path / "unzipped" / "ann")
+    assert token == recorded["token"]
+    assert not (tmp_path / "unzipped" / "ann" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_gets_a_message_in_the_page_never_a_stack_trace(server, browser_page, tmp_path):
+    import torch
+
+    url, workdir = server
+    page = browser_page
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    set_subject(page, "textonly")
+    page.set_input_files("#photos input[type=file]", [str(notes)])
+    page.click("#prepare")
+    message = wait_text(page, "#photos-status", "error")
+    assert "notes.txt" in message and "not an image" in message
+    photos = workdir / "subjects/textonly/photos"
+    assert not photos.exists() or not any(photos.iterdir())
+
+    page.get_by_role("tab", name="Train").click()
+    page.click("#train")
+    assert "has no prepared photos" in wait_text(page, "#train-status", "error", timeout=30_000)
+
+    if not torch.cuda.is_available():  # a training that fails once it runs: 8-bit Adam needs a CUDA GPU
+        set_subject(page, "eightbit")
+        page.get_by_role("tab", name="Photos").click()
+        page.click("#sample")
+        wait_text(page, "#photos-status", "kept")
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("All training options").click()
+        page.check("#use_8bit_adam input")
+        page.click("#train")
+        failed = wait_text(page, "#progress textarea", "failed")
+        assert "error: --use-8bit-adam needs a CUDA GPU" in failed
+    assert "Traceback" not in page.content()
+
+
+@pytest.mark.slow
+def test_the_app_serves_files_of_the_workdir_only(server):
+    import urllib.error
+    import urllib.request
+
+    url, workdir = server
+    inside = workdir / "subjects" / "probe.txt"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text("inside")
+    with urllib.request.urlopen(f"{url}/gradio_api/file={inside}") as response:
+        assert response.read() == b"inside"
+    outside = workdir.parent / "outside.txt"
+    outside.write_text("outside")
+    for path in (outside, Path(__file__)):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{url}/gradio_api/file={path}")
+        assert error.value.code in (403, 404)
+
+
+@pytest.mark.slow
+def test_stop_midway_then_resume_to_the_end(server, browser_page):
+    url, workdir = server
+    page = browser_page
+    set_subject(page, "bob")
+    page.click("#sample")
+    wait_text(page, "#photos-status", "kept")
+    page.get_by_role("tab", name="Train").click()
+    page.fill("#steps input", "1")
+    page.check("#method input[value=cd]")  # refills the fields from cd's recipe (toy preset: 300 steps) ...
+    page.wait_for_function("document.querySelector('#steps input').value === '300'")
+    page.fill("#steps input", "200")  # ... then 200 steps, checkpointed every 20 (a tenth): Stop ends at one
+    page.click("#train")
+    page.wait_for_function("document.querySelector('#progress textarea').value.startsWith('running · step')",
+                           timeout=120_000)
+    # Closing the browser tab does not stop the training; a new tab shows it running.
+    browser = page.context.browser
+    page.close()
+    page = browser.new_page()
+    page.goto(url)
+    assert wait_text(page, "#subject-name textarea", "bob", timeout=30_000) == "bob"
+    page.get_by_role("tab", name="Train").click()
+    wait_text(page, "#progress textarea", "running · step", timeout=30_000)
+    page.click("#stop")
+    stopped = wait_text(page, "#progress textarea", "stopped", timeout=120_000)
+    step = int(stopped.split("step ")[1].split("/")[0])
+    assert 0 < step < 200 and step % 20 == 0, stopped
+    assert not (workdir / "subjects/bob/subject/subject_config.json").exists()
+    page.click("#resume")
+    done = wait_text(page, "#progress textarea", "done", timeout=240_000)
+    assert done.startswith("done · step 200/200")
+    summary = json.loads((workdir / "subjects/bob/subject/train_summary.json").read_text())
+    assert summary["resumed_from"] == step and summary["steps"] == 200
+    assert json.loads((workdir / "subjects/bob/subject/train_config.json").read_text())["method"] == "cd"
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_subjectgen_ui_starts_on_localhost_and_serves_the_page(tmp_path):
+    """The real command in a subprocess: listens on 127.0.0.1 only (the default), answers with the page."""
+    import subprocess
+    import urllib.request
+
+    from _cli import cli_command, cli_env
+
+    pytest.importorskip("gradio")
+    port = free_port()
+    env = cli_env({"GRADIO_ANALYTICS_ENABLED": "False"}, None)
+    process = subprocess.Popen(cli_command(["--threads", "1", "ui", "--workdir", str(tmp_path / "work"), "--port", str(port)], None),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200 and "subjectgen" in response.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "subjectgen ui did not start"
+                time.sleep(0.5)
+        other = outside_address()
+        if other is not None:  # another address of this machine: nothing listens there
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert f"subjectgen ui: http://127.0.0.1:{port}" in out
+    assert (tmp_path / "work").is_dir()
