@@ -78,11 +78,11 @@ def test_runner_hatch_is_gone_and_unknown_keys_still_fail(tmp_path):
 
 
 def ci_sized(config_path: Path, subjects: list[dict]) -> dict:
-    """The population config with its regularisation sets and samples cut to CI size; the training is unchanged."""
+    """The population config with its samples cut to CI size. The training is unchanged, regularisation sets
+    included: with 16 instead of 64 class images the prior is weaker, and the regularised CD rows lost half their new
+    backgrounds on test-101 (measured), so the full run's thresholds would not apply."""
     data = yaml.safe_load(config_path.read_text())
     data["subjects"] = subjects
-    for spec in data["regularizations"].values():
-        spec["num"] = 16
     data["generate"]["num_per_prompt"] = 4
     return data
 
