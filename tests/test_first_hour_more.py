@@ -39,6 +39,7 @@ def _train(tiny_sd_dir, photo_dir, out: Path, **extra):
 
 # -- item 4: no private paths, checkpoints beside the subject, push uploads the subject only ------------------------
 
+@pytest.mark.slow
 def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, photo_dir, tmp_path):
     from subjectgen_diffusers.public_names import local_paths_in
 
@@ -53,6 +54,7 @@ def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, photo_dir,
         assert local_paths_in(json.loads(text)) == [], name
 
 
+@pytest.mark.slow
 def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, photo_dir, tmp_path):
     from training.checkpoints import checkpoint_dir
 
@@ -238,10 +240,10 @@ def test_train_defaults_to_the_base_models_native_size(tiny_sd_dir):
         pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, feature_extractor=None,
                                                        requires_safety_checker=False)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # what diffusers itself samples at
-        config = TrainConfig.from_dict(dict(base=str(base), photos="p", method="cr", out="o")).resolved()
+        config = TrainConfig.from_dict(dict(base=str(base), photos="p", method="cr", out="o")).resolved().sized()
         assert config.resolution == native, base
     assert native == 64 and TrainConfig.from_dict(dict(base=str(TOY_BASE), photos="p", method="cr",
-                                                       out="o")).resolved().resolution == 32
+                                                       out="o")).sized().resolution == 32
 
 
 def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
@@ -253,7 +255,8 @@ def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
     from training.trainer import check_inputs
 
     def warnings_for(folder: Path) -> list[str]:
-        config = TrainConfig.from_dict(dict(base=str(tiny_sd_dir), photos=str(folder), method="cd", out="o")).resolved()
+        config = TrainConfig.from_dict(dict(base=str(tiny_sd_dir), photos=str(folder), method="cd",
+                                            out="o")).resolved().sized()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="training.trainer"):
             check_inputs(config, build_method(config))
@@ -278,6 +281,7 @@ def _train_command(*args: str) -> int:
     return train_command.run(build_parser("train").parse_args(["train", *args]))
 
 
+@pytest.mark.slow
 def test_the_resume_line_only_when_resume_was_asked(photo_dir, tmp_path, caplog):
     import logging
 

@@ -185,10 +185,14 @@ class TrainConfig:
         except SubjectgenError as error:
             raise TrainConfigError(str(error)) from error
         values["token"] = self.token or DEFAULT_TOKEN
-        if values["resolution"] is None:
-            values["resolution"] = native_resolution(self.base, self.revision)
         values["validation_prompt"] = self.validation_prompt or values["prompt"]
         return TrainConfig(**values)
+
+    def sized(self) -> TrainConfig:
+        """A copy with ``resolution`` set: the base model's native size when None (reads only the base's configs)."""
+        if self.resolution is not None:
+            return self
+        return dataclasses.replace(self, resolution=native_resolution(self.base, self.revision))
 
     def effective_rates(self, num_processes: int):
         """The rates the optimizer uses on ``num_processes`` processes (a resolved config): ``Rates(lr, token_lr)``."""

@@ -108,7 +108,7 @@ class Trainer:
         from training.model_parts import load_model_parts, load_tokenizer
         from training.token_rows import add_token_to_tokenizer
 
-        self.config = config = config.resolved()
+        self.config = config = config.resolved().sized()
         self.out = Path(config.out)
         self.on_step = on_step
         self.method = build_method(config)
