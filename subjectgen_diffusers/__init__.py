@@ -31,6 +31,8 @@ _EXPORTS = {
     "read_subject": "formats",
     "export_diffusers": "export",
     "export_a1111": "export",
+    "export_lora": "lora_export",
+    "compress_subject": "compress",
     "push_subject_to_hub": "hub",
     "push_to_hub": "hub",
     "render_subject_card": "hub",
@@ -41,7 +43,9 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .attention import SubjectAttnProcessor
     from .errors import SubjectgenError
+    from .compress import compress_subject
     from .export import export_a1111, export_diffusers
+    from .lora_export import export_lora
     from .formats import read_subject
     from .hub import push_subject_to_hub, push_to_hub, render_subject_card
     from .loader import load_subject, loaded_subjects, set_subject_scale, unload_subject

@@ -6,10 +6,12 @@ fine-tunes only the cross-attention projections ``W_k`` and ``W_v`` (optionally 
 ``b_out + Σ_s scale_s · Δb_s``), so several subjects compose and each keeps its own strength.
 
 The math is diffusers' ``AttnProcessor2_0`` (PyTorch scaled-dot-product attention) line for line; only the four
-projections change. Projections without a delta call the layer's own ``nn.Linear``, so a layer whose deltas are all
-zero (or whose scales are 0) produces bit-identical output to the stock processor. Under accelerate's offloading
-hooks (``enable_sequential_cpu_offload``) the weight only exists inside the layer's forward, so there the processor
-computes ``W x + ΔW x`` instead.
+projections change. Projections without a delta call the layer's own ``nn.Linear``, so a layer whose scales are 0
+produces bit-identical output to the stock processor. When the projection is not a plain ``nn.Linear`` — a peft
+LoRA layer put there by ``pipe.load_lora_weights`` (a style LoRA), or a layer under accelerate's offloading hooks
+(``enable_sequential_cpu_offload``), whose weight only exists inside its forward — the processor calls the layer's
+own forward and adds ``ΔW x`` (and ``Δb``): ``W x + scale_lora·B A x + Σ scale_s·ΔW_s x``, so subjects and LoRAs
+compose in either load order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .subject_format import LowRankDelta
+
 PROJ_ATTRS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out.0": "to_out"}
 
 
@@ -26,7 +30,7 @@ PROJ_ATTRS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out.0": "to_ou
 class _LayerDelta:
     """One subject's contribution to one attention layer."""
 
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor | LowRankDelta]
     out_bias: torch.Tensor | None = None
     scale: float = 1.0
 
@@ -63,40 +67,61 @@ class SubjectAttnProcessor:
 
     # -- effective weights -----------------------------------------------------------------------------------------
     def _summed(self, key: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """``Σ scale · Δ`` for one projection weight (key ``to_k``) or the out bias (key ``bias``), or None."""
+        """``Σ scale · Δ`` over dense deltas for one projection weight (key ``to_k``) or the out bias (key ``bias``)."""
         cache_key = (key, device, dtype)
         if cache_key not in self._cache:
             total = None
             for entry in self.subjects.values():
                 delta = entry.out_bias if key == "bias" else entry.weights.get(key)
-                if delta is None or entry.scale == 0.0:
+                if delta is None or entry.scale == 0.0 or isinstance(delta, LowRankDelta):
                     continue
                 term = delta.to(device=device, dtype=torch.float32) * entry.scale
                 total = term if total is None else total + term
             self._cache[cache_key] = None if total is None else total.to(dtype)
         return self._cache[cache_key]
 
+    def _low_rank(self, key: str, device: torch.device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(down, scale · up)`` of every factored delta on one projection (added as ``scale · up (down x)``)."""
+        cache_key = ("low_rank", key, device, dtype)
+        if cache_key not in self._cache:
+            self._cache[cache_key] = [
+                (entry.weights[key].down.to(device=device, dtype=dtype),
+                 (entry.weights[key].up.to(device=device, dtype=torch.float32) * entry.scale).to(dtype))
+                for entry in self.subjects.values()
+                if isinstance(entry.weights.get(key), LowRankDelta) and entry.scale != 0.0
+            ]
+        return self._cache[cache_key]
+
     def _project(self, attn, proj: str, inputs: torch.Tensor) -> torch.Tensor:
         module = getattr(attn, PROJ_ATTRS[proj])
         if proj == "to_out.0":
             module = module[0]
-        if hasattr(module, "_hf_hook") or module.weight.device.type == "meta":
-            # accelerate offloading moves the weight in only inside forward: keep the call, add the delta path
-            delta = self._summed(proj, inputs.device, inputs.dtype)
-            bias_delta = self._summed("bias", inputs.device, inputs.dtype) if proj == "to_out.0" else None
+        plain = type(module) is torch.nn.Linear and not hasattr(module, "_hf_hook") and module.weight.device.type != "meta"
+        device, dtype = (module.weight.device, module.weight.dtype) if plain else (inputs.device, inputs.dtype)
+        delta = self._summed(proj, device, dtype)
+        bias_delta = self._summed("bias", device, dtype) if proj == "to_out.0" else None
+        low_rank = self._low_rank(proj, device, dtype)
+        if not plain:
+            # A LoRA-wrapped Linear (peft, after pipe.load_lora_weights) or accelerate's offloading (the weight only
+            # exists inside forward): run the layer's own forward, then add the subjects' ΔW x (+ Δb).
             output = module(inputs)
             if delta is not None:
                 output = output + F.linear(inputs, delta)
-            return output if bias_delta is None else output + bias_delta
-        delta = self._summed(proj, module.weight.device, module.weight.dtype)
-        bias_delta = self._summed("bias", module.weight.device, module.weight.dtype) if proj == "to_out.0" else None
-        if delta is None and bias_delta is None:
-            return module(inputs)
-        weight = module.weight if delta is None else module.weight + delta
-        bias = module.bias
-        if bias_delta is not None:
-            bias = bias_delta if bias is None else bias + bias_delta
-        return F.linear(inputs, weight, bias)
+            if bias_delta is not None:
+                output = output + bias_delta
+        elif delta is None and bias_delta is None:
+            output = module(inputs)
+        else:
+            # a plain Linear: one matmul with W + ΔW (the cached Σ scale·ΔW is added to the live weight, so a LoRA
+            # fused into W later, or any other in-place change of W, is seen)
+            weight = module.weight if delta is None else module.weight + delta
+            bias = module.bias
+            if bias_delta is not None:
+                bias = bias_delta if bias is None else bias + bias_delta
+            output = F.linear(inputs, weight, bias)
+        for down, up in low_rank:
+            output = output + F.linear(F.linear(inputs, down), up)
+        return output
 
     # -- diffusers processor protocol (mirrors AttnProcessor2_0) ----------------------------------------------------
     def __call__(

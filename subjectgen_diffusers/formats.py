@@ -81,14 +81,17 @@ def read_subject(
     token: str | None = None,
     weight_name: str | None = None,
     base_weight: BaseWeight | None = None,
+    low_rank: bool = False,
 ) -> Subject:
-    """Read any recognised subject source from a local folder or file; ``token`` renames (or names) its token."""
+    """Read any recognised subject source from a local folder or file; ``token`` renames (or names) its token.
+
+    ``low_rank``: a subject folder with factored deltas keeps them as ``LowRankDelta`` (see ``Subject.load``)."""
     path = Path(source)
     if path.is_dir():
         if weight_name is not None:
             return _read_file(path / weight_name, token, base_weight)
         if (path / CONFIG_NAME).is_file():
-            return _rename(Subject.load(path), token)
+            return _rename(Subject.load(path, low_rank=low_rank), token)
         for name in CD_WEIGHT_NAMES:
             if (path / name).is_file():
                 return _read_custom_diffusion(path, path / name, token, base_weight)

@@ -1,9 +1,9 @@
 """``load_subject`` / ``unload_subject`` / ``set_subject_scale`` for any Stable Diffusion 1.x/2.x pipeline.
 
 A subject has two parts (Custom Diffusion, Kumari et al. CVPR 2023; Cross Initialization, Pang et al. CVPR 2024):
-token vectors, added to the tokenizer and text encoder through diffusers' own textual-inversion loader (a token with
-``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention weight deltas,
-applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
+token vectors, added to the tokenizer and text encoder in milliseconds by :mod:`~subjectgen_diffusers.token_table`
+(a token with ``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention
+weight deltas, applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
 
 Loads are transactional: everything is read and checked against the pipeline (text width, cross-attention width,
 layer names, projection shapes, token not yet in the vocabulary) before the pipeline is touched, and if applying
@@ -23,7 +23,8 @@ from .attention import attach_layer_delta, detach_layer_delta, set_layer_scale
 from .errors import SubjectgenError
 from .formats import read_subject
 from .methods import token_strings
-from .subject_format import Subject
+from .subject_format import LowRankDelta, Subject
+from .token_table import add_tokens, remove_tokens, token_taken
 
 _REGISTRY_ATTR = "_subjectgen_subjects"
 
@@ -99,13 +100,19 @@ def _attention_module(unet, layer: str):
 
 
 def _linear(module, proj: str, layer: str) -> torch.nn.Linear:
+    """The projection's ``nn.Linear``: the layer itself, or the base layer a peft LoRA wraps (a loaded style LoRA)."""
     linear = module.to_out[0] if proj == "to_out.0" else getattr(module, proj)
-    if type(linear) is not torch.nn.Linear:
+    linear = getattr(linear, "base_layer", linear)
+    if not isinstance(linear, torch.nn.Linear):
         raise SubjectgenError(
-            f"`{layer}.{proj}` is a {type(linear).__name__}, not a plain Linear (a LoRA is loaded?); fuse or unload "
-            "the LoRA before loading a Custom Diffusion subject."
+            f"`{layer}.{proj}` is a {type(linear).__name__}, not a Linear layer (or a LoRA around one); a subject's "
+            "weight deltas apply to the linear projections of Stable Diffusion's attention."
         )
     return linear
+
+
+def _tensors(delta) -> tuple[torch.Tensor, ...]:
+    return (delta.up, delta.down) if isinstance(delta, LowRankDelta) else (delta,)
 
 
 def validate_subject(pipe, subject: Subject) -> None:
@@ -122,8 +129,7 @@ def validate_subject(pipe, subject: Subject) -> None:
         raise SubjectgenError(f"subject `{token}` has NaN/inf token vectors; the file is corrupt or training diverged.")
     if token in loaded_subjects(pipe):
         raise SubjectgenError(f"subject `{token}` is already loaded; unload_subject(pipe, {token!r}) first or pass token=.")
-    vocab = pipe.tokenizer.get_vocab()
-    taken = [t for t in token_strings(token, config.num_vectors) if t in vocab]
+    taken = [t for t in token_strings(token, config.num_vectors) if token_taken(pipe.tokenizer, t)]
     if taken:
         raise SubjectgenError(
             f"token {taken[0]!r} is already in the tokenizer's vocabulary; pick a new word with token='<something>'."
@@ -143,7 +149,7 @@ def validate_subject(pipe, subject: Subject) -> None:
                     f"subject `{token}`: delta for `{layer}.{proj}` has shape {tuple(delta.shape)}, the UNet's weight "
                     f"is {tuple(base.shape)}; the subject was trained on another base model."
                 )
-            if not torch.isfinite(delta).all():
+            if not all(torch.isfinite(t.sum(dtype=torch.float32)) for t in _tensors(delta)):  # NaN/inf propagate
                 raise SubjectgenError(f"subject `{token}`: delta `{layer}.{proj}` holds NaN/inf; the file is corrupt.")
     for layer, bias in subject.bias_deltas.items():
         base = lookup(layer, "to_out.0.bias")
@@ -159,26 +165,21 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     added = token_strings(token, subject.config.num_vectors)
     attached: list[str] = []
     tokens_loaded = False
-    rows_before = pipe.text_encoder.get_input_embeddings().num_embeddings
     try:
-        _reserve_token_rows(pipe, len(added))
-        pipe.load_textual_inversion(
-            subject.token_embeddings.detach().float(), token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
-        )
+        add_tokens(pipe.tokenizer, pipe.text_encoder, added, subject.token_embeddings.detach())
         tokens_loaded = True
         layers = sorted(set(subject.deltas) | set(subject.bias_deltas))
         for layer in layers:
-            weights = {proj: delta.detach().float() for proj, delta in subject.deltas.get(layer, {}).items()}
+            weights = {proj: delta if isinstance(delta, LowRankDelta) else delta.detach()
+                       for proj, delta in subject.deltas.get(layer, {}).items()}
             bias = subject.bias_deltas.get(layer)
-            attach_layer_delta(pipe.unet, layer, token, weights, None if bias is None else bias.detach().float(), scale)
+            attach_layer_delta(pipe.unet, layer, token, weights, None if bias is None else bias.detach(), scale)
             attached.append(layer)
     except Exception as error:
         for layer in attached:
             detach_layer_delta(pipe.unet, layer, token)
-        if tokens_loaded:
+        if tokens_loaded or any(token_taken(pipe.tokenizer, t) for t in added):
             _unload_tokens(pipe, added)
-        elif pipe.text_encoder.get_input_embeddings().num_embeddings != rows_before:
-            pipe.text_encoder.resize_token_embeddings(rows_before, mean_resizing=False)
         if isinstance(error, SubjectgenError):
             raise
         raise SubjectgenError(f"could not load subject `{token}` ({error}); the pipeline was left unchanged.") from error
@@ -188,22 +189,8 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     return token
 
 
-def _reserve_token_rows(pipe, count: int) -> None:
-    """Grow the embedding matrix for ``count`` new tokens without transformers' mean resizing.
-
-    diffusers' loader resizes with transformers' default, which fits a Gaussian to the whole vocabulary (a
-    768x768 covariance over 49,408 rows for SD 1.5) and warns, only for the rows to be overwritten at once; with
-    the rows already there its resize is a no-op.
-    """
-    rows = len(pipe.tokenizer) + count
-    if pipe.text_encoder.get_input_embeddings().num_embeddings < rows:
-        pipe.text_encoder.resize_token_embeddings(rows, mean_resizing=False)
-
-
 def _unload_tokens(pipe, tokens: list[str]) -> None:
-    """diffusers' unload, plus the text encoder's ``config.vocab_size`` it leaves stale (diffusers 0.42)."""
-    pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
-    pipe.text_encoder.config.vocab_size = pipe.text_encoder.get_input_embeddings().num_embeddings
+    remove_tokens(pipe.tokenizer, pipe.text_encoder, tokens)
 
 
 def load_subject(
@@ -236,7 +223,7 @@ def load_subject(
         path = resolve_source(source, weight_name=weight_name, revision=revision, cache_dir=cache_dir,
                               local_files_only=local_files_only)
         subject = read_subject(path, token=token, weight_name=weight_name if path.is_dir() else None,
-                               base_weight=_base_weight(pipe.unet))
+                               base_weight=_base_weight(pipe.unet), low_rank=True)
     return apply_subject(pipe, subject, scale)
 
 

@@ -31,6 +31,26 @@ WEIGHTS_NAME = "subject.safetensors"
 TOKEN_KEY = "token_embeddings"
 
 
+@dataclass(frozen=True)
+class LowRankDelta:
+    """A delta kept as its stored factors, ``ΔW = up @ down`` (``up: [out, r]``, ``down: [r, in]``).
+
+    Only :meth:`Subject.load` with ``low_rank=True`` (what ``load_subject`` uses) produces these: the attention
+    processor then computes ``up (down x)`` and never builds the dense ``[out, in]`` matrix, so a compressed subject
+    loads in milliseconds. Everything else reads dense tensors.
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.up.shape[0], self.down.shape[1]))
+
+    def dense(self) -> torch.Tensor:
+        return self.up.float() @ self.down.float()
+
+
 class SubjectFormatError(SubjectgenError):
     """A subject file or config is malformed or does not fit the pipeline it is loaded into."""
 
@@ -101,12 +121,17 @@ class Subject:
             raise SubjectFormatError("the delta layers do not match the `layers` listed in the config.")
 
     # -- tensors <-> files -------------------------------------------------------------------------------------
-    def state_dict(self, rank: int | None = None) -> dict[str, torch.Tensor]:
-        """Flatten to safetensors keys; ``rank`` stores each delta as truncated-SVD factors."""
+    def state_dict(
+        self, rank: int | None = None, factors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Flatten to safetensors keys; ``rank`` stores each delta as truncated-SVD factors, ``factors`` as the given
+        ``(up, down)`` pair per ``(layer, proj)`` (ranks may differ per delta, see :mod:`.compress`)."""
         tensors = {TOKEN_KEY: self.token_embeddings}
         for layer, projs in self.deltas.items():
             for proj, delta in projs.items():
-                if rank is None:
+                if factors is not None:
+                    tensors[f"{layer}.{proj}.delta_up"], tensors[f"{layer}.{proj}.delta_down"] = factors[(layer, proj)]
+                elif rank is None:
                     tensors[f"{layer}.{proj}.delta"] = delta
                 else:
                     up, down = low_rank_factors(delta, rank)
@@ -117,7 +142,8 @@ class Subject:
         return tensors
 
     @classmethod
-    def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor]) -> Subject:
+    def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor], low_rank: bool = False) -> Subject:
+        """Build a subject from its safetensors tensors; ``low_rank`` keeps factor pairs as :class:`LowRankDelta`."""
         if TOKEN_KEY not in tensors:
             raise SubjectFormatError(f"{WEIGHTS_NAME} has no `{TOKEN_KEY}` tensor.")
         deltas: dict[str, dict[str, torch.Tensor]] = {}
@@ -140,13 +166,26 @@ class Subject:
         for (layer, proj), pair in factors.items():
             if set(pair) != {"delta_up", "delta_down"}:
                 raise SubjectFormatError(f"{layer}.{proj}: low-rank delta needs both delta_up and delta_down.")
-            deltas.setdefault(layer, {})[proj] = pair["delta_up"].float() @ pair["delta_down"].float()
+            if tuple(pair["delta_up"].shape[1:]) != tuple(pair["delta_down"].shape[:1]):
+                raise SubjectFormatError(f"{layer}.{proj}: delta_up and delta_down have mismatched ranks.")
+            factored = LowRankDelta(pair["delta_up"], pair["delta_down"])
+            deltas.setdefault(layer, {})[proj] = factored if low_rank else factored.dense()
         return cls(config, tensors[TOKEN_KEY], deltas, bias_deltas)
 
-    def save(self, folder: str | Path, rank: int | None = None, dtype: torch.dtype | None = None) -> Path:
-        """Write ``subject_config.json`` and ``subject.safetensors`` atomically into ``folder``."""
+    def save(
+        self,
+        folder: str | Path,
+        rank: int | None = None,
+        dtype: torch.dtype | None = None,
+        factors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> Path:
+        """Write ``subject_config.json`` and ``subject.safetensors`` atomically into ``folder``.
+
+        ``delta_rank`` in the config records the largest rank stored (``None``: dense deltas)."""
         folder = Path(folder)
-        tensors = self.state_dict(rank)
+        tensors = self.state_dict(rank, factors)
+        if factors is not None:
+            rank = max(up.shape[1] for up, _ in factors.values())
         if dtype is not None:
             tensors = {k: v.to(dtype) for k, v in tensors.items()}
         stored_dtype = str(next(iter(tensors.values())).dtype).replace("torch.", "")
@@ -156,7 +195,7 @@ class Subject:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> Subject:
+    def load(cls, folder: str | Path, low_rank: bool = False) -> Subject:
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -168,7 +207,7 @@ class Subject:
             config = SubjectConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as error:
             raise SubjectFormatError(f"{config_path} is not valid JSON: {error}") from error
-        return cls.from_state_dict(config, load_file(str(weights_path)))
+        return cls.from_state_dict(config, load_file(str(weights_path)), low_rank=low_rank)
 
 
 def _split_layer_proj(stem: str, key: str) -> tuple[str, str]:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _cli import REPO_ROOT, run_cli  # noqa: F401 - re-exported for tests that still import them from conftest
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,20 +55,3 @@ def grace_hopper_image():
 
     with cbook.get_sample_data("grace_hopper.jpg") as handle:
         return Image.open(handle).convert("RGB")
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """Run ``python -m training`` in a real subprocess; return the CompletedProcess."""
-    import subprocess
-
-    # Under pytest-xdist each worker owns one core: a subprocess with several OpenMP threads fights its sibling.
-    threads = {"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **threads, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args],
-        cwd=cwd or REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

@@ -54,15 +54,20 @@ def test_default_demo_learns_the_toy_subject_and_says_where_to_look(tmp_path):
     proc = run_cli("demo", "--out", "demo", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
-    assert "| cd+cr-reg |" in proc.stdout  # the scores table is printed
-    rows = json.loads((out / "summary.json").read_text())["rows"]
-    assert list(rows) == ["baseline", "cd+cr-reg"]
-    learned, baseline = rows["cd+cr-reg"], rows["baseline"]
-    assert learned["likeness"] >= baseline["likeness"] + 0.3, rows  # the subject is learned ...
-    assert learned["prompt_following"] >= baseline["prompt_following"] - 0.2, rows  # ... and drawn in new scenes
-    subject = Subject.load(out / "cd+cr-reg" / "subject")
+    assert "| cd+cr-reg | 16 |" in proc.stdout  # the scores table is printed
+    summary = json.loads((out / "summary.json").read_text())  # the one runner's summary, as five_setups writes it
+    baseline, learned = (run["overall"] for run in summary["runs"])
+    assert [run["setup"] for run in summary["runs"]] == ["baseline", "cd+cr-reg"]
+    assert summary["subjects"][0]["source"] == "toy:shipped"
+    # the subject is learned, hidden mark included ...
+    assert learned["identity"]["mean"] >= baseline["identity"]["mean"] + 0.3, summary["runs"]
+    assert learned["identity_parts"]["hidden_mark"]["mean"] >= 0.5, learned
+    # ... and drawn in scenes its photos never show (yellow and purple backgrounds)
+    assert learned["prompt_checks"]["background"]["mean"] >= 0.9, learned
+    assert learned["prompt_following"]["mean"] >= baseline["prompt_following"]["mean"] - 0.2, summary["runs"]
+    subject = Subject.load(out / "runs" / "shipped" / "cd+cr-reg" / "subject")
     assert subject.config.method == "cd+cr"
     report = (out / "report.html").read_text()
     sources = re.findall(r'<img[^>]* src="([^"]+)"', report)
-    assert len(sources) == 6 + 2  # the six photos and one grid per row
+    assert len(sources) == 6 + 2 * 4 * 2  # the six photos, two images per prompt per row
     assert all((out / src).is_file() for src in sources)

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli, signal_when
 from training.experiment.config import ExperimentConfigError, load_experiment_config, shipped_configs
 from training.experiment.runner import ExperimentError, run_experiment
 from training.prompts import load_prompts
@@ -89,22 +88,21 @@ def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
     out = tmp_path / "exp"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "training", "experiment", "five_setups_tiny", "--out", str(out)]
-    first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The probe holds the run right after the marker of train-astronaut-cd-noreg is renamed into place; the test
+    # sees the marker and sends SIGINT (Ctrl-C), so the stop always lands between that stage and the next one.
     stop_after = out / "stages" / "train-astronaut-cd-noreg.json"
-    deadline = time.time() + 400
-    while not stop_after.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.poll() is None, "the experiment ended before it could be stopped: " + first.communicate()[1][-2000:]
-    first.send_signal(signal.SIGINT)
-    _, stderr = first.communicate(timeout=120)
+    first = signal_when(command[3:], stop_after.exists, sig=signal.SIGINT, timeout=1200, probes={
+        "pause_when": {"dir": str(out / "stages"), "name_startswith": stop_after.name, "count": 1}})
+    stderr = first.stderr
     assert first.returncode == 130, stderr[-2000:]
     assert "run the same command again to resume" in stderr
     before = _markers(out)
-    assert {"photos-astronaut.json", "regularize-base.json", "regularize-alt.json",
-            "train-astronaut-cd-noreg.json"} <= set(before)
+    assert set(before) == {"photos-astronaut.json", "regularize-base.json", "regularize-alt.json",  # nothing after it
+                           "generate-astronaut-baseline.json", "evaluate-astronaut-baseline.json",
+                           "train-astronaut-cd-noreg.json"}
     assert not (out / "summary.json").exists()
 
-    second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[done] train-astronaut-cd-noreg" in second.stderr and "[run ] train-astronaut-cd-noreg" not in second.stderr
     after = _markers(out)

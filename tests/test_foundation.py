@@ -50,8 +50,32 @@ def test_low_rank_factors_are_exact_at_full_rank(tmp_path):
     loaded = Subject.load(tmp_path)
     assert loaded.config.delta_rank == 4
     torch.testing.assert_close(loaded.deltas["a.attn2"]["to_v"], subject.deltas["a.attn2"]["to_v"], atol=1e-5, rtol=1e-5)
-    up, down = low_rank_factors(torch.outer(torch.arange(3.0), torch.arange(5.0)), 1)
-    assert up.shape == (3, 1) and down.shape == (1, 5)
+    # the stored factors themselves rebuild the matrix (not only the loaded delta)
+    assert loaded.config.delta_rank == 4
+    up, down = low_rank_factors(subject.deltas["a.attn2"]["to_k"], 4)
+    torch.testing.assert_close(up @ down, subject.deltas["a.attn2"]["to_k"], atol=1e-5, rtol=1e-5)
+
+
+def test_low_rank_factors_are_the_best_truncation():
+    """A matrix built with known singular vectors and values: rank-r factors must rebuild exactly its top-r part
+    (Eckart-Young), so the error is the dropped singular values and nothing else."""
+    generator = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(12, 5, generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(9, 5, generator=generator, dtype=torch.float64))
+    values = torch.tensor([5.0, 3.0, 2.0, 0.5, 0.1], dtype=torch.float64)
+    matrix = (u * values) @ v.T
+    for rank in (1, 2, 5):
+        up, down = low_rank_factors(matrix.float(), rank)
+        assert up.shape == (12, rank) and down.shape == (rank, 9)
+        expected = (u[:, :rank] * values[:rank]) @ v[:, :rank].T
+        torch.testing.assert_close(up.double() @ down.double(), expected, atol=1e-5, rtol=1e-5)
+        error = torch.linalg.matrix_norm(matrix - up.double() @ down.double())
+        assert error.item() == pytest.approx(values[rank:].square().sum().sqrt().item(), abs=1e-5)
+    up, down = low_rank_factors(torch.outer(torch.arange(3.0), torch.arange(5.0)), 1)  # a rank-1 matrix: exact
+    torch.testing.assert_close(up @ down, torch.outer(torch.arange(3.0), torch.arange(5.0)), atol=1e-5, rtol=1e-5)
+    up, down = low_rank_factors(matrix.float(), 20)  # more than the matrix has: every direction, still exact
+    assert up.shape == (12, 9) and down.shape == (9, 9)
+    torch.testing.assert_close(up.double() @ down.double(), matrix, atol=1e-5, rtol=1e-5)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from _cli import run_cli
 from training.generate import GenerateConfig, GenerateError, generate_images, read_manifest
 
 
@@ -34,14 +34,20 @@ def test_generate_fills_prompts_writes_manifest_and_resumes_identically(tiny_sd_
     assert np.abs(first[files[0].name] - first[files[2].name]).max() > 0
     assert np.abs(first[files[0].name] - first[files[1].name]).max() > 0
 
-    # A finished job does nothing; a lost image is regenerated alone, pixel-identical although batched differently.
+    # A finished job does nothing. A lost image is made again with its own seed; image 1 was made in a batch of three
+    # the first time and is made alone now. Batched and single UNet calls sum their float32 products in another order,
+    # so after rounding to 8 bits a few pixels may move by one grey level, never more: on 60 other images (seeds
+    # 100-119, three prompts, batch of 3 against alone) at most 1 level in at most 0.05 % of the values moved.
     mtimes = {f.name: f.stat().st_mtime_ns for f in files}
     generate_images(config)
     assert {f.name: f.stat().st_mtime_ns for f in files} == mtimes
-    files[3].unlink()
+    files[1].unlink()
     generate_images(config)
-    assert np.array_equal(_pixels(files[3]), first[files[3].name])
-    assert files[0].stat().st_mtime_ns == mtimes[files[0].name]
+    again = _pixels(files[1])
+    assert np.abs(again - first[files[1].name]).max() <= 1
+    assert (again != first[files[1].name]).mean() <= 0.01
+    assert {f.name: f.stat().st_mtime_ns for f in files if f != files[1]} == {
+        name: stamp for name, stamp in mtimes.items() if name != files[1].name}  # the others were not made again
     assert len(read_manifest(out)) == 4
 
 

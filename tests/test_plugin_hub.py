@@ -106,33 +106,65 @@ def test_model_card_front_matter_and_usage(tmp_path, tiny_pipe):
         render_subject_card(folder)
 
 
-class RecordingApi:
-    """An HfApi stand-in that records the calls a push makes (no network)."""
+def autospec_api():
+    """An autospec of the real ``HfApi``: a call with a parameter the real method lacks raises TypeError."""
+    from unittest import mock
 
-    def __init__(self):
-        self.calls = []
+    from huggingface_hub import HfApi
 
-    def create_repo(self, **kwargs):
-        self.calls.append(("create_repo", kwargs))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs, sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
-        return "commit-info"
+    api = mock.create_autospec(HfApi, instance=True)
+    api.files_at_upload = []
+    api.upload_folder.side_effect = lambda **kwargs: api.files_at_upload.extend(
+        sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())) or "commit-info"
+    return api
 
 
 def test_push_writes_the_card_then_uploads(tmp_path, tiny_pipe):
     folder = make_subject(tiny_pipe, "<alice>", scope=None).save(tmp_path / "alice")
-    api = RecordingApi()
+    api = autospec_api()
     assert push_subject_to_hub(folder, "someone/alice", private=True, api=api) == "commit-info"
-    (name, create), (name2, upload, files) = api.calls
-    assert name == "create_repo" and create == {"repo_id": "someone/alice", "repo_type": "model", "private": True,
-                                                "exist_ok": True}
-    assert name2 == "upload_folder" and upload["repo_id"] == "someone/alice" and Path(upload["folder_path"]) == folder
-    assert {"README.md", "subject_config.json", "subject.safetensors"} <= set(files)
+    assert [call[0] for call in api.mock_calls] == ["create_repo", "upload_folder"]
+    api.create_repo.assert_called_once_with(repo_id="someone/alice", repo_type="model", private=True, exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert upload["repo_id"] == "someone/alice" and Path(upload["folder_path"]) == folder
+    assert upload["repo_type"] == "model" and upload["create_pr"] is False and upload["revision"] is None
+    assert {"README.md", "subject_config.json", "subject.safetensors"} <= set(api.files_at_upload)  # card written first
     assert "README.md" in upload["allow_patterns"] and "subject.safetensors" in upload["allow_patterns"]
     assert ModelCard.load(folder / "README.md").data.library_name == "diffusers"
     with pytest.raises(SubjectgenError, match="not of the form 'owner/name'"):
         push_to_hub(folder, "no slash", api=api)
+
+
+@pytest.mark.slow
+def test_push_command_uploads_with_its_flags(tmp_path, tiny_pipe):
+    """`subjectgen push` in a real subprocess, with ``HfApi`` replaced by an autospec of itself that records."""
+    from _cli import run_cli
+
+    folder = make_subject(tiny_pipe, "<alice>", scope="kv+q+out", seed=3).save(tmp_path / "alice")
+    record = tmp_path / "calls.json"
+    done = run_cli("push", str(folder), "someone/alice", "--private", "--revision", "dev", "--commit-message",
+                   "first version", "--create-pr", probes={"fake_hf_api": str(record)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"https://huggingface.co/someone/alice/commit/{'c' * 40}"
+    create, upload = json.loads(record.read_text())
+    assert create["method"] == "create_repo" and create["kwargs"] == {
+        "repo_id": "someone/alice", "repo_type": "model", "private": True, "exist_ok": True}
+    assert upload["method"] == "upload_folder"
+    kwargs = upload["kwargs"]
+    assert (kwargs["repo_id"], kwargs["revision"], kwargs["commit_message"], kwargs["create_pr"]) == (
+        "someone/alice", "dev", "first version", True)
+    assert Path(kwargs["folder_path"]) == folder
+    assert {"README.md", "subject_config.json", "subject.safetensors"} <= set(upload["files"])
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.to_dict()["token"] == "<alice>" and 'load_subject(pipe, "someone/alice")' in card.text
+
+    # --card-only writes the card and calls nothing; a bad repo id stops with `error:` before any upload.
+    (folder / "README.md").unlink()
+    card_only = run_cli("push", str(folder), "someone/alice", "--card-only", probes={"fake_hf_api": str(record)})
+    assert card_only.returncode == 0 and (folder / "README.md").is_file() and json.loads(record.read_text()) == []
+    bad = run_cli("push", str(folder), "alice", probes={"fake_hf_api": str(record)})
+    assert bad.returncode == 2 and "error: repo id 'alice' is not of the form 'owner/name'" in bad.stderr
+    assert json.loads(record.read_text()) == []
 
 
 def test_weight_name_picks_one_file_of_a_repo(tmp_path, tiny_pipe):

@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli, signal_when
 from training.photos import load_photo_folder
 from training.regularize import (
     RegularizeConfig,
@@ -180,25 +179,17 @@ def test_damaged_file_is_made_again_and_other_settings_are_refused(base_set, tin
 
 def test_cli_killed_mid_run_resumes_to_exactly_n_whole_distinct_images(tiny_sdxl_dir, tmp_path):
     out = tmp_path / "killed"
-    num = 16
+    num = 6
     args = ["regularize", "--model", str(tiny_sdxl_dir), "--prompt", PROMPT, "--num", str(num), "--out", str(out),
-            "--steps", "10", "--batch-size", "1", "--seed", "3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **ONE_THREAD}
-    process = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while len(indices_on_disk(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process.poll() is None, "the job ended before it could be killed; make it longer"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+            "--steps", "2", "--batch-size", "1", "--seed", "3"]
+    # The probe holds the job right after its 3rd image is renamed into place (before the manifest lists it); the
+    # test sees the 3rd image and sends SIGKILL. The job cannot finish first, however fast or slow the machine.
+    killed = signal_when(args, lambda: len(indices_on_disk(out)) >= 3, env=ONE_THREAD,
+                         probes={"pause_when": {"dir": str(out), "name_startswith": "000", "count": 3}})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     made_before = indices_on_disk(out)
-    assert 2 <= len(made_before) < num
+    assert made_before == [0, 1, 2]
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2  # the killed job had not listed image 2 yet
     assert all(is_whole_image(out / f"{i:05d}.png") for i in made_before)
     before = {i: (out / f"{i:05d}.png").read_bytes() for i in made_before}
 

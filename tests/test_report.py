@@ -117,3 +117,45 @@ def test_several_subjects_get_their_own_tables_and_a_pooled_one(experiment_dir):
     pooled = text.split("## all subjects")[1].split("## anna")[0]
     assert "| cr | 8 | 50% |" in pooled and "| cd-noreg | 8 | 100% |" in pooled
     assert "## ben" in text and page.read_text().count("<h2>") == 2
+
+
+def test_toy_scores_get_their_columns_and_the_across_subject_spread_is_reported(tmp_path):
+    """A toy-world summary (likeness parts, prompt-following, each request's rate) reads like a five_setups one."""
+    from training.experiment.config import ExperimentConfig, SetupSpec, SubjectSpec
+    from training.experiment.runner import across_subjects
+
+    def image(identity, mark, following, checks):
+        return {"file": "x.png", "prompt": "{}, wearing a hat, on a purple background", "face_found": True,
+                "identity": identity, "clip_text": None, "clip_image": None,
+                "identity_parts": {"hidden_mark": mark, "traits": 2 * identity - mark},
+                "prompt_following": following, "prompt_checks": checks}
+
+    scores = {("s1", "baseline"): (0.2, 0.0), ("s1", "cd"): (0.8, 1.0), ("s2", "baseline"): (0.3, 0.0),
+              ("s2", "cd"): (0.25, 0.0)}
+    runs = []
+    for (subject, setup), (identity, mark) in scores.items():
+        entries = [image(identity, mark, 1.0, {"background": 1.0, "hat": 1.0}),
+                   image(identity, mark, 0.5, {"background": 1.0, "hat": 0.0})]
+        runs.append({"subject": subject, "setup": setup, "results": "r.json", "images": "i",
+                     "overall": metrics.summarize(entries), "per_prompt": {}})
+    (tmp_path / "r.json").write_text(json.dumps({"images": [], "settings": {}}))
+    config = ExperimentConfig(name="toy", base="b", subjects=[SubjectSpec("s1", "toy:seed=1", group="test"),
+                                                              SubjectSpec("s2", "toy:seed=2", group="test")],
+                              setups=[SetupSpec("cd", "cd")])
+    spread = across_subjects(config, runs)["test"]["setups"]["cd"]
+    assert spread["beats_baseline"] == 1  # s2's cd row is below its baseline
+    assert spread["scores"]["identity"]["mean"] == pytest.approx(0.525)
+    assert spread["vs_baseline"]["identity"]["min"] == pytest.approx(-0.05)
+    assert spread["scores"]["hat"]["mean"] == 0.5
+    summary = {"experiment": "toy", "prompt_measure": "prompt-following", "prompts": [],
+               "subjects": [{"name": "s1", "group": "test"}, {"name": "s2", "group": "test"}],
+               "setups": [{"name": "baseline"}, {"name": "cd"}], "runs": runs,
+               "per_setup": {"cd": runs[1]["overall"]}, "across_subjects": across_subjects(config, runs)}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    markdown, page = write_report(tmp_path / "summary.json")
+    text = markdown.read_text()
+    assert ("| setup | images | face detection | identity | hidden mark | traits | prompt-following | "
+            "background asked, found | hat asked, found |") in text
+    assert "CLIP-T" not in text.split("## test subjects")[1]  # no CLIP columns for a toy scorer
+    assert "## test subjects (2): mean ± std over subjects" in text and "| cd | 1/2 | 0.525 ± 0.275 |" in text
+    assert "prompt-following (mean)" in page.read_text()  # the plot's x axis

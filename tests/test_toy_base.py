@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.toy import detectors, world
-from training.toy.experiment import WEIGHTS, model_path
+from training.toy.models import WEIGHTS, model_path
 
 BASE = WEIGHTS / "toy-base"
 ALT_LORA = WEIGHTS / "toy-alt-lora"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from subjectgen_diffusers.subject_format import Subject
-from tests.conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, ModelLoadedTooEarly, forbid_model_loads, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def photo_dir(tmp_path_factory, astronaut_image):
 @pytest.mark.parametrize("method", ["cd", "cr", "cd+cr"])
 def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
     out = tmp_path / "subject"
-    extra = ["--validation-every", "2", "--mixed-precision", "bf16"] if method == "cd+cr" else []
+    extra = {"cd+cr": ["--validation-every", "2", "--mixed-precision", "bf16"], "cd": ["--mixed-precision", "fp16"],
+             "cr": []}[method]
     result = run_cli("train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", method, "--out",
                      str(out), "--steps", "2", "--resolution", "64", "--batch-size", "1", "--token", "<ada>", *extra,
                      env={"OMP_NUM_THREADS": "1"})
@@ -44,11 +45,14 @@ def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
     assert bool(subject.deltas) == (method != "cr")
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["steps"] == 2 and saved["token"] == "<ada>" and saved["method"] == method
-    if extra:  # a validation image at step 2, bf16 autocast on the CPU
+    if method == "cd+cr":  # a validation image at step 2, bf16 autocast on the CPU
         from PIL import Image
 
         assert Image.open(out / "validation" / "step-0000002.png").size == (64, 64)
-        assert saved["mixed_precision"] == "bf16" and subject.token_embeddings.dtype == torch.float32
+    # mixed precision computes in half; the subject is stored in float32 (and finite)
+    assert saved["mixed_precision"] == {"cd+cr": "bf16", "cd": "fp16", "cr": "no"}[method]
+    tensors = [subject.token_embeddings, *(d for ds in subject.deltas.values() for d in ds.values())]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors)
 
 
 def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
@@ -63,6 +67,7 @@ def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
+    ("good_input", "ModelLoadedTooEarly: CLIPTextModel"),  # the control: the probe does see model loads
     ("missing_photos", "does not exist: pass a folder of images"),
     ("empty_reg", "--reg-dir"),
     ("token_in_vocab", "already in the tokenizer's vocabulary"),
@@ -93,11 +98,33 @@ def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, photo_dir, tmp_p
             (photos / "a.jpg").write_bytes(b"\xff\xd8 truncated")
             (photos / "b.png").write_text("not a png")
         photos = str(photos)
-    result = run_cli("train", "--base", base, "--photos", photos, "--method", "cd", "--out", str(tmp_path / "o"), *extra)
+    # In the subprocess every from_pretrained of a model (text encoder, VAE, UNet, pipeline) raises
+    # ModelLoadedTooEarly, which no handler catches: a model loaded before the input check fails the test.
+    result = run_cli("train", "--base", base, "--photos", photos, "--method", "cd", "--out", str(tmp_path / "o"), *extra,
+                     probes={"forbid_model_loads": True})
+    assert not (tmp_path / "o" / "subject.safetensors").exists()
+    if case == "good_input":
+        assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+        return
+    assert "ModelLoadedTooEarly" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error:" in result.stderr and message in result.stderr
-    assert "Loading weights" not in result.stderr  # failed before any model was loaded
-    assert not (tmp_path / "o" / "subject.safetensors").exists()
+
+
+def test_the_probe_catches_every_model_load(tiny_sd_dir, monkeypatch):
+    """Every part of the base model loads through an entry point the probe above replaces."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    forbid_model_loads(monkeypatch.setattr)
+    for model_class, subfolder in [(UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")]:
+        with pytest.raises(ModelLoadedTooEarly, match=model_class.__name__):
+            model_class.from_pretrained(tiny_sd_dir, subfolder=subfolder)
+    with pytest.raises(ModelLoadedTooEarly):
+        StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    # what the input checks may load: the tokenizer and the scheduler's config
+    assert len(CLIPTokenizer.from_pretrained(tiny_sd_dir, subfolder="tokenizer")) == 49408
+    assert DDPMScheduler.from_pretrained(tiny_sd_dir, subfolder="scheduler").config.num_train_timesteps == 1000
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@
 * ``builtin:tiny-sdxl``: a tiny SDXL pipeline, the alternative regularisation model's stand-in.
 * ``builtin:tiny-sdxl-lora``: a random LoRA (peft, rank 4) for ``builtin:tiny-sdxl``, saved by diffusers' LoRA writer.
 * ``builtin:tiny-clip``: a tiny random CLIP (real tokenizer) for the CLIP scores.
+* ``builtin:toy-base``, ``builtin:toy-alt-lora``: the shipped toy-world model and its style LoRA
+  (:mod:`training.toy.models`); their folders are returned as they are.
 
 ``hf://owner/repo/path/file.safetensors`` names one file of a Hub repository (e.g. a LoRA in a repository that holds
 several) and resolves to its downloaded local path. Anything else (a folder, a Hub id) is returned unchanged. A model is written once into ``cache_dir`` through a
@@ -108,9 +110,13 @@ def resolve_model(model_id: str | None, cache_dir: str | Path | None = None) -> 
     if not is_builtin(model_id):
         return model_id
     name = model_id[len(PREFIX):]
+    from training.toy.models import SHIPPED, model_path
+
+    if name in SHIPPED:
+        return model_path(name)
     if name not in BUILDERS:
         raise BuiltinModelError(f"unknown built-in model {model_id!r}: known ones are "
-                                f"{', '.join(PREFIX + n for n in sorted(BUILDERS))}.")
+                                f"{', '.join(PREFIX + n for n in sorted([*BUILDERS, *SHIPPED]))}.")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache_dir / name
     if target.is_dir():

@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("training.commands.generate", "sample images of a trained subject from prompt files"),
     "evaluate": ("training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
     "experiment": ("training.commands.experiment", "run subjects x setups end to end and write the report"),
-    "export": ("training.commands.export", "export a subject to diffusers textual-inversion/Custom Diffusion or A1111 files"),
+    "export": ("training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
+    "compress": ("training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
     "push": ("training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
 }
 

@@ -3,7 +3,7 @@
 The pipeline is the plug-in's :class:`~subjectgen_diffusers.SubjectPipeline` with the subject loaded. Each prompt's
 ``{}`` is filled here with ``subject_phrase`` around the subject's token (``"{} person"``
 -> ``"<new1> person"``, the phrasing both Custom Diffusion and Cross Initialization train with), or with
-``a person`` when no subject is loaded (the base model's baseline). Image ``k`` of every prompt uses seed
+``class_phrase`` (default ``a person``) when no subject is loaded (the base model's baseline). Image ``k`` of every prompt uses seed
 ``seed + k``, so setups and prompts are compared on the same initial noise. ``manifest.jsonl`` lists each image
 (file, prompt, prompt_template, seed, subject, settings); its settings record the resolution used (the model's
 native size when none was asked) and ``subject_text``, what every ``{}`` became. Images already listed are skipped
@@ -59,6 +59,7 @@ class GenerateConfig:
     batch_size: int = 4
     scale: float = 1.0  # strength of the subject's Custom Diffusion deltas
     subject_phrase: str = "{} person"  # what {} in a prompt becomes; its own {} is the token
+    class_phrase: str = DEFAULT_SUBJECT_PHRASE  # what {} becomes when no subject is loaded (the baseline)
     negative_prompt: str | None = None
     dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
     device: str | None = None  # default: cuda when available
@@ -83,7 +84,8 @@ class GenerateConfig:
 
     def settings(self) -> dict[str, Any]:
         """What the manifest records about how every image was made."""
-        keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "negative_prompt", "subject_phrase")
+        keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "negative_prompt", "subject_phrase",
+                "class_phrase")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -155,7 +157,7 @@ def generate_images(config: GenerateConfig) -> Path:
         return out
 
     pipe = load_pipeline(config)
-    fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else DEFAULT_SUBJECT_PHRASE
+    fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else config.class_phrase
     size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     # What was actually used: the native size when none was asked, and the text that every {} became.
     settings = {**config.settings(), "resolution": size, "subject_text": fill}

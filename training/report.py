@@ -32,7 +32,7 @@ def format_summary_line(summary: dict[str, Any]) -> str:
     parts = [f"{summary['count']} images"]
     if summary.get("face_detection_rate") is not None:
         parts.append(f"face detection {summary['face_detection_rate']:.0%}")
-    for key, _ in METRICS:
+    for key in (*(key for key, _ in METRICS), "prompt_following"):
         if summary.get(key):
             parts.append(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}")
     return ", ".join(parts)
@@ -55,15 +55,72 @@ def _cell(stat: dict[str, Any] | None, percent: bool = False) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-TABLE_HEADER = "| setup | images | face detection | identity | CLIP-T (prompt) | CLIP-I (reference) |"
-TABLE_RULE = "| --- | ---: | ---: | ---: | ---: | ---: |"
+PART_LABELS = {"hidden_mark": "hidden mark", "traits": "traits", "prompt_following": "prompt-following",
+               "clip_text": "CLIP-T", "clip_image": "CLIP-I", "background": "background found",
+               "hat": "hat found", "glasses": "glasses found"}
+ORDER = ("identity", "hidden_mark", "traits", "clip_text", "clip_image", "prompt_following", "background", "hat",
+         "glasses")
+CHECK_LABELS = {"background": "background", "hat": "hat", "glasses": "glasses"}
 
 
-def _table_row(name: str, stats: dict[str, Any]) -> str:
+def columns(summaries: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
+    """The score columns the summaries have, as ``(label, group, key)``: identity, then its parts (the toy world's
+    hidden mark and traits), CLIP-T and CLIP-I (unless the prompt scorer gives prompt-following instead), then
+    prompt-following and the rate of each prompt check (background, hat, glasses)."""
+    def keys(group: str) -> list[str]:
+        seen: list[str] = []
+        for summary in summaries:
+            seen += [k for k in (summary.get(group) or {}) if k not in seen]
+        return seen
+
+    following = any(summary.get("prompt_following") for summary in summaries)
+    clip = any(summary.get("clip_text") or summary.get("clip_image") for summary in summaries) or not following
+    cols: list[tuple[str, str | None, str]] = [("identity", None, "identity")]
+    cols += [(PART_LABELS.get(k, k), "identity_parts", k) for k in keys("identity_parts")]
+    if clip:
+        cols += [(label, None, key) for key, label in METRICS[1:]]
+    if following:
+        cols.append(("prompt-following", None, "prompt_following"))
+    cols += [(f"{CHECK_LABELS.get(k, k)} asked, found", "prompt_checks", k) for k in keys("prompt_checks")]
+    return cols
+
+
+def column_stat(stats: dict[str, Any], group: str | None, key: str) -> dict[str, Any] | None:
+    return (stats.get(group) or {}).get(key) if group else stats.get(key)
+
+
+def table_header(cols) -> list[str]:
+    return ["| setup | images | face detection | " + " | ".join(label for label, _, _ in cols) + " |",
+            "| --- | ---: | ---: |" + " ---: |" * len(cols)]
+
+
+def _table_row(name: str, stats: dict[str, Any], cols=None) -> str:
+    cols = cols if cols is not None else columns([stats])
     rate = stats.get("face_detection_rate")
-    rate_text = _cell(rate, percent=True) if rate is not None else "–"
-    return (f"| {name} | {stats['count']} | {rate_text} | {_cell(stats.get('identity'))} | "
-            f"{_cell(stats.get('clip_text'))} | {_cell(stats.get('clip_image'))} |")
+    cells = [_cell(column_stat(stats, group, key)) for _, group, key in cols]
+    return (f"| {name} | {stats['count']} | {_cell(rate, percent=True) if rate is not None else '–'} | "
+            + " | ".join(cells) + " |")
+
+
+def _across_subjects_markdown(summary: dict[str, Any]) -> list[str]:
+    """Per subject group: the spread over subjects of each setup's per-subject mean, and how many beat the baseline."""
+    lines: list[str] = []
+    for group, table in (summary.get("across_subjects") or {}).items():
+        setups = table["setups"]
+        metrics: list[str] = []
+        for entry in setups.values():
+            metrics += [k for k in entry["scores"] if k not in metrics]
+        metrics.sort(key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+        lines += [f"## {group} subjects ({len(table['subjects'])}): mean ± std over subjects", "",
+                  "| setup | beats baseline | " + " | ".join(PART_LABELS.get(m, m) for m in metrics) + " |",
+                  "| --- | ---: |" + " ---: |" * len(metrics)]
+        for name, entry in setups.items():
+            beats = f"{entry['beats_baseline']}/{len(table['subjects'])}" if "beats_baseline" in entry else "–"
+            cells = [f"{entry['scores'][m]['mean']:.3f} ± {entry['scores'][m]['std']:.3f}" if m in entry["scores"]
+                     else "–" for m in metrics]
+            lines.append(f"| {name} | {beats} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -72,17 +129,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("description"):
         lines += [summary["description"], ""]
     lines += [f"_{summary.get('protocol', '')}_", ""]
+    cols = columns([run["overall"] for run in summary["runs"]])
     if summary.get("identity_measure"):
-        lines += [f"Identity: {summary['identity_measure']}. CLIP-T: cosine of image and prompt (subject token "
-                  "replaced by a plain phrase); CLIP-I: mean cosine with the reference photos. Mean ± std.", ""]
+        lines += [f"Identity: {summary['identity_measure']}.", ""]
+    if summary.get("prompt_measure") == "prompt-following":
+        lines += ["Prompt-following: the share of the requested background and accessory that the pixel rules find; "
+                  "`X asked, found`: the rate at which that request was met. Mean ± std over images.", ""]
+    else:
+        lines += ["CLIP-T: cosine of image and prompt (subject token replaced by a plain phrase); CLIP-I: mean cosine "
+                  "with the reference photos. Mean ± std.", ""]
     if len(summary["subjects"]) > 1 and summary.get("per_setup"):
-        lines += ["## all subjects", "", TABLE_HEADER, TABLE_RULE]
-        lines += [_table_row(name, stats) for name, stats in summary["per_setup"].items()]
+        lines += _across_subjects_markdown(summary)
+        lines += ["## all subjects' images pooled", "", *table_header(cols)]
+        lines += [_table_row(name, stats, cols) for name, stats in summary["per_setup"].items()]
         lines.append("")
     for subject in summary["subjects"]:
         runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
-        lines += [f"## {subject['name']}", "", TABLE_HEADER, TABLE_RULE]
-        lines += [_table_row(run["setup"], run["overall"]) for run in runs]
+        title = subject["name"] + (f" ({subject['group']})" if subject.get("group") else "")
+        lines += [f"## {title}", "", *table_header(cols)]
+        lines += [_table_row(run["setup"], run["overall"], cols) for run in runs]
         prompts = summary.get("prompts", [])
         if prompts and runs:
             lines += ["", "Identity per prompt (mean):", "",
@@ -182,6 +247,14 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
     setups = "".join(f"<li><b style='color:{colours[s['name']]}'>{html.escape(s['name'])}</b>: "
                      f"{html.escape(s.get('description', ''))}</li>" for s in summary["setups"])
     body.append(f"<ul>{setups}</ul>")
+    cols = columns([run["overall"] for run in summary["runs"]])
+    prompt_key = "clip_text" if any(label == METRICS[1][1] for label, _, _ in cols) else "prompt_following"
+    prompt_label = "prompt score (CLIP-T, mean)" if prompt_key == "clip_text" else "prompt-following (mean)"
+    if len(summary["subjects"]) > 1 and summary.get("across_subjects"):
+        import re
+
+        markdown = "\n".join(_across_subjects_markdown(summary))
+        body.append("<h2>across subjects</h2><pre>" + html.escape(re.sub(r"^## ", "", markdown, flags=re.M)) + "</pre>")
     for subject in summary["subjects"]:
         runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
         refs = "".join(f'<img src="{_rel(p, root)}" width="96" height="96" alt="reference">'
@@ -189,15 +262,15 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
         table = "".join(
             f"<tr><td style='color:{colours.get(r['setup'], '#000')}'>{html.escape(r['setup'])}</td>"
             f"<td>{r['overall']['count']}</td><td>{_cell(r['overall'].get('face_detection_rate'), True) if r['overall'].get('face_detection_rate') is not None else '–'}</td>"
-            + "".join(f"<td>{_cell(r['overall'].get(key))}</td>" for key, _ in METRICS) + "</tr>"
+            + "".join(f"<td>{_cell(column_stat(r['overall'], group, key))}</td>" for _, group, key in cols) + "</tr>"
             for r in runs
         )
-        header = "".join(f"<th>{label}</th>" for _, label in METRICS)
-        points = [(r["setup"], (r["overall"].get("clip_text") or {}).get("mean"),
+        header = "".join(f"<th>{html.escape(label)}</th>" for label, _, _ in cols)
+        points = [(r["setup"], (r["overall"].get(prompt_key) or {}).get("mean"),
                    (r["overall"].get("identity") or {}).get("mean"), colours.get(r["setup"], "#000")) for r in runs]
         body += [f"<h2>{html.escape(subject['name'])}</h2>", f'<div class="refs"><h3>reference photos</h3>{refs}</div>',
                  f'<table class="scores"><tr><th>setup</th><th>images</th><th>face detection</th>{header}</tr>{table}</table>',
-                 "<h3>identity against prompt score</h3>", scatter_svg(points),
+                 "<h3>identity against prompt score</h3>", scatter_svg(points, x_label=prompt_label),
                  "<h3>samples (setup × prompt)</h3>", _image_grid(summary, runs, root, per_cell)]
     style = ("body{font-family:sans-serif;margin:16px;background:#fafafa}table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #bbb;padding:4px;font-size:12px;vertical-align:top}"

@@ -80,6 +80,7 @@ class TrainConfig:
     log_with: str | None = None  # "tensorboard" to write logs under out/logs
     revision: str | None = None  # Hub revision of base
     save_dtype: str = "float32"  # dtype of the stored subject tensors
+    save_rank: int | None = None  # store the deltas as rank-R factors (subjectgen compress); None = exact
 
     def __post_init__(self) -> None:
         if self.method not in method_names():
@@ -93,7 +94,7 @@ class TrainConfig:
             raise TrainConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise TrainConfigError(f"token must be one word without spaces, got {self.token!r}.")
-        positive = ("steps", "batch_size", "num_vectors", "rescale_variants", "checkpoints_total_limit")
+        positive = ("steps", "batch_size", "num_vectors", "rescale_variants", "checkpoints_total_limit", "save_rank")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -112,6 +113,9 @@ class TrainConfig:
             raise TrainConfigError(f"flip_p must be in [0, 1], got {self.flip_p}.")
         if self.log_with not in (None, "tensorboard"):
             raise TrainConfigError(f"log_with must be null or 'tensorboard', got {self.log_with!r}.")
+        if self.save_rank is not None and not get_method(self.method).info.has_deltas:
+            raise TrainConfigError(f"save_rank compresses weight deltas, and --method {self.method} trains none; "
+                                   "drop --save-rank.")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise TrainConfigError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}.")
         for name in ("prompt", "validation_prompt"):

@@ -58,9 +58,6 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
                        "(varied poses and backgrounds): with fewer, the subject tends to copy them", len(photos),
                        public_name(config.photos), RECOMMENDED_PHOTOS)
     method.check_inputs()
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise SubjectgenError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not mix float16); use "
-                              "--mixed-precision bf16 or no on a CPU.")
     if config.use_8bit_adam:
         import importlib.util
 
@@ -192,11 +189,18 @@ class Trainer:
         self.optimizer = self.accelerator.prepare(optimizer)
 
     # -- one step ----------------------------------------------------------------------------------------------
+    def autocast(self):
+        """accelerate's autocast; it has none for fp16 on a CPU, where torch's CPU autocast runs the fp16 forward
+        (the frozen weights were cast to float16 above, so without it the first matmul meets two dtypes)."""
+        if self.weight_dtype == torch.float16 and not self.accelerator.native_amp:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return self.accelerator.autocast()
+
     def encode_text(self, prompts: list[str], grad: bool) -> torch.Tensor:
         tokenizer = self.parts.tokenizer
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(self.device)
-        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+        with torch.set_grad_enabled(grad), self.autocast():
             return self.parts.text_encoder(ids)[0]
 
     def predict(self, latents, states, generator, timesteps=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +216,7 @@ class Trainer:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        with self.accelerator.autocast():
+        with self.autocast():
             prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, states.to(self.weight_dtype)).sample
         return prediction, target
 
@@ -385,6 +389,10 @@ class Trainer:
 
     def save_subject(self) -> Path:
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)
+        if self.config.save_rank is not None:
+            from subjectgen_diffusers.compress import save_compressed
+
+            return save_compressed(self.build_subject(), self.out, rank=self.config.save_rank, dtype=dtype)
         return self.build_subject().save(self.out, dtype=dtype)
 
     @torch.no_grad()
@@ -402,7 +410,7 @@ class Trainer:
         )
         pipe.set_progress_bar_config(disable=True)
         prompt = prompt_with_token(config.validation_prompt, config.token, config.num_vectors)
-        with self.accelerator.autocast():
+        with self.autocast():
             image = pipe(prompt, num_inference_steps=25, height=config.resolution, width=config.resolution,
                          generator=torch.Generator().manual_seed(config.seed)).images[0]
         parts.vae.to("cpu")

@@ -3,6 +3,7 @@
     python -m training.benchmarks.plugin_bench                 # tiny model + SD 1.5 file sizes (seconds)
     python -m training.benchmarks.plugin_bench --sd15          # also SD 1.5-shaped UNet/CLIP-L with random weights
     python -m training.benchmarks.plugin_bench --sd15 --device cuda --dtype float16 --latent 64
+    python -m training.benchmarks.plugin_bench --sd15 --load-only   # load/unload/swap times against LOAD_GOALS_MS
 
 Overhead is the median UNet forward time with subjects' :class:`SubjectAttnProcessor` on the 16 cross-attention
 layers (Custom Diffusion, Kumari et al. CVPR 2023: ``W + scale·ΔW`` for K/V, or Q/K/V/out) against diffusers' stock
@@ -110,22 +111,51 @@ def processor_overhead(pipe, latent: int, batch: int, repeats: int, device: str,
     return result
 
 
-def load_times(pipe, repeats: int) -> dict:
-    """Seconds for load_subject from a folder (read, validate, add tokens, attach processors) and for unload."""
+def load_times(pipe, repeats: int, rank: int = 8) -> dict:
+    """Milliseconds for ``load_subject`` from a folder (read, validate, add tokens, attach processors) and for
+    ``unload_subject``: a full fp16 ``kv`` subject, the same compressed to rank ``rank``, and swapping one subject for
+    another on the same pipeline (unload A + load B). Medians of ``repeats`` after one warm-up round (the first load
+    into a pipeline also copies its token table once into a buffer with spare rows: ``first_load_ms``)."""
     from subjectgen_diffusers import load_subject, unload_subject
 
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    loads, unloads = [], []
+    result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _subject_for(pipe.unet, width, "kv").save(Path(tmp) / "s", dtype=torch.float16)
-        for _ in range(repeats):
+        full = _subject_for(pipe.unet, width, "kv").save(Path(tmp) / "full", dtype=torch.float16)
+        low = _subject_for(pipe.unet, width, "kv", token="<s2>").save(Path(tmp) / "low", rank=rank, dtype=torch.float16)
+        start = time.perf_counter()
+        load_subject(pipe, full)
+        result["first_load_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        unload_subject(pipe)
+        for name, folder in (("full", full), (f"rank{rank}", low)):
+            loads, unloads = [], []
+            for index in range(repeats + 1):
+                start = time.perf_counter()
+                load_subject(pipe, folder)
+                loaded = time.perf_counter()
+                unload_subject(pipe)
+                if index:
+                    loads.append((loaded - start) * 1000)
+                    unloads.append((time.perf_counter() - loaded) * 1000)
+            result[f"{name}_load_ms"] = round(statistics.median(loads), 1)
+            result[f"{name}_unload_ms"] = round(statistics.median(unloads), 1)
+        swaps = []
+        load_subject(pipe, full)
+        current, other = ("<s1>", low), ("<s2>", full)
+        for index in range(repeats + 1):
             start = time.perf_counter()
-            load_subject(pipe, folder)
-            loads.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            unload_subject(pipe)
-            unloads.append(time.perf_counter() - start)
-    return {"load_s": round(statistics.median(loads), 3), "unload_s": round(statistics.median(unloads), 3)}
+            unload_subject(pipe, current[0])
+            load_subject(pipe, current[1])
+            if index:
+                swaps.append((time.perf_counter() - start) * 1000)
+            current, other = other, current
+        unload_subject(pipe)
+        result["swap_full_and_compressed_ms"] = round(statistics.median(swaps), 1)
+    return result
+
+
+LOAD_GOALS_MS = {"rank8_load_ms": 50, "rank8_unload_ms": 50, "full_load_ms": 200, "full_unload_ms": 200}
+"""Issue 11's goals at SD 1.5 shapes: a compressed subject loads and unloads in under 50 ms, a full one in 200 ms."""
 
 
 def sd15_pipeline():
@@ -150,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--latent", type=int, default=16, help="SD 1.5 latent side (64 = 512 px)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--load-repeats", type=int, default=5, help="load/unload rounds at SD 1.5 shapes")
+    parser.add_argument("--load-only", action="store_true", help="skip the UNet-call timings")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 keeps medians stable on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -160,13 +192,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     results = {"torch_threads": torch.get_num_threads(), "sd15_subject_file": sd15_file_sizes()}
     tiny = build_tiny_sd_pipeline()
-    results["tiny_load"] = load_times(tiny, 5)
-    results["tiny_unet_call"] = processor_overhead(tiny, 8, 2, args.repeats, args.device, dtype)
+    results["tiny_load"] = load_times(tiny, 5, rank=4)
+    if not args.load_only:
+        results["tiny_unet_call"] = processor_overhead(tiny, 8, 2, args.repeats, args.device, dtype)
     if args.sd15:
         pipe = sd15_pipeline()
-        results["sd15_load"] = load_times(pipe, 3)
-        results["sd15_unet_call"] = {"latent": args.latent, "batch": 2, "device": args.device, "dtype": args.dtype,
-                                     **processor_overhead(pipe, args.latent, 2, max(3, args.repeats // 4), args.device, dtype)}
+        results["sd15_load"] = load_times(pipe, args.load_repeats)
+        results["sd15_load_goals_met"] = {key: results["sd15_load"][key] < goal for key, goal in LOAD_GOALS_MS.items()}
+        if not args.load_only:
+            results["sd15_unet_call"] = {"latent": args.latent, "batch": 2, "device": args.device, "dtype": args.dtype,
+                                         **processor_overhead(pipe, args.latent, 2, max(3, args.repeats // 4),
+                                                              args.device, dtype)}
     print(json.dumps(results, indent=2))
     if args.json:
         from subjectgen_diffusers.atomic_io import atomic_write_json

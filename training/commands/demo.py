@@ -3,7 +3,7 @@
 The toy world's subject (a cartoon face whose traits and hidden mark its captions never name) is photographed six
 times; a CD+CR subject (with regularisation images from the base) is trained on ``toy-base`` (an SD-architecture model trained on that world, shipped in the
 package), drawn in new scenes (other backgrounds, a hat, glasses) next to the untrained baseline, scored by the toy
-likeness and prompt-following, and reported. It is the toy experiment runner with one setup, so a rerun resumes.
+likeness and prompt-following, and reported. It is the one experiment runner with one setup, so a rerun resumes.
 
 ``--real-photos`` runs the path for real photos instead: sample photos of a person (scikit-image's astronaut) are
 prepared (face crops + masks), trained on ``builtin:tiny-sd`` (random weights: the pictures are noise, the path is
@@ -16,32 +16,46 @@ import argparse
 
 HELP = "the whole path offline: the shipped toy model learns a subject (or --real-photos on a tiny random model)"
 DEMO_PROMPTS = "a photo of {} | a close-up photo of {} laughing | a pencil sketch of {} | a photo of {} wearing a red baseball cap"
-TOY_PROMPTS = ["a {}, on a red background", "a {}, wearing a hat, on a green background",
-               "a {}, wearing glasses, on a yellow background", "a {}, on a purple background"]
+TOY_PROMPTS = ("{}, on a yellow background", "{}, on a purple background", "{}, wearing a hat, on a purple background",
+               "{}, wearing glasses, on a yellow background")  # the new scenes of five_setups_toy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="subjectgen-demo", help="output folder (default: ./subjectgen-demo)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default 300 on the toy model, 20 with --real-photos)")
+                        help="training steps (default 150 on the toy model, 20 with --real-photos)")
     parser.add_argument("--real-photos", action="store_true",
                         help="prepare and train on sample photos of a real person with the tiny random-weight model")
 
 
-def toy_demo_config(steps: int = 300):
-    """The toy demo: the shipped subject, CD+CR with regularisation images from the base, four new scenes, four seeds."""
-    from training.toy.experiment import ToyExperimentConfig
+def toy_demo_config(steps: int = 150):
+    """The toy demo as an experiment config: the shipped subject, CD+CR with 16 regularisation images from the base,
+    the four new scenes of ``five_setups_toy`` (backgrounds its photos never show, a hat, glasses), four seeds."""
+    from training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, RegularizationSpec,
+                                            SetupSpec, SubjectSpec)
 
-    return ToyExperimentConfig.from_dict({
-        "prompts": TOY_PROMPTS, "num_per_prompt": 4,
+    return ExperimentConfig(
+        name="subjectgen demo (toy world)",
+        description="CD+CR learns a toy-world face whose traits and hidden mark its captions never name, on the "
+                    "shipped toy base model, and draws it in scenes its photos never show.",
+        base="builtin:toy-base",
+        subjects=[SubjectSpec(name="shipped", photos="toy:shipped")],
+        regularizations={"base": RegularizationSpec(model="builtin:toy-base", prompt="a cartoon face", num=16,
+                                                    steps=20, guidance=4.0, resolution=32, batch_size=16)},
+        setups=[SetupSpec(name="cd+cr-reg", method="cd+cr", regularization="base",
+                          description="Cross-Initialised tokens + Custom Diffusion deltas, with regularisation",
+                          train={"steps": steps, "lr": 2e-3, "token_lr": 4e-2, "batch_size": 4, "reg_weight": 8e-5,
+                                 "checkpoint_every": max(1, steps // 2)})],
         # scale_lr off: the toy world's rates are chosen directly, as used (training/configs/five_setups_toy.yaml)
-        "train": {"scale_lr": False, "resolution": 32, "flip_p": 0.0, "random_rescale": False, "caption_templates": False,
-                  "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0,
-                  "checkpoint_every": max(1, steps // 2)},
-        "reg_num": 16,
-        "setups": {"cd+cr-reg": {"method": "cd+cr", "reg": "base",
-                                 "train": {"steps": steps, "lr": 1e-3, "token_lr": 2e-2, "batch_size": 4}}},
-    })
+        # prior weight, clipping and CR's pull x8: the toy's 8 latent channels (training/configs/five_setups_toy.yaml)
+        train={"scale_lr": False, "prior_loss_weight": 8.0, "max_grad_norm": 8.0, "resolution": 32, "flip_p": 0.0,
+               "random_rescale": False, "caption_templates": False,
+               "prompt": "a {} cartoon face", "class_prompt": "a cartoon face", "seed": 0},
+        generate=GenerationSpec(prompts=list(TOY_PROMPTS), num_per_prompt=4, seed=1000, steps=20, guidance=4.0,
+                                resolution=32, batch_size=16, subject_phrase="a {} cartoon face",
+                                class_phrase="a cartoon face"),
+        evaluate=EvaluationSpec(face_model="toy", prompt_scorer="toy", subject_phrase="a cartoon face"),
+    )
 
 
 def demo_config(steps: int = 20):
@@ -57,8 +71,7 @@ def demo_config(steps: int = 20):
         subjects=[SubjectSpec(name="astronaut", photos="builtin:astronaut", prepare=True)],
         setups=[SetupSpec(name="cd+cr", method="cd+cr",
                           description="Cross-Initialised tokens + Custom Diffusion deltas, no regularisation")],
-        train={"resolution": 64, "steps": steps, "batch_size": 2, "lr": 1e-3, "token_lr": 0.05, "scale_lr": False,
-               "rescale_variants": 1,
+        train={"resolution": 64, "steps": steps, "batch_size": 2, "lr": 1e-3, "token_lr": 0.05, "rescale_variants": 1,
                "checkpoint_every": max(1, steps // 2)},
         generate=GenerationSpec(prompts=DEMO_PROMPTS, num_per_prompt=2, steps=10, batch_size=8),
         evaluate=EvaluationSpec(face_model="dlib", clip_model="none"),
@@ -84,22 +97,22 @@ def run_real_photos(args: argparse.Namespace) -> int:
 
 
 def run_toy(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from subjectgen_diffusers.errors import SubjectgenError
-    from training.toy.experiment import WEIGHTS, run_toy_experiment
+    from training.experiment import run_experiment
+    from training.toy.models import WEIGHTS, has_weights
 
-    if not (WEIGHTS / "toy-base" / "model_index.json").is_file():
+    if not has_weights():
         raise SubjectgenError(f"the toy base model is missing from {WEIGHTS}; reinstall the package or train it "
                               "with `python -m training.toy.train_base`, or run `subjectgen demo --real-photos`.")
-    out = Path(args.out).resolve()
-    run_toy_experiment(toy_demo_config(args.steps or 300), out)
+    summary = run_experiment(toy_demo_config(args.steps or 150), args.out)
+    out = summary.parent.resolve()
+    run_dir = out / "runs" / "shipped" / "cd+cr-reg"
     print((out / "summary.md").read_text(encoding="utf-8"))
     print("done. Look at:")
     print(f"  report (open in a browser): {out / 'report.html'}")
-    print(f"  the subject's photos:       {out / 'photos'}")
-    print(f"  the trained subject:        {out / 'cd+cr-reg' / 'subject'}")
-    print(f"  its new scenes:             {out / 'cd+cr-reg' / 'grid.png'}  (baseline: {out / 'baseline' / 'grid.png'})")
+    print(f"  the subject's photos:       {out / 'subjects' / 'shipped' / 'photos' / 'original'}")
+    print(f"  the trained subject:        {run_dir / 'subject'}")
+    print(f"  its new scenes:             {run_dir / 'images'}  (baseline: {out / 'runs' / 'shipped' / 'baseline' / 'images'})")
     print("All five setups in this world: subjectgen experiment five_setups_toy --out runs/toy")
     print("On a GPU with Stable Diffusion 1.5: subjectgen experiment five_setups --out runs/five_setups")
     return 0

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                         help=f"CLIP Hub id or local folder (default {DEFAULT_CLIP_MODEL}; e.g. "
                              "openai/clip-vit-large-patch14), or none to skip the CLIP scores")
+    parser.add_argument("--prompt-scorer", default="clip",
+                        help="prompt score: clip (CLIP-T/CLIP-I, default), toy (the toy world's pixel rules), or none")
     parser.add_argument("--subject-phrase", default="a person",
                         help="what replaces {} in each prompt for the CLIP text score (default: 'a person')")
     parser.add_argument("--device", default=None, help="torch device for CLIP (default: cuda when available)")
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from training.report import format_summary_line
 
     config = EvaluateConfig(images=args.images, reference=args.reference, out=args.out, face_model=args.face_model,
-                            clip_model=args.clip_model, subject_phrase=args.subject_phrase, device=args.device)
+                            clip_model=args.clip_model, prompt_scorer=args.prompt_scorer,
+                            subject_phrase=args.subject_phrase, device=args.device)
     path = evaluate_images(config)
     results = read_results(path)
     print(format_summary_line(results["summary"]["overall"]))

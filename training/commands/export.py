@@ -1,4 +1,5 @@
-"""``subjectgen export``: a subject to diffusers textual-inversion + Custom Diffusion files, or to an A1111 embedding."""
+"""``subjectgen export``: a subject to a LoRA + embedding (A1111/Forge, ComfyUI, diffusers), to diffusers textual
+inversion + Custom Diffusion files, or to an A1111 embedding."""
 
 from __future__ import annotations
 
@@ -6,38 +7,70 @@ import argparse
 import re
 from pathlib import Path
 
-HELP = "export a subject to diffusers textual-inversion/Custom Diffusion or A1111 files"
+HELP = "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subject", type=Path, help="subject folder (subject_config.json + subject.safetensors)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder (or, for a1111, a file ending in .safetensors or .pt)")
-    parser.add_argument("--format", choices=("diffusers", "a1111"), default="diffusers",
-                        help="diffusers: learned_embeds.safetensors + pytorch_custom_diffusion_weights.safetensors; "
+    parser.add_argument("--format", choices=("diffusers", "a1111", "lora"), default="diffusers",
+                        help="lora: kohya LoRA + embedding + diffusers LoRA + export.json (a new folder); "
+                        "diffusers: learned_embeds.safetensors + pytorch_custom_diffusion_weights.safetensors; "
                         "a1111: an embedding file")
+    rank = parser.add_mutually_exclusive_group()
+    rank.add_argument("--rank", type=int, default=None, help="lora: factor rank R (default: exact, full rank)")
+    rank.add_argument("--energy", type=float, default=None,
+                      help="lora: per delta, the smallest rank keeping this fraction (0, 1] of the squared singular values")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default=None,
+                        help="lora: dtype of the written tensors (default: the subject's)")
     parser.add_argument("--base", default=None,
-                        help="base model (folder or Hub id) for Custom Diffusion full weights; default: the subject's base_model")
+                        help="base model (folder or Hub id) for Custom Diffusion full weights; default: the subject's "
+                        "base_model. With --format lora it is optional, only to size the bias-delta note")
     parser.add_argument("--token-only", action="store_true",
                         help="a1111: export only the token vectors of a subject that also has weight deltas")
 
 
-def run(args: argparse.Namespace) -> int:
-    from subjectgen_diffusers.export import export_a1111, export_diffusers, load_base_unet
+def _export_lora(args: argparse.Namespace, subject) -> list[Path]:
+    import torch
+
     from subjectgen_diffusers.errors import SubjectgenError
+    from subjectgen_diffusers.export import load_base_unet
+    from subjectgen_diffusers.lora_export import export_lora
+
+    base_unet = None
+    if subject.bias_deltas and args.base:
+        try:
+            base_unet = load_base_unet(args.base)
+        except SubjectgenError as error:
+            print(f"note: {error} (the bias-delta note gives ‖Δb‖ alone)")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    result = export_lora(subject, args.out, rank=args.rank, energy=args.energy, dtype=dtype, base_unet=base_unet)
+    for note in result.notes:
+        print(f"note: {note}")
+    return result.written
+
+
+def run(args: argparse.Namespace) -> int:
+    from subjectgen_diffusers.errors import SubjectgenError
+    from subjectgen_diffusers.export import export_a1111, export_diffusers, load_base_unet
     from subjectgen_diffusers.hub import is_repo_id
     from subjectgen_diffusers.subject_check import check_subject_files, check_subject_fits_base
     from subjectgen_diffusers.subject_format import Subject
 
+    if args.format != "lora" and (args.rank is not None or args.energy is not None or args.dtype):
+        raise SubjectgenError("--rank, --energy and --dtype apply to --format lora only.")
     found = check_subject_files(args.subject)  # damaged files are said before anything loads
-    if found and args.format != "a1111" and found[0].has_deltas:
+    if found and args.format == "diffusers" and found[0].has_deltas:
         base = args.base or found[0].base_model
         if not Path(base).exists() and not is_repo_id(base):
             raise SubjectgenError(f"the subject records its base model as {base!r} (a local folder's name); pass "
                                   f"--base with that folder's path or the base's Hub id.")
         check_subject_fits_base(args.subject, base, *found)  # a subject of another base: said before the UNet loads
     subject = Subject.load(args.subject)
-    if args.format == "a1111":
+    if args.format == "lora":
+        written = _export_lora(args, subject)
+    elif args.format == "a1111":
         out = args.out
         if out.suffix not in (".safetensors", ".pt"):
             out = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '', subject.config.token) or 'subject'}.safetensors"

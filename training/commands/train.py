@@ -105,11 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--validation-prompt", help="prompt of the validation images", default_text="default: the instance prompt")
     add("--log-with", choices=["tensorboard"], help="write training logs under <out>/logs", default_text="default: none")
     add("--revision", help="Hub revision (branch, tag or commit) of --base", default_text="default: main")
+    add("--save-rank", type=int, metavar="R",
+        help="store the weight deltas as rank-R factors (see `subjectgen compress`; 16 kept toy likeness within 0.01)",
+        default_text="default: none, exact deltas")
 
 
 FIELDS = (
     "base", "photos", "method", "out", "token", "reg_dir", "steps", "resolution", "batch_size", "lr", "token_lr",
-    "scale_lr", "use_8bit_adam", "max_grad_norm",
+    "scale_lr", "use_8bit_adam", "max_grad_norm", "save_rank",
     "seed", "prior_loss_weight", "cd_scope", "num_vectors", "reg_weight", "celeb_names", "init_word", "prompt",
     "class_prompt", "flip_p", "random_rescale", "mask_loss", "mixed_precision", "gradient_checkpointing",
     "checkpoint_every", "checkpoints_total_limit", "resume", "keep_checkpoints", "validation_every",

@@ -1,8 +1,11 @@
 """Evaluate a folder of generated images against reference photos and write ``results.json``.
 
 Per image: whether a face is found, identity similarity to the references (Celeb Basis protocol, see
-:mod:`training.evaluation.metrics`), CLIP-T with the prompt minus the subject token, CLIP-I with the references.
-Encoders are built once per call; the file is written atomically and read by :mod:`training.report` alone.
+:mod:`training.evaluation.metrics`) and, when the identity encoder splits its similarity into parts (the toy world's
+hidden mark and traits), each part; then the prompt scorer's scores (:mod:`training.evaluation.prompt_scorers`:
+CLIP-T with the prompt minus the subject token and CLIP-I with the references for real images, pixel-rule
+prompt-following for toy ones). Encoders are built once per call; the file is written atomically and read by
+:mod:`training.report` alone.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class EvaluateConfig:
     reference: str  # folder of reference photos of the subject
     out: str  # results.json path
     face_model: str = "dlib"  # identity encoder: dlib | arcface | any registered name | none
-    clip_model: str = DEFAULT_CLIP_MODEL  # Hub id or local folder of a CLIP model, or none
+    clip_model: str = DEFAULT_CLIP_MODEL  # Hub id or local folder of a CLIP model, or none (the clip scorer's model)
+    prompt_scorer: str = "clip"  # clip | toy | none (training.evaluation.prompt_scorers)
     subject_phrase: str = DEFAULT_SUBJECT_PHRASE  # what replaces {} in the prompt for CLIP-T
     device: str | None = None  # default: cuda when available, else cpu
     batch_size: int = 16
@@ -82,6 +86,7 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
     from tqdm.auto import tqdm
 
     from training.evaluation.identity import build_identity_encoder
+    from training.evaluation.prompt_scorers import build_prompt_scorer
 
     entries = read_image_entries(config.images)
     references = [photo.image for photo in load_photo_folder(config.reference, what="--reference")]
@@ -89,6 +94,7 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
     templates = [entry.get("prompt_template") or entry.get("prompt") for entry in entries]
 
     identity = [None] * len(images)
+    identity_parts: list[dict[str, float] | None] = [None] * len(images)
     face_found: list[bool | None] = [None] * len(images)
     references_with_face = None
     measure = None
@@ -106,45 +112,44 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
             embedding = encoder.embed(image)
             face_found[index] = embedding is not None
             identity[index] = metrics.identity_score(embedding, reference_embeddings, encoder.similarity)
+            if hasattr(encoder, "parts"):
+                identity_parts[index] = metrics.identity_parts(embedding, reference_embeddings, encoder.parts)
 
-    clip_text: list[float | None] = [None] * len(images)
-    clip_image: list[float | None] = [None] * len(images)
-    if config.clip_model != "none":
-        from training.evaluation.clip_score import ClipEmbedder
+    scorer = build_prompt_scorer(config.prompt_scorer, clip_model=config.clip_model,
+                                 subject_phrase=config.subject_phrase, device=_device(config.device),
+                                 batch_size=config.batch_size)
+    prompt_scores = scorer.score(images, templates, references) if scorer else [{} for _ in images]
 
-        embedder = ClipEmbedder(config.clip_model, device=_device(config.device), batch_size=config.batch_size)
-        image_embeddings = embedder.embed_images(images)
-        clip_image = metrics.clip_image_scores(image_embeddings, embedder.embed_images(references))
-        with_prompt = [i for i, template in enumerate(templates) if template]
-        if with_prompt:
-            texts = [prompt_for_clip(templates[i], config.subject_phrase) for i in with_prompt]
-            scores = metrics.clip_text_scores(image_embeddings[with_prompt], embedder.embed_texts(texts))
-            for i, score in zip(with_prompt, scores):
-                clip_text[i] = score
-
-    results = build_results(config, entries, templates, face_found, identity, clip_text, clip_image,
-                            num_references=len(references), references_with_face=references_with_face,
-                            identity_measure=measure)
+    results = build_results(config, entries, templates, face_found, identity, prompt_scores,
+                            identity_parts=identity_parts, num_references=len(references),
+                            references_with_face=references_with_face, identity_measure=measure,
+                            prompt_measure=scorer.label if scorer else None)
     atomic_write_json(config.out, results)
     return Path(config.out)
 
 
-def build_results(config, entries, templates, face_found, identity, clip_text, clip_image, *,
-                  num_references: int, references_with_face: int | None,
-                  identity_measure: str | None = None) -> dict[str, Any]:
+def build_results(config, entries, templates, face_found, identity, prompt_scores, *,
+                  num_references: int, references_with_face: int | None, identity_parts=None,
+                  identity_measure: str | None = None, prompt_measure: str | None = None) -> dict[str, Any]:
     """Assemble the ``results.json`` document (``images`` + ``summary``) from per-image scores."""
     images = []
     for i, entry in enumerate(entries):
-        images.append({
+        record = {
             "file": entry["file"],
             "prompt": templates[i],
             "clip_prompt": prompt_for_clip(templates[i], config.subject_phrase) if templates[i] else None,
             "seed": entry.get("seed"),
             "face_found": face_found[i],
             "identity": identity[i],
-            "clip_text": clip_text[i],
-            "clip_image": clip_image[i],
-        })
+            "clip_text": prompt_scores[i].get("clip_text"),
+            "clip_image": prompt_scores[i].get("clip_image"),
+        }
+        if identity_parts is not None and identity_parts[i] is not None:
+            record["identity_parts"] = identity_parts[i]
+        for key in ("prompt_following", "prompt_checks"):
+            if key in prompt_scores[i]:
+                record[key] = prompt_scores[i][key]
+        images.append(record)
     return {
         "version": RESULTS_VERSION,
         "protocol": metrics.PROTOCOL_NOTE if config.face_model != "none" else "identity not computed (--face-model none)",
@@ -154,6 +159,8 @@ def build_results(config, entries, templates, face_found, identity, clip_text, c
             "face_model": config.face_model,
             "identity_measure": identity_measure,
             "clip_model": config.clip_model,
+            "prompt_scorer": config.prompt_scorer,
+            "prompt_measure": prompt_measure,
             "subject_phrase": config.subject_phrase,
             "num_references": num_references,
             "references_with_face": references_with_face,

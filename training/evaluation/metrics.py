@@ -38,6 +38,21 @@ def identity_score(
     return float(np.mean([similarity(embedding, reference) for reference in references]))
 
 
+def identity_parts(
+    embedding: np.ndarray | None,
+    references: Sequence[np.ndarray],
+    parts: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+) -> dict[str, float] | None:
+    """Each part of the similarity, averaged over the references like :func:`identity_score`; every part is
+    :data:`NO_FACE_IDENTITY` when no face was found. ``None`` when there are no references."""
+    if not references:
+        return None
+    if embedding is None:
+        return dict.fromkeys(parts(references[0], references[0]), NO_FACE_IDENTITY)
+    each = [parts(embedding, reference) for reference in references]
+    return {key: float(np.mean([p[key] for p in each])) for key in each[0]}
+
+
 def clip_text_scores(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> list[float]:
     """Row-wise cosine similarity of unit-norm image and text embeddings (image i with text i)."""
     if image_embeddings.shape != text_embeddings.shape:
@@ -59,16 +74,37 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float] | None:
     return {"mean": float(array.mean()), "std": float(array.std()), "n": len(present)}
 
 
+def _keyed_mean_std(images: Sequence[dict[str, Any]], field: str) -> dict[str, dict[str, float]] | None:
+    """:func:`mean_std` of every key of the per-image mapping ``field`` (e.g. ``identity_parts``), or None."""
+    keys: list[str] = []
+    for entry in images:
+        for key in entry.get(field) or {}:
+            if key not in keys:
+                keys.append(key)
+    if not keys:
+        return None
+    return {key: mean_std((entry.get(field) or {}).get(key) for entry in images) for key in keys}
+
+
 def summarize(images: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate per-image results: count, face-detection rate, mean/std of identity, CLIP-T and CLIP-I."""
+    """Aggregate per-image results: count, face-detection rate, mean/std of identity, CLIP-T and CLIP-I; with a
+    scorer or encoder that gives them, also of prompt-following, of each identity part and of each prompt check
+    (a check's mean is the rate at which that request was met)."""
     detected = [entry["face_found"] for entry in images if entry.get("face_found") is not None]
-    return {
+    summary = {
         "count": len(images),
         "face_detection_rate": float(np.mean(detected)) if detected else None,
         "identity": mean_std(entry.get("identity") for entry in images),
         "clip_text": mean_std(entry.get("clip_text") for entry in images),
         "clip_image": mean_std(entry.get("clip_image") for entry in images),
     }
+    if any("prompt_following" in entry for entry in images):
+        summary["prompt_following"] = mean_std(entry.get("prompt_following") for entry in images)
+    for field in ("identity_parts", "prompt_checks"):
+        keyed = _keyed_mean_std(images, field)
+        if keyed is not None:
+            summary[field] = keyed
+    return summary
 
 
 def summarize_by(images: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:

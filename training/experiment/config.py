@@ -55,8 +55,11 @@ def _build(cls, data: Any, where: str):
 @dataclass
 class SubjectSpec:
     name: str  # folder-safe name used in outputs
-    photos: str  # folder of photos (relative to the config file), or builtin:astronaut for the sample photos
+    # a folder of photos (relative to the config file), or a photo source: builtin:astronaut (sample photos),
+    # toy:<subject spec> (a toy-world face; training.toy.subject_photos), see training.experiment.photo_sources
+    photos: str
     prepare: bool = False  # run `subjectgen prepare` (face crops + masks) on the photos first
+    group: str | None = None  # e.g. tuning | test: the summary reports each group's subjects apart
 
 
 @dataclass
@@ -87,7 +90,7 @@ class SetupSpec:
 
 @dataclass
 class GenerationSpec:
-    prompts: str = "experiment"  # a shipped prompt set, a file (relative to the config) or prompt text
+    prompts: str | list[str] = "experiment"  # a shipped prompt set, a file (relative to the config), prompt text or a list
     num_per_prompt: int = 4
     seed: int = 0
     steps: int = 50
@@ -96,13 +99,15 @@ class GenerationSpec:
     resolution: int | None = None
     batch_size: int = 4
     subject_phrase: str = "{} person"
+    class_phrase: str = "a person"  # what {} becomes for the baseline row (no subject loaded)
 
 
 @dataclass
 class EvaluationSpec:
-    face_model: str = "dlib"
+    face_model: str = "dlib"  # identity encoder: dlib | arcface | toy | none (training.evaluation.identity)
     clip_model: str = "openai/clip-vit-base-patch32"
     subject_phrase: str = "a person"
+    prompt_scorer: str = "clip"  # clip | toy | none (training.evaluation.prompt_scorers)
 
 
 @dataclass
@@ -137,6 +142,9 @@ class ExperimentConfig:
             unknown = sorted(set(overrides) - set(allowed_train))
             if unknown:
                 raise ExperimentConfigError(f"{where}: unknown keys {unknown}; allowed keys are {allowed_train}.")
+        prompts = self.generate.prompts
+        if isinstance(prompts, list) and (not prompts or not all(isinstance(p, str) and p.strip() for p in prompts)):
+            raise ExperimentConfigError("generate.prompts: a list must hold one or more prompt strings.")
         for setup in self.setups:
             if setup.method not in METHODS:
                 raise ExperimentConfigError(f"setup {setup.name}: method must be one of {list(METHODS)}.")
@@ -146,9 +154,16 @@ class ExperimentConfig:
                     f"{sorted(self.regularizations)}."
                 )
 
+    def prompt_spec(self) -> str:
+        """The generation prompts as :func:`training.prompts.load_prompts` reads them (a list joined by ``|``)."""
+        prompts = self.generate.prompts
+        return " | ".join(prompts) if isinstance(prompts, list) else self.resolve_path(prompts)
+
     def resolve_path(self, value: str) -> str:
-        """A path from the file, made absolute against the file's folder (``builtin:`` ids and absolute paths kept)."""
-        if value.startswith("builtin:") or self.source is None or Path(value).is_absolute():
+        """A path from the file, made absolute against the file's folder (source ids and absolute paths kept)."""
+        from training.experiment.photo_sources import is_photo_source
+
+        if is_photo_source(value) or self.source is None or Path(value).is_absolute():
             return value
         candidate = Path(self.source) / value
         return str(candidate) if candidate.exists() else value
@@ -183,8 +198,6 @@ def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
     """Read a shipped config by name or a YAML file by path."""
     path = config_path(name_or_path)
     data = read_yaml(path)
-    if isinstance(data, dict) and "runner" in data:
-        raise ExperimentConfigError(f"{path} is run by {data['runner']}: use `subjectgen experiment {name_or_path}`.")
     if isinstance(data, dict):
         data = {**data, "source": str(path.resolve().parent)}
     return _build(ExperimentConfig, data, path.name)

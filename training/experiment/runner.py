@@ -110,15 +110,15 @@ def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], wo
 
 def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
     """Each subject's photo folder (sample photos written, prepare run when asked)."""
+    from training.experiment.photo_sources import is_photo_source, write_source_photos
+
     folders = {}
     for subject in config.subjects:
         source = config.resolve_path(subject.photos)
-        if source == "builtin:astronaut":
-            from training.sample_photos import write_astronaut_photos
-
+        if is_photo_source(source):
             target = layout.subject_photos(subject.name) / "original"
             run_stage(layout, f"photos-{subject.name}", {"photos": source},
-                      lambda target=target: write_astronaut_photos(target))
+                      lambda source=source, target=target: write_source_photos(source, target))
             source = str(target)
         if subject.prepare:
             from training.prepare import PrepareConfig, prepare_photos
@@ -139,8 +139,8 @@ def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) ->
     folders = {}
     for key in used:
         spec = dataclasses.asdict(config.regularizations[key])
-        spec["model"] = resolve_model(spec["model"], layout.models)
-        spec["lora"] = resolve_model(spec["lora"], layout.models)
+        spec["model"] = resolve_model(config.resolve_path(spec["model"]), layout.models)
+        spec["lora"] = resolve_model(config.resolve_path(spec["lora"]) if spec["lora"] else None, layout.models)
         out = layout.regularization(key)
         settings = {**config.regularizations[key].__dict__}  # ids as written, not cache paths
         run_stage(layout, f"regularize-{key}", settings,
@@ -172,7 +172,7 @@ def _sample_and_score(config, layout, subject_name: str, setup_name: str, subjec
     run_dir = layout.run(subject_name, setup_name)
     key = f"{subject_name}-{setup_name}"
     generation = dataclasses.asdict(config.generate)
-    generation["prompts"] = config.resolve_path(generation["prompts"])
+    generation["prompts"] = config.prompt_spec()
     generate_config = GenerateConfig(base=base, subject=str(subject_folder) if subject_folder else None,
                                      out=str(run_dir / "images"), **generation)
     run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base},
@@ -205,10 +205,64 @@ def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: l
     return pooled
 
 
+def flat_scores(overall: dict[str, Any]) -> dict[str, float]:
+    """One run's mean scores by name: identity, its parts (hidden_mark, traits), CLIP-T/-I, prompt_following, and
+    each prompt check's rate (background, hat, glasses); what a run does not have is left out."""
+    flat = {}
+    for key in ("identity", "clip_text", "clip_image", "prompt_following"):
+        if overall.get(key):
+            flat[key] = overall[key]["mean"]
+    for group in ("identity_parts", "prompt_checks"):
+        for key, stat in (overall.get(group) or {}).items():
+            if stat:
+                flat[key] = stat["mean"]
+    return flat
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
+            "max": float(array.max()), "n": len(values)}
+
+
+def across_subjects(config: ExperimentConfig, runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per subject group (``all`` when no subject names one) and setup: the spread over subjects of each subject's
+    mean score, the spread of its difference from the same subject's baseline, and how many subjects' identity
+    beats their baseline's."""
+    groups: dict[str, list[str]] = {}
+    for subject in config.subjects:
+        groups.setdefault(subject.group or "all", []).append(subject.name)
+    scores = {(run["subject"], run["setup"]): flat_scores(run["overall"]) for run in runs}
+    names = ([BASELINE] if config.baseline else []) + [setup.name for setup in config.setups]
+    table: dict[str, dict[str, Any]] = {}
+    for group, subjects in groups.items():
+        table[group] = {"subjects": subjects, "setups": {}}
+        for name in names:
+            rows = [scores[(subject, name)] for subject in subjects if (subject, name) in scores]
+            metrics = sorted({key for row in rows for key in row})
+            entry: dict[str, Any] = {"scores": {k: _spread([row[k] for row in rows if k in row]) for k in metrics}}
+            if config.baseline and name != BASELINE:
+                pairs = [(scores[(s, name)], scores[(s, BASELINE)]) for s in subjects
+                         if (s, name) in scores and (s, BASELINE) in scores]
+                entry["vs_baseline"] = {k: _spread([a[k] - b[k] for a, b in pairs if k in a and k in b])
+                                        for k in metrics if any(k in a and k in b for a, b in pairs)}
+                entry["beats_baseline"] = sum(a.get("identity", 0.0) > b.get("identity", 0.0) for a, b in pairs)
+            table[group]["setups"][name] = entry
+    return table
+
+
 def _identity_measure(layout: ExperimentLayout, runs: list[dict[str, Any]]) -> str | None:
     if not runs:
         return None
     return json.loads((layout.root / runs[0]["results"]).read_text(encoding="utf-8"))["settings"].get("identity_measure")
+
+
+def _prompt_measure(layout: ExperimentLayout, runs: list[dict[str, Any]]) -> str | None:
+    if not runs:
+        return None
+    return json.loads((layout.root / runs[0]["results"]).read_text(encoding="utf-8"))["settings"].get("prompt_measure")
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
@@ -219,7 +273,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
     layout = ExperimentLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.root / "experiment.json", _jsonable(dataclasses.asdict(config)))
-    base = resolve_model(config.base, layout.models)
+    base = resolve_model(config.resolve_path(config.base), layout.models)
     photos = _photos_stage(config, layout)
     regularization = _regularization_stage(config, layout)
     runs = []
@@ -239,8 +293,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "description": config.description,
         "protocol": PROTOCOL_NOTE,
         "identity_measure": _identity_measure(layout, runs),
-        "prompts": load_prompts(config.resolve_path(config.generate.prompts)),
-        "subjects": [{"name": s.name, "photos": photos[s.name],
+        "prompts": load_prompts(config.prompt_spec()),
+        "subjects": [{"name": s.name, "group": s.group, "source": s.photos, "photos": photos[s.name],
                       "reference": [_relative_to(p, layout.summary.parent) for p in candidate_files(Path(photos[s.name]))]}
                      for s in config.subjects],
         "setups": ([BASELINE_SETUP] if config.baseline else [])
@@ -248,6 +302,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
            for s in config.setups],
         "runs": runs,
         "per_setup": _pooled_by_setup(layout, config, runs),
+        "across_subjects": across_subjects(config, runs),
+        "prompt_measure": _prompt_measure(layout, runs),
     }
     atomic_write_json(layout.summary, summary)
     write_report(layout.summary)

@@ -53,7 +53,7 @@ def measure(pipe, seed: int = 0, steps: int = 20, guidance: float = 4.0, every: 
 def main(argv: list[str] | None = None) -> int:
     from diffusers import StableDiffusionPipeline
 
-    from .experiment import model_path
+    from .models import model_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="toy-base", help="a shipped toy model name or a diffusers folder")

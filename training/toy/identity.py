@@ -44,18 +44,27 @@ def encode_subject(subject: world.ToySubject) -> np.ndarray:
     ))
 
 
-def code_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Toy likeness of two codes, in [0, 1]; unread traits never agree."""
+def code_parts(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The two halves of the toy likeness: ``hidden_mark`` (1 when both codes read the same mark, colour and place)
+    and ``traits`` (the fraction of skin, hair colour and hair style that agree); unread traits never agree."""
     a, b = np.asarray(a), np.asarray(b)
     traits = [(a[i] == b[i]) and a[i] != UNKNOWN for i in SCORED_TRAITS]
     mark = bool(a[4] == b[4] and a[5] == b[5] and a[4] != UNKNOWN and a[5] != UNKNOWN)
-    return 0.5 * float(mark) + 0.5 * float(np.mean(traits))
+    return {"hidden_mark": float(mark), "traits": float(np.mean(traits))}
+
+
+def code_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Toy likeness of two codes, in [0, 1]: half the hidden mark, half the traits."""
+    parts = code_parts(a, b)
+    return 0.5 * parts["hidden_mark"] + 0.5 * parts["traits"]
 
 
 class ToyIdentity:
     """Identity encoder for toy-world images: ``embed`` reads the face, ``similarity`` is the toy likeness."""
 
     name = "toy"
+    measure = ("toy likeness: 0.5 x the hidden mark (colour and place) + 0.5 x the share of skin, hair colour and "
+               "hair style that match, read by the pixel rules")
 
     def embed(self, image: Image.Image) -> np.ndarray | None:
         reading = read_face(image)
@@ -63,3 +72,7 @@ class ToyIdentity:
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
         return code_similarity(a, b)
+
+    def parts(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        """The likeness split into ``hidden_mark`` and ``traits`` (reported beside the identity score)."""
+        return code_parts(a, b)

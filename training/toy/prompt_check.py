@@ -37,3 +37,32 @@ def prompt_score(image: Image.Image, prompt: str) -> float | None:
         return None
     reading = read_face(image)
     return sum(getattr(reading, key) == value for key, value in wants.items()) / len(wants)
+
+
+def prompt_checks(image: Image.Image, prompt: str) -> dict[str, float]:
+    """Each request's outcome: ``{"background": 1.0, "hat": 0.0}`` (the accessory's check is named after it)."""
+    wants = requested(prompt)
+    if not wants:
+        return {}
+    reading = read_face(image)
+    checks = {}
+    if "background" in wants:
+        checks["background"] = float(reading.background == wants["background"])
+    if "accessory" in wants:
+        checks[wants["accessory"]] = float(reading.accessory == wants["accessory"])
+    return checks
+
+
+class ToyPromptScorer:
+    """The ``toy`` prompt scorer of :mod:`training.evaluation.prompt_scorers`: prompt-following by pixel rules."""
+
+    name = "toy"
+    label = "prompt-following"
+
+    def score(self, images, prompts, references):
+        scores = []
+        for image, prompt in zip(images, prompts):
+            checks = prompt_checks(image, prompt) if prompt else {}
+            scores.append({"prompt_following": sum(checks.values()) / len(checks) if checks else None,
+                           "prompt_checks": checks or None})
+        return scores

@@ -49,6 +49,8 @@ EYE_WHITE = (250, 250, 250)
 MOUTH_COLOUR = (140, 20, 30)
 CENTRE = (16.0, 17.0)
 JITTER = 1.5
+# Backgrounds of a subject's photos; the others (yellow, purple) are the experiments' new scenes.
+PHOTO_BACKGROUNDS = ("red", "green", "blue", "grey")
 EYE_OFFSET = (3.5, -1.0)
 
 
@@ -220,10 +222,14 @@ class ToySubject:
             mark=self.mark, dx=dx, dy=dy,
         )
 
-    def photo_specs(self, count: int = 6, seed: int = 0) -> list[FaceSpec]:
-        """``count`` photos: pose jitter and a different background each time (cycled), no accessory."""
+    def photo_specs(self, count: int = 6, seed: int = 0, backgrounds: tuple[str, ...] = PHOTO_BACKGROUNDS) -> list[FaceSpec]:
+        """``count`` photos: pose jitter and one of ``backgrounds`` each time (shuffled, cycled), no accessory. The
+        default leaves yellow and purple out, so prompts on those backgrounds ask for scenes the photos never show."""
+        unknown = sorted(set(backgrounds) - set(BACKGROUNDS))
+        if unknown or not backgrounds:
+            raise ValueError(f"photo backgrounds must be some of {list(BACKGROUNDS)}, got {list(backgrounds)}.")
         rng = np.random.default_rng(seed)
-        names = list(BACKGROUNDS)
+        names = list(backgrounds)
         order = [names[i] for i in rng.permutation(len(names))]
         return [
             self.spec(order[i % len(order)], dx=float(rng.uniform(-JITTER, JITTER)), dy=float(rng.uniform(-JITTER, JITTER)))
@@ -232,3 +238,16 @@ class ToySubject:
 
 
 DEFAULT_SUBJECT = ToySubject()
+
+
+def draw_subject(seed: int) -> ToySubject:
+    """A subject drawn from the world: every fixed attribute and the mark uniformly at random from ``seed``.
+    The population experiments draw their tuning and test subjects this way (different seeds, disjoint sets)."""
+    rng = np.random.default_rng([seed, 14])
+
+    def pick(options):
+        return list(options)[int(rng.integers(len(options)))]
+
+    return ToySubject(skin=pick(SKINS), hair_colour=pick(HAIR_COLOURS), hair_style=pick(HAIR_STYLES),
+                      eye_colour=pick(EYE_COLOURS), mouth=pick(MOUTHS), head_shape=pick(HEAD_SHAPES),
+                      mark=(pick(MARK_COLOURS), pick(MARK_PLACES)))

@@ -1,0 +1,21 @@
+"""The shipped toy models: ``weights/toy-base`` (a diffusers StableDiffusionPipeline folder) and ``weights/toy-alt-lora``
+(a LoRA on it). Experiment configs name them ``builtin:toy-base`` and ``builtin:toy-alt-lora``
+(:mod:`training.builtin_models`); scripts use :func:`model_path`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+SHIPPED = ("toy-base", "toy-alt-lora")
+
+
+def model_path(name: str) -> str:
+    """A shipped toy model or LoRA (``toy-base``, ``toy-alt-lora``) or any diffusers folder / Hub id as given."""
+    shipped = WEIGHTS / name
+    shipped_files = (shipped / "model_index.json").is_file() or (shipped / "pytorch_lora_weights.safetensors").is_file()
+    return str(shipped) if shipped_files else name
+
+
+def has_weights() -> bool:
+    return (WEIGHTS / "toy-base" / "model_index.json").is_file()
