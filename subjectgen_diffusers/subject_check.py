@@ -5,7 +5,7 @@ Two checks, both reading only small files:
 - :func:`check_subject_files`: ``subject_config.json`` parses and ``subject.safetensors`` is complete (safetensors
   refuses a header whose tensors do not exactly cover the file, which catches truncation), with exactly the tensor
   names and shapes the config promises (``[num_vectors, text_hidden_size]`` token rows; one delta, or a pair of
-  low-rank factors, per projection of ``cd_scope`` for every listed layer).
+  low-rank factors, per projection of ``cd_scope`` for every listed layer, an output bias delta allowed with ``kv+q+out``).
 - :func:`check_subject_fits_base`: the subject's widths against the base model's ``text_encoder/config.json`` and
   ``unet/config.json`` (``subjectgen_diffusers.base_configs``; no weights): token width = the text encoder's
   ``hidden_size``, every delta the shape of the UNet weight it is added to, the layers those of this UNet.
@@ -43,25 +43,31 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
             f"download the subject again (or retrain it); nothing was loaded.") from error
 
 
-def expected_tensors(config: SubjectConfig) -> set[str]:
-    """The tensor names ``subject.safetensors`` must hold for ``config``."""
-    names = {TOKEN_KEY}
-    if not config.has_deltas:
-        return names
-    kinds = ("delta",) if config.delta_rank is None else ("delta_up", "delta_down")
-    for layer in config.layers:
-        names |= {f"{layer}.{proj}.{kind}" for proj in CD_SCOPES[config.cd_scope] for kind in kinds}
-        if "to_out.0" in CD_SCOPES[config.cd_scope]:
-            names.add(f"{layer}.to_out.0.bias_delta")
-    return names
+def _delta_forms(layer: str, proj: str) -> tuple[set[str], set[str]]:
+    """The two ways a delta is stored: dense, or a pair of low-rank factors (``subjectgen compress``, ``--save-rank``)."""
+    return {f"{layer}.{proj}.delta"}, {f"{layer}.{proj}.delta_up", f"{layer}.{proj}.delta_down"}
+
+
+def missing_and_unexpected(config: SubjectConfig, names: set[str]) -> tuple[list[str], list[str]]:
+    """Tensor names ``config`` promises that ``names`` lacks, and names it holds that ``config`` does not explain."""
+    explained, missing = {TOKEN_KEY}, [] if TOKEN_KEY in names else [TOKEN_KEY]
+    if config.has_deltas:
+        for layer in config.layers:
+            for proj in CD_SCOPES[config.cd_scope]:
+                dense, factors = _delta_forms(layer, proj)
+                explained |= dense | factors
+                if not (dense <= names or factors <= names):
+                    missing.append(next(iter(dense)))
+            if "to_out.0" in CD_SCOPES[config.cd_scope]:
+                explained.add(f"{layer}.to_out.0.bias_delta")  # optional: present when the bias was trained
+    return missing, sorted(names - explained)
 
 
 def check_subject_files(folder: str | Path) -> tuple[SubjectConfig, dict[str, tuple[int, ...]]] | None:
     """Check a subject folder's two files; return its config and tensor shapes (None: not our folder format)."""
     folder = Path(folder)
-    if folder.is_file() and folder.suffix == ".safetensors":
-        _shapes(folder)  # another format's single file: at least complete
-        return None
+    if not folder.is_dir():
+        return None  # a single file (textual inversion, A1111, ...): formats.py reads it and names a damaged one
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file():
         return None  # diffusers / Cross Initialization / A1111 layouts are read (and checked) by formats.py
@@ -73,8 +79,7 @@ def check_subject_files(folder: str | Path) -> tuple[SubjectConfig, dict[str, tu
     except (ValueError, TypeError, SubjectgenError) as error:
         raise SubjectCheckError(f"{config_path} is damaged ({error}); copy or download the subject again.") from error
     shapes = _shapes(weights_path)
-    expected = expected_tensors(config)
-    missing, extra = sorted(expected - set(shapes)), sorted(set(shapes) - expected)
+    missing, extra = missing_and_unexpected(config, set(shapes))
     if missing or extra:
         listed = "; ".join(part for part in (f"missing {missing[:3]}" if missing else "",
                                              f"unexpected {extra[:3]}" if extra else "") if part)
@@ -133,9 +138,8 @@ def check_subject_fits_base(folder: str | Path, base: str | Path, config: Subjec
         cross = _cross_width(unet, layer) if layer.endswith("attn2") else inner
         wanted = {"to_q": (inner, inner), "to_k": (inner, cross), "to_v": (inner, cross), "to_out.0": (inner, inner)}
         for proj in CD_SCOPES[config.cd_scope]:
-            if config.delta_rank is None:
-                shape = shapes[f"{layer}.{proj}.delta"]
-            else:
+            shape = shapes.get(f"{layer}.{proj}.delta")
+            if shape is None:  # low-rank factors: up [out, r] @ down [r, in]
                 shape = (shapes[f"{layer}.{proj}.delta_up"][0], shapes[f"{layer}.{proj}.delta_down"][1])
             if shape != wanted[proj]:
                 raise refuse(f"its delta for `{layer}.{proj}` is {shape}, the base's weight there is {wanted[proj]}")

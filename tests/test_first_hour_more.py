@@ -362,6 +362,17 @@ def test_a_truncated_subject_is_named_before_any_model_loads(saved_subject, tmp_
         load_pipeline(GenerateConfig(base=str(TOY_BASE), subject=str(saved_subject), prompts="p", out="o"))
 
 
+def test_load_subject_names_a_truncated_file(saved_subject, tiny_pipe):
+    from subjectgen_diffusers import load_subject
+    from subjectgen_diffusers.subject_check import SubjectCheckError
+
+    _truncate(saved_subject / "subject.safetensors")
+    with pytest.raises(SubjectCheckError, match=re.escape(f"{saved_subject / 'subject.safetensors'} is damaged or "
+                                                          "incomplete")):
+        load_subject(tiny_pipe, saved_subject)
+    assert "<alice>" not in tiny_pipe.tokenizer.get_vocab()  # nothing half-loaded
+
+
 def test_export_and_push_refuse_a_truncated_subject(saved_subject, tmp_path):
     from subjectgen_diffusers.hub import push_subject_to_hub
     from subjectgen_diffusers.subject_check import SubjectCheckError
