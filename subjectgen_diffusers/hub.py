@@ -19,6 +19,11 @@ from .subject_format import CONFIG_NAME, WEIGHTS_NAME, SubjectConfig
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SUBJECT_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "README.md"]
+TRAIN_CONFIG_NAME = "train_config.json"
+PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", TRAIN_CONFIG_NAME)
+"""What ``push`` uploads from a subject folder, by exact name: the subject's own files, nothing else it holds."""
+
+
 def is_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and ".." not in source
 
@@ -79,7 +84,7 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
     weights = folder / WEIGHTS_NAME
     size_mib = round(weights.stat().st_size / 2**20, 2) if weights.is_file() else 0.0
     card_data = ModelCardData(
-        base_model=config.base_model if config.base_model != "unknown" else None,
+        base_model=config.base_model if is_repo_id(config.base_model) else None,  # the card's metadata wants a Hub id
         library_name="diffusers",
         tags=["text-to-image", "stable-diffusion", "diffusers", "subjectgen-diffusers", method_info(config.method).hub_tag],
         instance_prompt=f"a photo of {config.token}",
@@ -131,6 +136,10 @@ def push_subject_to_hub(
     folder = Path(folder)
     if not is_repo_id(repo_id):
         raise SubjectgenError(f"repo id {repo_id!r} is not of the form 'owner/name'.")
+    from .subject_check import check_subject_files
+
+    check_subject_files(folder)  # never publish a damaged subject
+    check_no_local_paths(folder)
     atomic_write_text(folder / "README.md", render_subject_card(folder, repo_id))
     if api is None:
         from huggingface_hub import HfApi
@@ -144,8 +153,24 @@ def push_subject_to_hub(
         revision=revision,
         commit_message=commit_message or f"Upload subject {folder.name} with subjectgen-diffusers",
         create_pr=create_pr,
-        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", "train_config.json", "*.png", "*.jpg"],
+        allow_patterns=list(PUSHED_FILES),
     )
+
+
+def check_no_local_paths(folder: Path) -> None:
+    """Refuse to publish a subject whose JSON files still hold an absolute local path (older subjects did)."""
+    from .public_names import local_paths_in
+
+    for name in (CONFIG_NAME, TRAIN_CONFIG_NAME):
+        path = folder / name
+        if not path.is_file():
+            continue
+        found = local_paths_in(json.loads(path.read_text(encoding="utf-8")))
+        if found:
+            listed = ", ".join(f"{key} = {value!r}" for key, value in found)
+            raise SubjectgenError(
+                f"{path} holds local paths that push would publish: {listed}. Replace each with a Hub id or the "
+                f"folder's name (subjects trained now record only names), then push again.")
 
 
 push_to_hub = push_subject_to_hub

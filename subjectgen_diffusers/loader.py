@@ -219,9 +219,11 @@ def load_subject(
             subject = Subject(config, source.token_embeddings, source.deltas, source.bias_deltas)
     else:
         from .hub import resolve_source
+        from .subject_check import check_subject_files
 
         path = resolve_source(source, weight_name=weight_name, revision=revision, cache_dir=cache_dir,
                               local_files_only=local_files_only)
+        check_subject_files(path)  # a damaged or incomplete file: a clear error naming it, before it is read
         subject = read_subject(path, token=token, weight_name=weight_name if path.is_dir() else None,
                                base_weight=_base_weight(pipe.unet), low_rank=True)
     return apply_subject(pipe, subject, scale)

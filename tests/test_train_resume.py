@@ -12,7 +12,7 @@ from _cli import run_cli, signal_when
 from safetensors.torch import load_file
 
 from subjectgen_diffusers.subject_format import Subject
-from training.checkpoints import list_checkpoints
+from training.checkpoints import checkpoint_dir, list_checkpoints
 from training.train_config import TrainConfig
 from training.trainer import train
 
@@ -50,7 +50,7 @@ def test_killed_process_resumed_equals_uninterrupted(tiny_sd_dir, photo_dir, reg
     # Killed while writing the checkpoint of step 6: the probe holds the process inside the torch.save of its optimizer
     # state, the test sees that file appear and sends SIGKILL. The half-written step 6 must not count as a checkpoint.
     out = tmp_path / "killed"
-    checkpoints = out / "checkpoints"
+    checkpoints = checkpoint_dir(out)  # <out>.checkpoints/, beside the subject folder
     killed = signal_when(command(out), lambda: any(checkpoints.glob("*step-0000006*/optimizer.pt")),
                          probes={"pause_when": {"torch_save_under": "step-0000006"}}, env=one_thread)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -3,6 +3,10 @@
 Per-step randomness is derived from ``(seed, step, process)`` (see ``trainer.step_generator``), so these three are
 the whole state: a run killed and resumed from a checkpoint ends like an uninterrupted one. A checkpoint folder
 is written under a temporary name and renamed when complete; only the last ``keep`` are kept.
+
+Checkpoints live beside the subject, in ``<out>.checkpoints/`` (for ``subjects/alice``: ``subjects/alice.checkpoints``),
+never inside it: the subject folder holds only what is shared (``subjectgen push``), while ``optimizer.pt`` is
+hundreds of MB on SD 1.5. The trainer drops the folder once the subject is written, unless ``keep_checkpoints``.
 """
 
 from __future__ import annotations
@@ -10,18 +14,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from subjectgen_diffusers.atomic_io import make_staging_dir
 
 PARAMS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 
 
+CHECKPOINTS_SUFFIX = ".checkpoints"
+
+
 def checkpoint_dir(out: Path) -> Path:
-    return Path(out) / "checkpoints"
+    """``<out>.checkpoints``: beside the subject folder ``out``, not inside it."""
+    out = Path(out)
+    if not out.name:  # "." or "/"
+        out = out.resolve()
+    return out.with_name(out.name + CHECKPOINTS_SUFFIX)
+
+
+def drop_checkpoints(out: Path) -> None:
+    """Delete the checkpoints of ``out`` (after a finished run)."""
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -39,7 +56,7 @@ def save_checkpoint(out: Path, step: int, params: dict[str, torch.Tensor], optim
     folder = checkpoint_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=folder))
+    tmp = make_staging_dir(folder, f".step-{step:07d}.")
     try:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in params.items()}, str(tmp / PARAMS_FILE))
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)

@@ -117,9 +117,12 @@ def load_pipeline(config: GenerateConfig):
     from subjectgen_diffusers import SubjectPipeline
 
     from subjectgen_diffusers.hub import resolve_source
+    from subjectgen_diffusers.subject_check import check_subject
 
     # A wrong subject path fails here, before the (large) base model is loaded.
     subject = str(resolve_source(config.subject)) if config.subject else None
+    if subject:  # damaged files or a subject of another base: said now, before the model loads
+        check_subject(subject, config.base)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from subjectgen_diffusers.base_configs import native_resolution
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
 from subjectgen_diffusers.methods import CD_SCOPES
 from training.methods import get_method, method_names
+from training.resolution import check_resolution
 
 METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -40,11 +42,11 @@ class TrainConfig:
     base: str  # local diffusers folder or Hub id of an SD 1.x model
     photos: str  # folder of 4-20 photos of the subject (optionally prepared: crops + face masks)
     method: str  # a registered method: "cd" | "cr" | "cd+cr"
-    out: str  # output folder: the subject files, train_config.json, checkpoints/
+    out: str  # output folder: the subject files and train_config.json (checkpoints go beside it: <out>.checkpoints/)
     token: str | None = None  # the new token string (default "<new1>"); must not be in the vocabulary
     reg_dir: str | None = None  # regularisation images (prior preservation); None disables it
     steps: int | None = None
-    resolution: int = 512
+    resolution: int | None = None  # image side in pixels; None = the base model's native size (SD 1.5: 512)
     batch_size: int | None = None  # instance images per step (plus as many class images when reg_dir is set)
     lr: float | None = None  # rate of the Custom Diffusion weight deltas (cd, cd+cr; unused by cr), before scaling
     token_lr: float | None = None  # rate of the new token rows (every method), before scaling
@@ -71,7 +73,8 @@ class TrainConfig:
     max_grad_norm: float | None = None  # gradient clipping; 0 = none (method default: cd 1.0, cr none)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
     checkpoints_total_limit: int = 2  # keep the last K checkpoints
-    resume: bool = False  # continue from the latest checkpoint in out/checkpoints
+    resume: bool = False  # continue from the latest checkpoint in <out>.checkpoints/
+    keep_checkpoints: bool = False  # keep <out>.checkpoints/ after a finished run (default: dropped)
     validation_every: int = 0  # steps between validation images; 0 = none
     validation_prompt: str | None = None  # default: the instance prompt
     log_with: str | None = None  # "tensorboard" to write logs under out/logs
@@ -91,14 +94,13 @@ class TrainConfig:
             raise TrainConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise TrainConfigError(f"token must be one word without spaces, got {self.token!r}.")
-        positive = ("steps", "batch_size", "num_vectors", "resolution", "rescale_variants", "checkpoints_total_limit",
-                    "save_rank")
+        positive = ("steps", "batch_size", "num_vectors", "rescale_variants", "checkpoints_total_limit", "save_rank")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise TrainConfigError(f"{name} must be >= 1, got {value}.")
-        if self.resolution % 8:
-            raise TrainConfigError(f"resolution must be a multiple of 8 (the VAE's factor), got {self.resolution}.")
+        if self.resolution is not None:
+            check_resolution(self.resolution, TrainConfigError)  # the rule and words of every command
         for name in ("lr", "token_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -189,6 +191,12 @@ class TrainConfig:
         values["token"] = self.token or DEFAULT_TOKEN
         values["validation_prompt"] = self.validation_prompt or values["prompt"]
         return TrainConfig(**values)
+
+    def sized(self) -> TrainConfig:
+        """A copy with ``resolution`` set: the base model's native size when None (reads only the base's configs)."""
+        if self.resolution is not None:
+            return self
+        return dataclasses.replace(self, resolution=native_resolution(self.base, self.revision))
 
     def effective_rates(self, num_processes: int):
         """The rates the optimizer uses on ``num_processes`` processes (a resolved config): ``Rates(lr, token_lr)``."""

@@ -23,6 +23,7 @@ import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_diffusers.public_names import public_name, without_local_paths
 from training.losses import instance_loss, prior_loss
 from training.methods import build_method
 from training.train_config import CONFIG_FILE_NAME, TrainConfig
@@ -30,6 +31,8 @@ from training.train_config import CONFIG_FILE_NAME, TrainConfig
 logger = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
 PHOTO_LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
+RECOMMENDED_PHOTOS = 4  # the low end of the 4-20 photos the references and --help ask for
+PATH_FIELDS = ("base", "photos", "reg_dir", "out", "celeb_names")  # recorded by name, never as a local path
 
 
 def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator, random.Random]:
@@ -50,6 +53,10 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
 
     photos = load_photo_folder(config.photos, what="--photos", resolution=config.resolution)
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
+    if len(photos) < RECOMMENDED_PHOTOS:
+        logger.warning("--photos: only %d usable photo(s) in %s; the methods are made for %d-20 photos of the person "
+                       "(varied poses and backgrounds): with fewer, the subject tends to copy them", len(photos),
+                       public_name(config.photos), RECOMMENDED_PHOTOS)
     method.check_inputs()
     if config.use_8bit_adam:
         import importlib.util
@@ -98,7 +105,7 @@ class Trainer:
         from training.model_parts import load_model_parts, load_tokenizer
         from training.token_rows import add_token_to_tokenizer
 
-        self.config = config = config.resolved()
+        self.config = config = config.resolved().sized()
         self.out = Path(config.out)
         self.on_step = on_step
         self.method = build_method(config)
@@ -292,7 +299,7 @@ class Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        from training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+        from training.checkpoints import checkpoint_dir, drop_checkpoints, list_checkpoints, load_checkpoint, save_checkpoint
 
         config, accelerator = self.config, self.accelerator
         tensors = self.trainable_tensors()
@@ -303,8 +310,8 @@ class Trainer:
             if found:
                 start = load_checkpoint(found[-1], tensors, self.optimizer)
                 logger.info("resuming from %s (step %d)", found[-1], start)
-            else:
-                logger.info("--resume: no checkpoint in %s; starting from step 0", self.out / "checkpoints")
+            else:  # the normal case of a resumable job's first run (the CLI tells a user who typed --resume)
+                logger.debug("no checkpoint in %s; starting from step 0", checkpoint_dir(self.out))
         accelerator.print(format_rates(config, self.rates, accelerator.num_processes))
         if accelerator.is_main_process:
             atomic_write_json(self.out / CONFIG_FILE_NAME, self.recorded_config())
@@ -347,13 +354,20 @@ class Trainer:
                 "seconds_per_step": seconds / max(1, config.steps - start),
             })
         accelerator.end_training()
+        if accelerator.is_main_process and not config.keep_checkpoints:
+            drop_checkpoints(self.out)  # the subject is complete: the resumable state is no longer needed
         return self.out
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def recorded_config(self) -> dict:
-        """``train_config.json``: the resolved config plus the rates the optimizer really used."""
-        return {**self.config.to_dict(), "effective_lr": self.rates.lr, "effective_token_lr": self.rates.token_lr,
-                "num_processes": self.accelerator.num_processes}
+        """``train_config.json``: the resolved config plus the rates the optimizer really used.
+
+        Local paths are recorded by their folder's name (a Hub id as given): the file travels with the subject."""
+        recorded = {**self.config.to_dict(), "effective_lr": self.rates.lr, "effective_token_lr": self.rates.token_lr,
+                    "num_processes": self.accelerator.num_processes}
+        for name in PATH_FIELDS:
+            recorded[name] = public_name(recorded[name])
+        return without_local_paths(recorded)
 
     def build_subject(self):
         from subjectgen_diffusers.subject_format import Subject, SubjectConfig
@@ -362,13 +376,14 @@ class Trainer:
         part = self.method.subject_parts()
         subject_config = SubjectConfig(
             method=config.method, token=config.token, num_vectors=config.num_vectors,
-            text_hidden_size=self.rows.embedding_dim, base_model=config.base,
+            text_hidden_size=self.rows.embedding_dim, base_model=public_name(config.base),
             cross_attention_dim=unet.config.cross_attention_dim if part.layers else None, layers=part.layers,
             cd_scope=part.cd_scope if part.layers else None,
-            training={**self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
-                      "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
-                      "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
-                      "batch_size": config.batch_size},
+            training=without_local_paths({
+                **self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
+                "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
+                "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
+                "batch_size": config.batch_size}),
         )
         return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), part.deltas, part.bias_deltas)
 
@@ -403,5 +418,16 @@ class Trainer:
 
 
 def train(config: TrainConfig, *, on_step=None) -> Path:
-    """Train a subject as ``config`` says and return its folder (loadable by ``load_subject``)."""
-    return Trainer(config, on_step=on_step).run()
+    """Train a subject as ``config`` says and return its folder (loadable by ``load_subject``).
+
+    The main process holds ``<out>/train.lock`` (``training.run_lock``) from before the model loads to the end, so
+    a second run into the same folder refuses at once instead of writing over the first."""
+    import os
+
+    from training.run_lock import check_output_folder, output_lock
+
+    check_output_folder(Path(config.out))
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: the main process holds the lock
+        return Trainer(config, on_step=on_step).run()
+    with output_lock(config.out):
+        return Trainer(config, on_step=on_step).run()

@@ -54,10 +54,19 @@ def _export_lora(args: argparse.Namespace, subject) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.export import export_a1111, export_diffusers, load_base_unet
+    from subjectgen_diffusers.hub import is_repo_id
+    from subjectgen_diffusers.subject_check import check_subject_files, check_subject_fits_base
     from subjectgen_diffusers.subject_format import Subject
 
     if args.format != "lora" and (args.rank is not None or args.energy is not None or args.dtype):
         raise SubjectgenError("--rank, --energy and --dtype apply to --format lora only.")
+    found = check_subject_files(args.subject)  # damaged files are said before anything loads
+    if found and args.format == "diffusers" and found[0].has_deltas:
+        base = args.base or found[0].base_model
+        if not Path(base).exists() and not is_repo_id(base):
+            raise SubjectgenError(f"the subject records its base model as {base!r} (a local folder's name); pass "
+                                  f"--base with that folder's path or the base's Hub id.")
+        check_subject_fits_base(args.subject, base, *found)  # a subject of another base: said before the UNet loads
     subject = Subject.load(args.subject)
     if args.format == "lora":
         written = _export_lora(args, subject)

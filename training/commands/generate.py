@@ -16,20 +16,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt file, shipped set (actions_places, expressions, art_styles, accessories, "
                              "experiment) or prompt text; {} marks the subject, | separates prompts")
     parser.add_argument("--num-per-prompt", type=int, default=4, help="images per prompt (seeds S, S+1, ...)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's own")
     parser.add_argument("--resolution", type=int, default=None,
                         help="image side in pixels, a positive multiple of 8 (default: the model's native size)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default: %(default)s)")
     parser.add_argument("--scale", type=float, default=1.0, help="strength of the subject's weight deltas")
     parser.add_argument("--subject-phrase", default="{} person",
                         help="what {} in a prompt becomes with --subject; {} here is the subject's token "
                              "(default: '%(default)s', e.g. '<s1> person'; without --subject {} becomes "
                              "'a person'); the manifest records the text used as settings.subject_text")
-    parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--negative-prompt", default=None, help="what the images should not show (default: none)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="model dtype (default: auto = float16 on a CUDA GPU, float32 on the CPU)")
     parser.add_argument("--out", required=True, help="output folder (images + manifest.jsonl); reruns resume")
 
 

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo_id", help="Hub repository, owner/name")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to push to")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--commit-message", default=None,
+                        help="default: 'Upload subject <folder name> with subjectgen-diffusers'")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing to the branch")
     parser.add_argument("--card-only", action="store_true", help="only write README.md (the model card) into the folder")
 

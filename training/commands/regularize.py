@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", default=None, metavar="PATH_OR_ID", help="LoRA file, folder or Hub id for --model")
     parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="LoRA strength (default 1.0)")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help='e.g. "a photo of a person"')
-    parser.add_argument("--negative-prompt", default=None, metavar="TEXT")
+    parser.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                        help="what the images should not show (default: none)")
     parser.add_argument("--num", type=int, required=True, metavar="N", help="images in the set (a larger N later extends it)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (images + manifest.jsonl)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="image i uses a seed derived from S and i")
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=6.0, metavar="G", help="classifier-free guidance (default 6)")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
                         help="square image size (default: the model's native size)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="B")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B",
+                        help="images per model call (default: %(default)s)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="weights dtype (auto: fp16 on CUDA, fp32 on CPU)")
 
