@@ -171,7 +171,11 @@ def _fake_hf_api(record: str) -> None:
         api.upload_folder.side_effect = upload_folder
         return api
 
-    huggingface_hub.HfApi = make_api
+    class RecordingHfApi(real):  # a class, so annotations such as `HfApi | None` elsewhere still evaluate
+        def __new__(cls, *args, **kwargs):
+            return make_api(*args, **kwargs)
+
+    huggingface_hub.HfApi = RecordingHfApi
     import atexit
 
     atexit.register(lambda: Path(record).write_text(json.dumps(calls, default=str)))
