@@ -74,6 +74,17 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
     return TrainingData(photos, reg)
 
 
+def release_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another mixed precision. A
+    single process that trains again (the web UI's worker, a notebook, tests) may change it: reset that state then.
+    Under a distributed launch the state is the launcher's and stays."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and PartialState().num_processes == 1 and str(state.get("_mixed_precision")) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def cast_frozen_weights(modules, dtype: torch.dtype) -> None:
     """Frozen weights to the compute dtype under mixed precision; trainable tensors stay float32 (autocast mixes)."""
     if dtype == torch.float32:
@@ -113,6 +124,7 @@ class Trainer:
         tokenizer = parts.tokenizer if parts is not None else load_tokenizer(config.base, config.revision)
         self.token_ids = add_token_to_tokenizer(tokenizer, config.token, config.num_vectors)
 
+        release_other_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             cpu=not torch.cuda.is_available(),
