@@ -142,7 +142,7 @@ def server(tmp_path_factory):
     pytest.importorskip("gradio")
     import torch
 
-    from training.toy.experiment import WEIGHTS
+    from training.toy.models import WEIGHTS
     from training.ui.app import UISettings, launch
 
     if not (WEIGHTS / "toy-base" / "model_index.json").is_file():
@@ -223,7 +223,9 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     page.wait_for_selector("#loss canvas, #loss svg", timeout=10_000)  # the loss curve is drawn
     shoot(page, "train")
     recorded = json.loads((workdir / "subjects/ann/subject/train_config.json").read_text())
-    assert (recorded["steps"], recorded["method"], recorded["lr"]) == (30, "cd+cr", 0.001)  # the toy demo's rate
+    from training.ui.app import toy_preset
+
+    assert (recorded["steps"], recorded["method"], recorded["lr"]) == (30, "cd+cr", toy_preset()["lr"])  # the demo's
 
     page.get_by_role("tab", name="Generate").click()
     page.fill("#seed input", "7")
@@ -254,7 +256,7 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     shutil.unpack_archive(archive, tmp_path / "unzipped")
     from diffusers import StableDiffusionPipeline
 
-    from training.toy.experiment import model_path
+    from training.toy.models import model_path
 
     pipe = StableDiffusionPipeline.from_pretrained(model_path("toy-base"), safety_checker=None)
     token = load_subject(pipe, tmp_path / "unzipped" / "ann")

@@ -37,17 +37,17 @@ def toy_preset() -> dict:
     from training.commands.demo import toy_demo_config
 
     config = toy_demo_config(steps=300)
-    setup = next(iter(config.setups.values()))
-    preset = {**config.train, **setup.train}
+    preset = {**config.train, **config.setups[0].train}
     preset.pop("checkpoint_every")  # the page checkpoints every tenth of the steps, so Stop can always resume
+    preset.pop("reg_weight")  # CR's pull belongs to the methods with cross-initialised tokens; the form is for all
     return preset
 
 
 def toy_generation() -> dict:
     from training.commands.demo import toy_demo_config
 
-    config = toy_demo_config()
-    return {"steps": config.steps, "guidance": config.guidance}
+    generate = toy_demo_config().generate
+    return {"steps": generate.steps, "guidance": generate.guidance}
 
 
 def page_prompts(text: str) -> list[str]:
@@ -185,9 +185,9 @@ class App:
         if self.toy:
             from training.commands.demo import toy_demo_config
 
-            toy = toy_demo_config()
-            config = RegularizeConfig(model=self.base, prompt=toy.reg_prompt, num=toy.reg_num, out=out,
-                                      steps=toy.reg_steps, guidance=toy.reg_guidance, resolution=32, batch_size=16)
+            reg = toy_demo_config().regularizations["base"]
+            config = RegularizeConfig(model=self.base, prompt=reg.prompt, num=reg.num, out=out, steps=reg.steps,
+                                      guidance=reg.guidance, resolution=reg.resolution, batch_size=reg.batch_size)
         else:
             config = RegularizeConfig(model=self.base, prompt=f"a photo of a {class_prompt or 'person'}", num=200, out=out)
         return generate_regularization(config)
@@ -338,7 +338,7 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
     if app.toy:
         from training.commands.demo import TOY_PROMPTS
 
-        toy_prompts = TOY_PROMPTS
+        toy_prompts = list(TOY_PROMPTS)
     with gr.Blocks(title="subjectgen") as page:
         gr.Markdown(f"# subjectgen\nBase model: `{settings.base}` · work folder: `{app.workdir.root}`")
         name = gr.Textbox(value="sample", label="Subject name", elem_id="subject-name")

@@ -31,13 +31,13 @@ class WorkdirError(SubjectgenError):
 
 def resolve_base(base: str) -> str:
     """``toy-base`` (the default) is the shipped toy model's folder; anything else is passed on unchanged."""
-    from training.toy.experiment import model_path
+    from training.toy.models import model_path
 
     return model_path(base)
 
 
 def is_toy(base: str) -> bool:
-    from training.toy.experiment import WEIGHTS
+    from training.toy.models import WEIGHTS
 
     return Path(resolve_base(base)).resolve() == (WEIGHTS / TOY_BASE).resolve()
 
