@@ -13,6 +13,11 @@ Two measurements, both printed as a markdown table (the one in ``training/toy/RE
    background x hair colour, a random hair style, eyes, mouth, head shape and accessory, each named), through the
    project's generator (:func:`training.generate.generate_images`); the attributes the caption names are the truth.
    (The mark is never captioned, so its truth is unknown here; its false-positive rate is measured in part 1.)
+3. **Generated images labelled by hand.** ``tests/data/toy_labelled/``: images drawn by the toy base and by models
+   trained on tuning subjects (every setup of the population experiment), each labelled by eye -- background, skin,
+   hair colour and style, accessory, and the mark (colour and place, or "none") -- with "can't tell" left out. The
+   table gives each attribute's accuracy against those labels, the mark detector's false-positive rate on images
+   labelled without a mark, and how often it finds a mark that is there.
 
 Chance levels: background 1/6, skin 1/3, hair colour 1/5, hair style 1/3, accessory 1/3.
 """
@@ -38,6 +43,13 @@ ATTRIBUTES = ("head", "background", "skin", "hair_colour", "hair_style", "access
 REQUIRED_ACCURACY = 0.90
 REQUIRED_GENERATED = 0.90  # each captioned attribute on the base model's samples
 MAX_MARK_FALSE_POSITIVES = 0.02
+# On generated images labelled by hand (part 3), whose faces are often smeared: every attribute at least 0.80, the
+# mark detector's false positives at most 0.05 and marks found at least 0.75. Chosen on the 56 images of base samples
+# and tuning subjects (lowest: hair style 84.6 % of 26 labels, accessory and skin 90.4 %, marks found 83 %, no false
+# mark), then checked on the held-out images from test subjects; tests/test_toy_detectors.py asserts all of them.
+REQUIRED_LABELLED = 0.80
+MAX_LABELLED_MARK_FALSE_POSITIVES = 0.05
+REQUIRED_MARKS_FOUND = 0.75
 
 
 def colour_shift(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -126,8 +138,11 @@ def rendered_table(per_combination: int = 2, seed: int = 0, damages: tuple[str, 
 
 
 def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int = 20, guidance: float = 4.0,
-                    work: str | None = None) -> dict[str, float]:
-    """Accuracy of each captioned attribute on base-model samples of fully captioned prompts."""
+                    work: str | None = None, lora: str | None = None, every: int = 1) -> dict[str, float]:
+    """Accuracy of each captioned attribute on a model's samples of fully captioned prompts (every ``every``-th of
+    the 90 skin x background x hair colour requests), made by the project's generator. With a model that draws what
+    it is told, this measures the detectors; with trusted detectors, it measures how well a model (or the model plus
+    ``lora``) draws what its caption names."""
     from training.builtin_models import resolve_model
     from training.generate import GenerateConfig, generate_images, read_manifest
 
@@ -137,6 +152,7 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
         other = world.random_spec(rng, mark_probability=0.0)
         style = ("short", "long")[int(rng.integers(2))]
         specs.append(other.replace(skin=skin, background=background, hair_colour=colour, hair_style=style))
+    specs = specs[::every]
     captions = [spec.caption() for spec in specs]
     folder = Path(work or tempfile.mkdtemp(prefix="toy-detector-check-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +160,7 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
     prompt_file.write_text("".join(f"{caption}\n" for caption in captions), encoding="utf-8")
     generate_images(GenerateConfig(base=resolve_model(model), prompts=str(prompt_file), out=str(folder / "images"),
                                    num_per_prompt=1, seed=seed, steps=steps, guidance=guidance,
-                                   resolution=world.SIZE, batch_size=30))
+                                   resolution=world.SIZE, batch_size=30, lora=resolve_model(lora) if lora else None))
     entries = {entry["prompt_template"]: entry for entry in read_manifest(folder / "images")}
     right = {a: [] for a in ATTRIBUTES if a != "mark"}
     for spec, caption in zip(specs, captions):
@@ -154,10 +170,52 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
             if a == "accessory" and spec.accessory == "none":
                 continue  # the base may add an accessory nobody asked for; only asked-for ones are scored
             right[a].append(read[a] == want[a])
-    return {**{a: float(np.mean(v)) for a, v in right.items()}, "images": len(specs)}
+    name = model.removeprefix("builtin:") + (f" + {lora.removeprefix('builtin:')}" if lora else "")
+    return {**{a: float(np.mean(v)) for a, v in right.items()}, "images": len(specs), "model": name}
 
 
-def markdown(rendered: dict[str, dict], generated: dict[str, float] | None) -> str:
+LABELLED = Path(__file__).resolve().parents[2] / "tests" / "data" / "toy_labelled"
+LABEL_KEYS = ("file", "source", "head", "background", "skin", "hair_colour", "hair_style", "accessory", "mark")
+
+
+def read_labels(folder: Path = LABELLED) -> list[dict]:
+    """The hand labels (``labels.json``); a mark is ``"none"``, ``"<colour> <place>"`` or ``None`` (can't tell)."""
+    entries = json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))["images"]
+    for entry in entries:
+        if set(entry) != set(LABEL_KEYS):
+            raise ValueError(f"{entry.get('file')}: label keys must be {LABEL_KEYS}, got {sorted(entry)}")
+    return entries
+
+
+def _mark_label(reading: tuple[str, str] | None) -> str:
+    return "none" if reading is None else f"{reading[0]} {reading[1]}"
+
+
+def labelled_table(folder: Path = LABELLED) -> dict[str, float]:
+    """Accuracy of each attribute against the hand labels (labelled images only), the mark's false-positive rate on
+    images labelled "none" and its recall (colour and place right) on images labelled with a mark."""
+    right: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    false_marks, found_marks = [], []
+    entries = read_labels(folder)
+    for entry in entries:
+        read = reading_of(Image.open(Path(folder) / entry["file"]))
+        read["mark"] = _mark_label(read["mark"])
+        for a in ATTRIBUTES:
+            if entry[a] is not None:
+                right[a].append(read[a] == entry[a])
+        if entry["mark"] == "none":
+            false_marks.append(read["mark"] != "none")
+        elif entry["mark"] is not None:
+            found_marks.append(read["mark"] == entry["mark"])
+    table = {a: float(np.mean(v)) for a, v in right.items() if v}
+    table.update({f"{a} labelled": len(v) for a, v in right.items()})
+    table["mark false positives"] = float(np.mean(false_marks))
+    table["marks found"] = float(np.mean(found_marks))
+    table["images"] = len(entries)
+    return table
+
+
+def markdown(rendered: dict[str, dict], generated: dict[str, float] | None, labelled: dict[str, float] | None = None) -> str:
     cols = [*ATTRIBUTES, "mark false positives", "worst combination (all right)"]
     lines = ["| images | " + " | ".join(cols) + " | worst combination |", "| --- |" + " ---: |" * len(cols) + " --- |"]
     for name, row in rendered.items():
@@ -165,7 +223,11 @@ def markdown(rendered: dict[str, dict], generated: dict[str, float] | None) -> s
         lines.append(f"| rendered, {name} ({row['images']}) | " + " | ".join(cells) + f" | {row['worst combination']} |")
     if generated is not None:
         cells = [f"{generated[c]:.1%}" if c in generated else "–" for c in cols]
-        lines.append(f"| generated by toy-base, fully captioned ({generated['images']}) | " + " | ".join(cells) + " | – |")
+        lines.append(f"| generated by {generated.get('model', 'toy-base')}, fully captioned ({generated['images']}) | " + " | ".join(cells) + " | – |")
+    if labelled is not None:
+        cells = [f"{labelled[c]:.1%}" if c in labelled else "–" for c in cols]
+        lines.append(f"| generated, labelled by hand ({labelled['images']}; marks found {labelled['marks found']:.0%}) | "
+                     + " | ".join(cells) + " | – |")
     return "\n".join(lines)
 
 
@@ -173,14 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-combination", type=int, default=2, help="rendered faces per combination (default 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-generated", action="store_true", help="skip the base-model samples")
+    parser.add_argument("--no-generated", action="store_true", help="skip the model's samples")
+    parser.add_argument("--model", default="builtin:toy-base", help="the model whose samples part 2 reads "
+                        "(default: %(default)s)")
+    parser.add_argument("--lora", default=None, help="a LoRA loaded on --model for part 2, e.g. builtin:toy-alt-lora")
+    parser.add_argument("--labelled", default=str(LABELLED), help="folder of hand-labelled generated images "
+                        "(labels.json); '' skips them (default: the repository's tests/data/toy_labelled)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     rendered = rendered_table(args.per_combination, args.seed)
-    generated = None if args.no_generated else generated_table(seed=args.seed)
-    print(markdown(rendered, generated))
+    generated = None if args.no_generated else generated_table(args.model, seed=args.seed, lora=args.lora)
+    labelled = labelled_table(Path(args.labelled)) if args.labelled and Path(args.labelled).is_dir() else None
+    print(markdown(rendered, generated, labelled))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rendered": rendered, "generated": generated}, indent=1))
+        Path(args.json).write_text(json.dumps({"rendered": rendered, "generated": generated, "labelled": labelled},
+                                              indent=1))
     return 0
 
 
