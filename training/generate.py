@@ -58,6 +58,8 @@ class GenerateConfig:
     resolution: int | None = None  # default: the model's native size
     batch_size: int = 4
     scale: float = 1.0  # strength of the subject's Custom Diffusion deltas
+    lora: str | None = None  # a style LoRA (file, folder or Hub id) loaded beside the subject
+    lora_scale: float = 1.0
     subject_phrase: str = "{} person"  # what {} in a prompt becomes; its own {} is the token
     class_phrase: str = DEFAULT_SUBJECT_PHRASE  # what {} becomes when no subject is loaded (the baseline)
     negative_prompt: str | None = None
@@ -84,8 +86,8 @@ class GenerateConfig:
 
     def settings(self) -> dict[str, Any]:
         """What the manifest records about how every image was made."""
-        keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "negative_prompt", "subject_phrase",
-                "class_phrase")
+        keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "lora", "lora_scale",
+                "negative_prompt", "subject_phrase", "class_phrase")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -135,6 +137,10 @@ def load_pipeline(config: GenerateConfig):
     except (OSError, ValueError) as error:
         raise GenerateError(f"cannot load the base model {config.base!r} ({error}): pass a diffusers folder or "
                             "Hub id of a Stable Diffusion 1.x model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).") from error
+    if config.lora:
+        from training.style_lora import load_style_lora
+
+        load_style_lora(pipe, config.lora, config.lora_scale, model=config.base, error=GenerateError)
     if config.scheduler:
         scheduler_class = getattr(diffusers, SCHEDULERS[config.scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)

@@ -27,6 +27,7 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json,
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from training.resolution import resolution_problem
+from training.style_lora import load_style_lora
 
 logger = logging.getLogger(__name__)
 
@@ -216,17 +217,8 @@ def load_text_to_image(config: RegularizeConfig, device):
         # A false positive turns a "person" image black, which would teach the model black images.
         pipe.safety_checker = None
     if config.lora:
-        hint = "Pass a LoRA file, folder or Hub id made for this model family (SD 1.x, SD 2.x or SDXL)."
-        try:
-            pipe.load_lora_weights(config.lora, adapter_name="regularize")
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-            summary = " ".join(lines[:2])[:300]  # a shape mismatch lists every layer: the first one says enough
-            raise RegularizeError(f"could not load --lora {config.lora} into {config.model}: {summary}. {hint}") from error
-        if not any("regularize" in names for names in pipe.get_list_adapters().values()):
-            # diffusers only warns when no key matches; a silently ignored LoRA would make base-model images.
-            raise RegularizeError(f"--lora {config.lora} has no weights that match {config.model}. {hint}")
-        pipe.set_adapters(["regularize"], adapter_weights=[config.lora_scale])
+        load_style_lora(pipe, config.lora, config.lora_scale, model=config.model, error=RegularizeError,
+                        adapter_name="regularize")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image side in pixels, a positive multiple of 8 (default: the model's native size)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default: %(default)s)")
     parser.add_argument("--scale", type=float, default=1.0, help="strength of the subject's weight deltas")
+    parser.add_argument("--lora", default=None,
+                        help="a style LoRA (file, folder or Hub id) loaded beside the subject (default: none)")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default: %(default)s)")
     parser.add_argument("--subject-phrase", default="{} person",
                         help="what {} in a prompt becomes with --subject; {} here is the subject's token "
                              "(default: '%(default)s', e.g. '<s1> person'; without --subject {} becomes "
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     config = GenerateConfig(
         base=args.base, subject=args.subject, prompts=args.prompts, out=args.out, num_per_prompt=args.num_per_prompt,
         seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-        resolution=args.resolution, batch_size=args.batch_size, scale=args.scale, subject_phrase=args.subject_phrase,
+        resolution=args.resolution, batch_size=args.batch_size, scale=args.scale, lora=args.lora, lora_scale=args.lora_scale,
+        subject_phrase=args.subject_phrase,
         negative_prompt=args.negative_prompt, dtype=args.dtype,
     )
     out = generate_images(config)
