@@ -92,3 +92,29 @@ def test_a_missing_subject_fails_before_the_base_model_loads(tmp_path):
     with pytest.raises(SubjectgenError, match="no-subject does not exist"):
         generate_images(config)
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_generate_with_a_style_lora_changes_the_images_and_a_foreign_lora_is_refused(tmp_path):
+    """`generate --lora` loads a style LoRA beside the subject (here the toy alt LoRA on the toy base); a LoRA whose
+    keys match nothing in the model is an error, not base-model images."""
+    from safetensors.torch import save_file
+
+    from training.builtin_models import resolve_model
+
+    base = resolve_model("builtin:toy-base")
+    common = dict(base=base, prompts="a cartoon face, on a red background", num_per_prompt=2, steps=4, guidance=4.0)
+    plain = generate_images(GenerateConfig(out=str(tmp_path / "plain"), **common))
+    styled = generate_images(GenerateConfig(out=str(tmp_path / "styled"), lora=resolve_model("builtin:toy-alt-lora"),
+                                            **common))
+    entries = read_manifest(styled)
+    assert entries[0]["settings"]["lora"] and entries[0]["settings"]["lora_scale"] == 1.0
+    difference = np.mean([np.abs(_pixels(plain / e["file"]) - _pixels(styled / e["file"])).mean() for e in entries])
+    assert difference > 0.5, difference
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"lora_unet_nothing_here.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_nothing_here.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
+    result = run_cli("generate", "--base", base, "--prompts", "a cartoon face", "--num-per-prompt", "1", "--steps", "1",
+                     "--lora", str(foreign), "--out", str(tmp_path / "bad"))
+    assert result.returncode != 0 and "--lora" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not list((tmp_path / "bad").glob("*.png"))
