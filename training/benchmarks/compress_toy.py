@@ -2,8 +2,8 @@
 
     python -m training.benchmarks.compress_toy --out runs/compress-toy      # resumable; ~10 min on one CPU thread
 
-Trains the ``cd+cr-reg`` setup of ``training/configs/five_setups_toy.yaml`` once (the toy experiment's own stages:
-photos, regularisation images, training, sampling and scoring), then compresses that subject with
+Trains the ``cd+cr-reg`` setup of ``training/configs/five_setups_toy.yaml`` once through the one experiment runner
+(its stages: photos, regularisation images, training, sampling and scoring), then compresses that subject with
 :func:`subjectgen_diffusers.compress.compress_subject` at rank 1, 2, 4, 8, 16 and energy 0.6 / 0.9 and scores each with
 the same prompts and seeds. File sizes are those of ``subject.safetensors`` (fp16) for SD 1.5's 16 cross-attention
 layers at the same rank (for the energy rows: the mean rank the toy deltas kept, rounded up).
@@ -42,33 +42,39 @@ def sd15_size_mib(scope: str, rank: int | None) -> float:
         return round((folder / "subject.safetensors").stat().st_size / 2**20, 2)
 
 
+def _row(run: dict) -> dict:
+    overall = run["overall"]
+    parts = overall["identity_parts"]
+    return {"likeness": overall["identity"]["mean"], "hidden_mark": parts["hidden_mark"]["mean"],
+            "traits": parts["traits"]["mean"], "prompt_following": overall["prompt_following"]["mean"]}
+
+
 def run(out: Path) -> dict:
     from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject
-    from training.toy import world
-    from training.toy.experiment import ToyExperimentConfig, make_regularization, run_row, train_setup
-    from training.toy.subject_photos import write_subject_photos
+    from training.builtin_models import resolve_model
+    from training.experiment import load_experiment_config
+    from training.experiment.runner import ExperimentLayout, _sample_and_score, run_experiment
 
-    config = ToyExperimentConfig.from_file(CONFIG)
-    setup = config.setups[SETUP]
-    config = dataclasses.replace(config, setups={SETUP: setup})
-    subject = world.ToySubject(**config.subject)
-    photos = out / "photos"
-    if not (photos / "subject.json").is_file():
-        write_subject_photos(photos, subject, config.num_photos, config.photo_seed)
-    reg_dir = make_regularization(config, "base", out / "reg-base")
-    full = train_setup(config, setup, photos, reg_dir, out / "full" / "subject")
+    config = load_experiment_config(CONFIG)
+    config = dataclasses.replace(config, setups=[s for s in config.setups if s.name == SETUP], baseline=False)
+    summary = json.loads(run_experiment(config, out).read_text(encoding="utf-8"))
+    layout = ExperimentLayout(out)
+    subject = config.subjects[0].name
+    full = layout.run(subject, SETUP) / "subject"
+    photos = summary["subjects"][0]["photos"]
+    base = resolve_model(config.resolve_path(config.base), layout.models)
     scope = json.loads((full / "subject_config.json").read_text())["cd_scope"]
-    rows = {"full": {**run_row(config, "full", full, out, photos, subject.class_phrase),
-                     "mean_rank": None, "sd15_fp16_MiB": sd15_size_mib(scope, None)}}
+    rows = {"full": {**_row(summary["runs"][0]), "mean_rank": None, "sd15_fp16_MiB": sd15_size_mib(scope, None)}}
     for name, kwargs in VARIANTS.items():
-        folder = out / name.replace(" ", "-") / "subject"
+        variant = f"{SETUP}-{name.replace(' ', '-')}"
+        folder = layout.run(subject, variant) / "subject"
         if not (folder / COMPRESS_REPORT).is_file():
             compress_subject(full, folder, **kwargs)
         report = json.loads((folder / COMPRESS_REPORT).read_text())
         ranks = [entry["rank"] for entry in report["layers"].values()]
         mean_rank = sum(ranks) / len(ranks)
-        summary = run_row(config, name.replace(" ", "-"), folder, out, photos, subject.class_phrase)
-        rows[name] = {**summary, "mean_rank": round(mean_rank, 2),
+        scored = _sample_and_score(config, layout, subject, variant, folder, photos, base)
+        rows[name] = {**_row(scored), "mean_rank": round(mean_rank, 2),
                       "max_relative_error": round(report["max_relative_error"], 4),
                       "sd15_fp16_MiB": sd15_size_mib(scope, math.ceil(mean_rank))}
     result = {"setup": SETUP, "cd_scope": scope, "rows": rows}
