@@ -101,6 +101,13 @@ def test_model_card_front_matter_and_usage(tmp_path, tiny_pipe):
     assert card.data.to_dict()["token"] == "<alice>" and card.data.to_dict()["method"] == "cd+cr"
     assert 'load_subject(pipe, "someone/alice")' in card.text
     assert "| steps | `10` |" in card.text and "Custom Diffusion + Cross Initialization" in card.text
+    assert "(https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)" in card.text
+
+    local = make_subject(tiny_pipe, "<bob>", scope="kv", seed=2)
+    local.config.base_model = "my-finetune"  # trained on a local folder: no Hub page to link to
+    local_card = ModelCard(render_subject_card(local.save(tmp_path / "bob"), "someone/bob"))
+    assert "huggingface.co/my-finetune" not in local_card.text and "`my-finetune`" in local_card.text
+    assert local_card.data.base_model is None
     (folder / "subject_config.json").unlink()
     with pytest.raises(SubjectgenError, match="has no subject_config.json"):
         render_subject_card(folder)
