@@ -38,29 +38,23 @@ def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags
     assert cd_scope.kind == "choice" and set(cd_scope.choices) == set(actions["cd_scope"].choices)
 
 
-def test_a_field_added_to_trainconfig_and_its_flag_appears_in_train_help_and_in_the_page(monkeypatch, tmp_path, capsys):
-    """The field is written once (a TrainConfig field + its flag); `train --help` and the UI form both show it."""
-    import training.commands.train as train_command
+def test_a_field_added_to_trainconfig_appears_in_train_help_and_in_the_page(monkeypatch, tmp_path, capsys):
+    """The field is written once (a TrainConfig field with its help); `train --help` and the UI form both show it."""
     import training.train_config as train_config
     from training.cli import main
+    from training.config_flags import option
     from training.ui.app import UISettings, build_app
 
     @dataclasses.dataclass
     class WithEma(train_config.TrainConfig):
-        ema_decay: float | None = None
-
-    original = train_command.add_arguments
-
-    def add_arguments(parser):
-        original(parser)
-        parser.add_argument("--ema-decay", type=float, help="decay of an exponential moving average of the weights")
+        ema_decay: float | None = option(None, help="decay of an exponential moving average of the weights")
 
     monkeypatch.setattr(train_config, "TrainConfig", WithEma)
-    monkeypatch.setattr(train_command, "add_arguments", add_arguments)
 
     assert "--ema-decay" in forms.train_parser().format_help()
     field = next(f for f in forms.train_form_fields() if f.name == "ema_decay")
-    assert (field.flag, field.kind, field.help) == ("--ema-decay", "float", "decay of an exponential moving average of the weights")
+    assert (field.flag, field.kind) == ("--ema-decay", "float")
+    assert field.help == "decay of an exponential moving average of the weights (default: none)"
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "decay of an exponential moving average" in capsys.readouterr().out
