@@ -83,7 +83,7 @@ def test_a_repeatable_field_is_one_metadata_line_and_a_field_without_help_is_ref
 
     @dataclasses.dataclass
     class Joint2:
-        token: str | None = option(None, repeatable=True, help="a token per subject")
+        token: str | list[str] | None = option(None, repeatable=True, help="a token per subject")
         seed: int = option(0, help="seed")
 
     parser = argparse.ArgumentParser()

@@ -215,6 +215,11 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     progress = wait_text(page, "#progress textarea", "done", timeout=240_000)
     assert progress.startswith("done · step 30/30 · 100%")
     page.wait_for_selector("#loss canvas, #loss svg", timeout=10_000)  # the loss curve is drawn
+    assert not page.is_visible("#reg-model")
+    page.check("#reg input[value=alt]")  # the alternative model's fields appear, prefilled with the toy pair
+    page.wait_for_selector("#reg-model", state="visible", timeout=10_000)
+    assert page.input_value("#reg-model input") == "builtin:toy-base"
+    assert page.input_value("#reg-lora input") == "builtin:toy-alt-lora"
     shoot(page, "train")
     recorded = json.loads((workdir / "subjects/ann/subject/train_config.json").read_text())
     from training.ui.app import toy_preset

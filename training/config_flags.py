@@ -72,11 +72,14 @@ class FlagSpec:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def _base_type(annotation: Any) -> str:
-    """'int' for ``int``, ``int | None``, ``"int | None"``; 'list[str]' stays as written (an error below)."""
+def _base_type(annotation: Any, repeatable: bool = False) -> str:
+    """'int' for ``int``, ``int | None``, ``"int | None"``; for a repeatable field also ``list[int]`` and
+    ``int | list[int]``; any other annotation is returned as written (an error below)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     parts = [p.strip() for p in text.replace("Optional[", "").rstrip("]").split("|") if p.strip() != "None"]
-    return parts[0] if len(parts) == 1 else text
+    if repeatable:
+        parts = [p[len("list["):-1] if p.startswith("list[") and p.endswith("]") else p for p in parts]
+    return parts[0] if len(set(parts)) == 1 else text
 
 
 def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
@@ -90,7 +93,7 @@ def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
                                   f"training.config_flags.option(..., help='what it does').")
         if cli_only and not spec["cli"]:
             continue
-        base = _base_type(field.type)
+        base = _base_type(field.type, spec["repeatable"])
         kind = spec["kind"] or ("switch" if base == "bool" else "value")
         if kind == "value" and base not in ("int", "float", "str"):
             raise ConfigFlagError(f"{config_class.__name__}.{field.name}: a value flag needs an int, float or str "

@@ -334,14 +334,16 @@ class App:
         backends = available_backends(self.toy)
         if not backends.any:
             return {}, " · no scores: install the `face` extra for identity scores"
-        out = {}
+        out, measured = {}, ""
         try:
             for folder in folders:
-                out.update({folder / file: text for file, text in score_folder(folder, paths.prepared, backends).items()})
+                captions, measured = score_folder(folder, paths.prepared, backends)
+                out.update({folder / file: text for file, text in captions.items()})
         except Exception as error:  # noqa: BLE001 - scores are extra: the images stay, the page says why
             logger.warning("scoring failed", exc_info=True)
             return {}, f" · no scores: {error}"
-        return out, f" · scores: identity by `{backends.face_model}`, prompt by `{backends.prompt_scorer}`"
+        return out, (f" · scores: identity by `{backends.face_model}`, prompt by `{backends.prompt_scorer}` "
+                     f"(higher is better; {measured})")
 
     # -- Subjects ------------------------------------------------------------------------------------------------
     def trained_subjects(self) -> list[str]:
@@ -447,6 +449,10 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
                                        label="Alternative model (diffusers folder or Hub id; SD 1.x/2.x or SDXL)")
                 reg_lora = gr.Textbox(value="builtin:toy-alt-lora" if app.toy else "", max_lines=1, elem_id="reg-lora",
                                       label="Its LoRA (file, folder or Hub id; empty: none)")
+            if app.toy:
+                gr.Markdown("On the toy base the fields are prefilled with `subjectgen demo`'s toy-world settings; "
+                            "the *method default* in each help line is the published recipe for Stable Diffusion.",
+                            elem_id="toy-note")
             inputs = {}
             with gr.Row():
                 for field in app.fields:

@@ -41,9 +41,10 @@ def available_backends(toy: bool) -> Backends:
     return Backends(face, "clip" if has("transformers") else "none", "a person")
 
 
-def score_folder(images: Path, reference: Path, backends: Backends) -> dict[str, str]:
-    """``{file: "identity 0.83 · prompt 0.75"}`` for the images of one ``subjectgen generate`` folder; the results
-    land in ``images/results.json``. A backend that cannot be built here (no model offline) is dropped."""
+def score_folder(images: Path, reference: Path, backends: Backends) -> tuple[dict[str, str], str]:
+    """``{file: "identity 0.83 · prompt 0.75"}`` for the images of one ``subjectgen generate`` folder, and what the
+    scores measure; the results land in ``images/results.json``. A prompt scorer that cannot be built here (no
+    model offline) is dropped."""
     from training.evaluation import EvaluateConfig, evaluate_images, read_results
 
     config = EvaluateConfig(images=str(images), reference=str(reference), out=str(images / RESULTS_NAME),
@@ -56,7 +57,11 @@ def score_folder(images: Path, reference: Path, backends: Backends) -> dict[str,
             raise
         logger.warning("prompt scorer %s unavailable (%s); identity only", backends.prompt_scorer, error)
         path = evaluate_images(replace(config, prompt_scorer="none"))
-    return {entry["file"]: caption(entry) for entry in read_results(path)["images"]}
+    results = read_results(path)
+    settings = results["settings"]
+    measures = [f"identity = {settings['identity_measure']}" if settings.get("identity_measure") else "",
+                f"prompt = {settings['prompt_measure']}" if settings.get("prompt_measure") else ""]
+    return {entry["file"]: caption(entry) for entry in results["images"]}, "; ".join(m for m in measures if m)
 
 
 def caption(entry: dict) -> str:
