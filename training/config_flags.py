@@ -36,8 +36,8 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def option(default: Any = MISSING, *, help: str | Callable[[], str] | None = None, kind: str | None = None,  # noqa: A002
-           choices: tuple | Callable[[], tuple] | None = None, metavar: str | None = None,
+def option(default: Any = MISSING, *, help: str | Callable[[], str] | None = None,  # noqa: A002
+           kind: str | None = None, choices: tuple | Callable[[], tuple] | None = None, metavar: str | None = None,
            default_text: str | None = None, repeatable: bool = False, cli: bool = True) -> Any:
     """A dataclass field that is also a command-line flag.
 
@@ -103,7 +103,8 @@ def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
         out.append(FlagSpec(
             name=field.name, flag="--" + field.name.replace("_", "-"), help=help_text, kind=kind,
             type=parse_bool if kind == "bool" else (_TYPES[base] if kind == "value" and base != "str" else None),
-            choices=tuple(choices) if choices else None, metavar=spec["metavar"] or ("BOOL" if kind == "bool" else None),
+            choices=tuple(choices) if choices else None,
+            metavar=spec["metavar"] or ("BOOL" if kind == "bool" else None),
             default=None if field.default is MISSING else field.default, default_text=spec["default_text"],
             repeatable=spec["repeatable"],
         ))

@@ -102,7 +102,8 @@ class TrainConfig:
                                            default_text="default: the instance prompt")
     log_with: str | None = option(None, choices=("tensorboard",), help="write training logs under <out>/logs",
                                   default_text="default: none")
-    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of --base", default_text="default: main")
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of --base",
+                                  default_text="default: main")
     save_dtype: str = option("float32", cli=False, help="dtype of the stored subject tensors")
     save_rank: int | None = option(None, metavar="R", help="store the weight deltas as rank-R factors (see `subjectgen "
                                    "compress`; 16 kept toy likeness within 0.01)",

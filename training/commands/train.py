@@ -1,8 +1,8 @@
 """``subjectgen train``: a thin command line over :func:`training.trainer.train`.
 
 The flags are generated from :class:`training.train_config.TrainConfig`'s field definitions (help text, kind and
-default note live with each field; :mod:`training.config_flags`); ``--config FILE`` (YAML/TOML/JSON) gives the same fields
-and flags given on the command line override it.
+default note live with each field; :mod:`training.config_flags`); ``--config FILE`` (YAML/TOML/JSON) gives the same
+fields and flags given on the command line override it.
 """
 
 from __future__ import annotations

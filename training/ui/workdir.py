@@ -92,7 +92,8 @@ class Workdir:
         """The shared class-image folder of one model (plus LoRA): ``regularization/<model>[+<lora>]``."""
         from .uploads import safe_name
 
-        name = safe_name(Path(resolve_base(model.split(":")[-1] if model.startswith("builtin:") else model)).name, "base")
+        model = model.split(":")[-1] if model.startswith("builtin:") else model
+        name = safe_name(Path(resolve_base(model)).name, "base")
         if lora:
             name += "+" + safe_name(Path(lora.split(":")[-1]).name, "lora")
         return self.root / "regularization" / name
