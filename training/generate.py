@@ -148,8 +148,11 @@ def load_pipeline(config: GenerateConfig):
     return pipe.to(device)
 
 
-def generate_images(config: GenerateConfig) -> Path:
-    """Generate ``num_per_prompt`` images per prompt into ``config.out``; return the folder."""
+def generate_images(config: GenerateConfig, pipe=None) -> Path:
+    """Generate ``num_per_prompt`` images per prompt into ``config.out``; return the folder.
+
+    ``pipe``: a pipeline already built for ``config.base`` with ``config.subject`` loaded (or no subject when
+    ``config.subject`` is None), e.g. the one a long-running app keeps; by default one is built from ``config``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -162,7 +165,7 @@ def generate_images(config: GenerateConfig) -> Path:
         logger.info("%s: all %d images exist; nothing to generate", out, len(planned))
         return out
 
-    pipe = load_pipeline(config)
+    pipe = pipe if pipe is not None else load_pipeline(config)
     fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else config.class_phrase
     size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     # What was actually used: the native size when none was asked, and the text that every {} became.

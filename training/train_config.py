@@ -22,6 +22,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
 from subjectgen_diffusers.methods import CD_SCOPES
+from training.config_flags import option
 from training.methods import get_method, method_names
 from training.resolution import check_resolution
 
@@ -35,52 +36,78 @@ class TrainConfigError(SubjectgenError):
     """A training configuration value or file is wrong; the message names the field and what is allowed."""
 
 
+def _methods_help() -> str:
+    from training.methods import REGISTRY
+
+    return "; ".join(f"{name}: {method.info.title}" for name, method in REGISTRY.items())
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. ``None`` means "the method's published default"."""
+    """Everything one training run needs. ``None`` means "the method's published default".
 
-    base: str  # local diffusers folder or Hub id of an SD 1.x model
-    photos: str  # folder of 4-20 photos of the subject (optionally prepared: crops + face masks)
-    method: str  # a registered method: "cd" | "cr" | "cd+cr"
-    out: str  # output folder: the subject files and train_config.json (checkpoints go beside it: <out>.checkpoints/)
-    token: str | None = None  # the new token string (default "<new1>"); must not be in the vocabulary
-    reg_dir: str | None = None  # regularisation images (prior preservation); None disables it
-    steps: int | None = None
-    resolution: int | None = None  # image side in pixels; None = the base model's native size (SD 1.5: 512)
-    batch_size: int | None = None  # instance images per step (plus as many class images when reg_dir is set)
-    lr: float | None = None  # rate of the Custom Diffusion weight deltas (cd, cd+cr; unused by cr), before scaling
-    token_lr: float | None = None  # rate of the new token rows (every method), before scaling
-    scale_lr: bool = True  # multiply the rates by the method's reference rule (batch x processes [x2 with prior])
-    seed: int = 0
-    prior_loss_weight: float = 1.0
-    cd_scope: str | None = None  # "kv" | "kv+q+out" (Custom Diffusion methods only)
-    num_vectors: int | None = None  # vectors of the new token
-    reg_weight: float | None = None  # Cross Initialization's L2 pull towards the initial vectors
-    celeb_names: str | None = None  # replaces the packaged celebrity-name list (Cross Initialization)
-    init_word: str | None = None  # word whose embedding starts the token when not cross-initialised
-    prompt: str | None = None  # instance prompt; "{}" becomes the token
-    class_prompt: str | None = None  # prompt of the regularisation images without their own captions
-    caption_templates: bool | None = None  # wrap the prompt in varied caption templates (Cross Initialization)
-    flip_p: float | None = None
-    random_rescale: bool | None = None  # Custom Diffusion's zoom in/out augmentation with its loss mask
-    rescale_variants: int = 4  # pre-encoded random-rescale variants per photo and flip (latents cached once)
-    mask_loss: bool = False  # weight the loss by the face mask of a prepared photo folder
-    mask_background_weight: float = 0.2  # loss weight outside the face when mask_loss is on
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (through accelerate)
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (needs bitsandbytes and a CUDA GPU); off as in the references
-    adam_weight_decay: float = 1e-2
-    max_grad_norm: float | None = None  # gradient clipping; 0 = none (method default: cd 1.0, cr none)
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
-    checkpoints_total_limit: int = 2  # keep the last K checkpoints
-    resume: bool = False  # continue from the latest checkpoint in <out>.checkpoints/
-    keep_checkpoints: bool = False  # keep <out>.checkpoints/ after a finished run (default: dropped)
-    validation_every: int = 0  # steps between validation images; 0 = none
-    validation_prompt: str | None = None  # default: the instance prompt
-    log_with: str | None = None  # "tensorboard" to write logs under out/logs
-    revision: str | None = None  # Hub revision of base
-    save_dtype: str = "float32"  # dtype of the stored subject tensors
-    save_rank: int | None = None  # store the deltas as rank-R factors (subjectgen compress); None = exact
+    Each field is defined once: its default, help text and command-line spelling (:func:`training.config_flags.option`)
+    make the ``subjectgen train`` flag and the web UI's form field. ``cli=False`` fields are config-file keys only.
+    """
+
+    base: str = option(help="Stable Diffusion 1.x: a local diffusers folder or a Hub id",
+                       default_text="required, here or in --config")
+    photos: str = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer than 4 "
+                         "trains but warns", default_text="required, here or in --config")
+    method: str = option(help=_methods_help, choices=method_names, default_text="required, here or in --config")
+    out: str = option(help="output folder for the subject (created; must not be a file); checkpoints go beside it in "
+                      "<out>.checkpoints/", default_text="required, here or in --config")
+    token: str | None = option(None, help="the new token string", default_text=f"default: {DEFAULT_TOKEN}")
+    reg_dir: str | None = option(None, help="regularisation images for prior preservation",
+                                 default_text="default: none, no prior preservation")
+    steps: int | None = option(None, help="optimizer steps")
+    resolution: int | None = option(None, help="training image side in pixels, a multiple of 8",
+                                    default_text="default: the base model's native size, e.g. 512 for SD 1.5, 32 for "
+                                    "the shipped toy model")
+    batch_size: int | None = option(None, help="photos per step (plus as many class images with --reg-dir)")
+    lr: float | None = option(None, help="rate of the Custom Diffusion weight deltas (cd, cd+cr), before --scale-lr")
+    token_lr: float | None = option(None, help="rate of the new token vectors (every method), before --scale-lr")
+    scale_lr: bool = option(True, kind="negatable",
+                            help="multiply the rates by the method's reference rule; --no-scale-lr uses them as given")
+    seed: int = option(0, help="seed of every random draw (photos, noise, timesteps)")
+    prior_loss_weight: float = option(1.0, help="weight of the regularisation images' loss")
+    cd_scope: str | None = option(None, choices=CD_SCOPES, help="which attention projections Custom Diffusion trains")
+    num_vectors: int | None = option(None, help="embedding vectors of the new token")
+    reg_weight: float | None = option(None, help="Cross Initialization's L2 pull of the token towards its start")
+    celeb_names: str | None = option(None, help="replace the packaged celebrity-name list (one name per line) of "
+                                     "Cross Initialization", default_text="default: the packaged list")
+    init_word: str | None = option(None, help="word whose embedding starts the token when it is not cross-initialised")
+    prompt: str | None = option(None, help='instance prompt with {} for the token, e.g. "photo of a {} person"')
+    class_prompt: str | None = option(None, help="prompt of regularisation images that have no caption of their own")
+    caption_templates: bool | None = option(None, cli=False, help="wrap the prompt in varied caption templates "
+                                            "(Cross Initialization)")
+    flip_p: float | None = option(None, help="probability of a horizontally flipped photo")
+    random_rescale: bool | None = option(None, kind="bool", help="Custom Diffusion's zoom in/out augmentation")
+    rescale_variants: int = option(4, cli=False, help="pre-encoded random-rescale variants per photo and flip "
+                                   "(latents cached once)")
+    mask_loss: bool = option(False, help="weight the loss by prepared face masks")
+    mask_background_weight: float = option(0.2, cli=False, help="loss weight outside the face when mask_loss is on")
+    mixed_precision: str = option("no", choices=MIXED_PRECISION, help="autocast dtype (fp16 needs a CUDA GPU)")
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass: less memory, "
+                                          "slower")
+    use_8bit_adam: bool = option(False, help="bitsandbytes' 8-bit AdamW (needs a CUDA GPU)")
+    adam_weight_decay: float = option(1e-2, cli=False, help="AdamW's weight decay (on the trained tensors only)")
+    max_grad_norm: float | None = option(None, help="gradient clipping norm, 0 = none")
+    checkpoint_every: int = option(0, help="steps between resumable checkpoints, 0 = none")
+    checkpoints_total_limit: int = option(2, help="keep the last K checkpoints")
+    resume: bool = option(False, help="continue from the latest checkpoint in <out>.checkpoints/")
+    keep_checkpoints: bool = option(False, help="keep <out>.checkpoints/ after a finished run instead of deleting it")
+    validation_every: int = option(0, help="steps between validation images (in <out>/validation/), 0 = none")
+    validation_prompt: str | None = option(None, help="prompt of the validation images",
+                                           default_text="default: the instance prompt")
+    log_with: str | None = option(None, choices=("tensorboard",), help="write training logs under <out>/logs",
+                                  default_text="default: none")
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of --base",
+                                  default_text="default: main")
+    save_dtype: str = option("float32", cli=False, help="dtype of the stored subject tensors")
+    save_rank: int | None = option(None, metavar="R", help="store the weight deltas as rank-R factors (see `subjectgen "
+                                   "compress`; 16 kept toy likeness within 0.01)",
+                                   default_text="default: none, exact deltas")
 
     def __post_init__(self) -> None:
         if self.method not in method_names():
@@ -190,7 +217,7 @@ class TrainConfig:
             raise TrainConfigError(str(error)) from error
         values["token"] = self.token or DEFAULT_TOKEN
         values["validation_prompt"] = self.validation_prompt or values["prompt"]
-        return TrainConfig(**values)
+        return type(self)(**values)
 
     def sized(self) -> TrainConfig:
         """A copy with ``resolution`` set: the base model's native size when None (reads only the base's configs)."""

@@ -26,12 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.config_flags import namespace_values
     from training.evaluation import EvaluateConfig, evaluate_images, read_results
     from training.report import format_summary_line
 
-    config = EvaluateConfig(images=args.images, reference=args.reference, out=args.out, face_model=args.face_model,
-                            clip_model=args.clip_model, prompt_scorer=args.prompt_scorer,
-                            subject_phrase=args.subject_phrase, device=args.device)
+    config = EvaluateConfig(**namespace_values(args, EvaluateConfig))
     path = evaluate_images(config)
     results = read_results(path)
     print(format_summary_line(results["summary"]["overall"]))

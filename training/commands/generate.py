@@ -38,15 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.config_flags import namespace_values
     from training.generate import GenerateConfig, generate_images, read_manifest
 
-    config = GenerateConfig(
-        base=args.base, subject=args.subject, prompts=args.prompts, out=args.out, num_per_prompt=args.num_per_prompt,
-        seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-        resolution=args.resolution, batch_size=args.batch_size, scale=args.scale, lora=args.lora, lora_scale=args.lora_scale,
-        subject_phrase=args.subject_phrase,
-        negative_prompt=args.negative_prompt, dtype=args.dtype,
-    )
+    config = GenerateConfig(**namespace_values(args, GenerateConfig))
     out = generate_images(config)
     print(f"{len(read_manifest(out))} images and manifest.jsonl in {out}")
     return 0

@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.config_flags import namespace_values
     from training.prepare import PrepareConfig, PrepareError, format_report, prepare_photos
 
-    config = PrepareConfig(photos=args.photos, out=args.out, resolution=args.resolution, margin=args.margin,
-                           min_face=args.min_face)
+    config = PrepareConfig(**namespace_values(args, PrepareConfig))
     report = prepare_photos(config)
     print(format_report(report))
     print(f"report: {config.out / 'prepare.json'}")

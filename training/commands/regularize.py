@@ -33,23 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from training.config_flags import namespace_values
     from training.regularize import RegularizeConfig, generate_regularization, indices_on_disk
 
-    config = RegularizeConfig(
-        model=args.model,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        num=args.num,
-        out=args.out,
-        seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-    )
+    config = RegularizeConfig(**namespace_values(args, RegularizeConfig))
     out = generate_regularization(config)
     if PartialState().is_main_process:
         print(f"{len(indices_on_disk(out))} regularisation images in {out} (manifest.jsonl lists their prompts)")

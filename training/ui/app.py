@@ -7,6 +7,7 @@ writes into the work folder as that command would (:mod:`training.ui.workdir`). 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 
 from . import forms
 from .jobs import TrainingQueue
+from .pipeline import GenerationPipeline
 from .uploads import store_uploads
 from .workdir import Workdir, WorkdirError, is_toy, prepare_subject, resolve_base, zip_subject
 
@@ -97,6 +99,7 @@ class App:
         self.queue = queue or TrainingQueue()
         self.fields = forms.train_form_fields()
         self.preset = toy_preset() if self.toy else {}
+        self.generation = GenerationPipeline(self.base)
 
     # -- values ------------------------------------------------------------------------------------------------
     def initial(self, field: forms.FormField, method: str):
@@ -152,7 +155,7 @@ class App:
     def method_changed(self, method: str):
         return [shown(field, self.initial(field, method)) for field in self.fields]
 
-    def start(self, name: str, method: str, reg: str, *values):
+    def start(self, name: str, method: str, reg: str, reg_model: str, reg_lora: str, *values):
         from training.train_config import TrainConfig
 
         paths = self.workdir.subject(name)
@@ -165,31 +168,54 @@ class App:
             flags["checkpoint_every"] = max(1, int(steps) // 10)  # so Stop can always resume
         prepare = None
         reg_dir = None
-        if reg == "base":
-            reg_dir = self.workdir.regularization(self.settings.base)
-            prepare = functools.partial(self._make_regularization, reg_dir, flags.get("class_prompt"))
+        if reg in ("base", "alt"):
+            model, lora = self.regularization_model(reg, reg_model, reg_lora)
+            reg_dir = self.workdir.regularization(model, lora)
+            prepare = functools.partial(self._make_regularization, reg_dir, flags.get("class_prompt"), model, lora)
+        elif reg != "none":
+            raise WorkdirError(f"regularisation must be none, base or alt, got {reg!r}.")
         config = TrainConfig.from_dict({**flags, "base": self.base, "photos": str(paths.prepared), "method": method,
                                         "out": str(paths.subject), "reg_dir": str(reg_dir) if reg_dir else None})
         config.resolved()  # every check of the config now, in the page, before queueing
-        shutil.rmtree(paths.subject / "checkpoints", ignore_errors=True)  # Start = from step 0, not a stale run
+        from training.checkpoints import checkpoint_dir
+
+        shutil.rmtree(checkpoint_dir(paths.subject), ignore_errors=True)  # Start = from step 0, not a stale run
         job = self.queue.submit(paths.name, config, prepare)
-        return self._queued(job, f"training {config.steps or 'recipe'} steps of {method} into `{paths.subject}`")
+        what = f"training {config.steps or 'recipe'} steps of {method} into `{paths.subject}`"
+        if reg_dir is not None:
+            what += f", regularisation images from `{model}`" + (f" + LoRA `{lora}`" if lora else "")
+        return self._queued(job, what)
+
+    def regularization_model(self, reg: str, model: str, lora: str) -> tuple[str, str | None]:
+        """The model (and LoRA) that draws the class images: the base, or the alternative model the page names."""
+        if reg == "base":
+            return self.settings.base, None
+        model, lora = (model or "").strip(), (lora or "").strip() or None
+        if not model:
+            raise WorkdirError("regularisation from an alternative model: give the model (a diffusers folder or Hub "
+                               "id, e.g. an SDXL fine-tune) and optionally its LoRA (a file, folder or Hub id).")
+        return model, lora
 
     def _queued(self, job, what: str) -> str:
         place = self.queue.place(job)
         return f"{what} (job {job.id}" + (f", place {place} in the queue)" if place > 1 else ")")
 
-    def _make_regularization(self, out: Path, class_prompt: str | None) -> Path:
+    def _make_regularization(self, out: Path, class_prompt: str | None, model: str, lora: str | None) -> Path:
+        """``subjectgen regularize`` into the workdir's shared folder of this model (and LoRA): made once, reused."""
+        from training.builtin_models import resolve_model
         from training.regularize import RegularizeConfig, generate_regularization
 
+        cache = self.workdir.root / "models"
+        model, lora = resolve_model(resolve_base(model), cache), resolve_model(lora, cache)
         if self.toy:
             from training.commands.demo import toy_demo_config
 
-            reg = toy_demo_config().regularizations["base"]
-            config = RegularizeConfig(model=self.base, prompt=reg.prompt, num=reg.num, out=out, steps=reg.steps,
+            reg = toy_demo_config().regularizations["base"]  # the demo's set: 16 images at the toy world's size
+            config = RegularizeConfig(model=model, lora=lora, prompt=reg.prompt, num=reg.num, out=out, steps=reg.steps,
                                       guidance=reg.guidance, resolution=reg.resolution, batch_size=reg.batch_size)
         else:
-            config = RegularizeConfig(model=self.base, prompt=f"a photo of a {class_prompt or 'person'}", num=200, out=out)
+            config = RegularizeConfig(model=model, lora=lora, prompt=f"a photo of a {class_prompt or 'person'}",
+                                      num=200, out=out)
         return generate_regularization(config)
 
     def stop(self, name: str):
@@ -202,18 +228,32 @@ class App:
         return f"stopping at the next checkpoint (every {every} steps); Resume continues from it"
 
     def resume(self, name: str):
-        from training.train_config import TrainConfig
-
-        paths = self.workdir.subject(name)
-        recorded = paths.subject / "train_config.json"
-        if not recorded.is_file() or not (paths.subject / "checkpoints").is_dir():
-            raise WorkdirError(f"{paths.name} has no stopped training to resume: press Train to start one.")
-        data = {k: v for k, v in json.loads(recorded.read_text(encoding="utf-8")).items() if k not in EXTRA_KEYS}
+        """Queue the subject's stopped run again with ``resume=True``: it continues from its latest checkpoint in
+        ``<out>.checkpoints/`` as ``subjectgen train --resume`` does."""
         from training.checkpoints import list_checkpoints
 
+        paths = self.workdir.subject(name)
         found = list_checkpoints(paths.subject)
-        job = self.queue.submit(paths.name, TrainConfig.from_dict({**data, "resume": True}))
-        return self._queued(job, f"resuming from `{found[-1].name}`" if found else "no checkpoint: starting from step 0")
+        if not found:
+            raise WorkdirError(f"{paths.name} has no stopped training to resume: press Train to start one.")
+        job = self.queue.snapshot(paths.name)
+        config = job.config if job is not None else self._recorded_config(paths)  # after a server restart: the file
+        job = self.queue.submit(paths.name, dataclasses.replace(config, resume=True))
+        return self._queued(job, f"resuming from `{found[-1].name}`")
+
+    def _recorded_config(self, paths):
+        """The run's config from its ``train_config.json``, whose local paths are recorded by name only: the work
+        folder's layout gives them back."""
+        from training.train_config import TrainConfig
+
+        recorded = paths.subject / "train_config.json"
+        if not recorded.is_file():
+            raise WorkdirError(f"{paths.name} has checkpoints but no train_config.json: press Train to start again.")
+        data = {k: v for k, v in json.loads(recorded.read_text(encoding="utf-8")).items() if k not in EXTRA_KEYS}
+        data.update(base=self.base, photos=str(paths.prepared), out=str(paths.subject))
+        if data.get("reg_dir"):
+            data["reg_dir"] = str(self.workdir.root / "regularization" / data["reg_dir"])
+        return TrainConfig.from_dict(data)
 
     def progress_text(self, name: str) -> str:
         try:
@@ -271,19 +311,60 @@ class App:
         run = f"{len(list(runs.iterdir())) + 1 if runs.is_dir() else 1:04d}"
         settings = toy_generation() if self.toy else {}
         common = dict(base=self.base, num_per_prompt=int(number), seed=int(seed), **settings)
-        subject_out = generate_images(GenerateConfig(
-            prompts="|".join(templates), out=str(paths.images(run) / "subject"), subject=str(paths.subject),
-            scale=float(scale), subject_phrase="{} " + self.class_phrase, **common))
-        base_out = generate_images(GenerateConfig(
-            prompts="|".join(t.replace("{}", f"a {self.class_phrase}") for t in templates),
-            out=str(paths.images(run) / "base"), **common))
-        subject_images = [(str(subject_out / e["file"]), f"subject · seed {e['seed']}") for e in read_manifest(subject_out)]
-        base_images = [(str(base_out / e["file"]), f"base · seed {e['seed']}") for e in read_manifest(base_out)]
-        return f"{len(subject_images)} images -> `{paths.images(run)}`", subject_images, base_images
+        with self.generation.lock:  # the kept pipeline: this subject loaded, then the base alone for the same seeds
+            self.generation.load(paths.name, paths.subject, float(scale))
+            subject_out = generate_images(GenerateConfig(
+                prompts="|".join(templates), out=str(paths.images(run) / "subject"), subject=str(paths.subject),
+                scale=float(scale), subject_phrase="{} " + self.class_phrase, **common), pipe=self.generation.pipe)
+            with self.generation.without_subject() as pipe:
+                base_out = generate_images(GenerateConfig(
+                    prompts="|".join(t.replace("{}", f"a {self.class_phrase}") for t in templates),
+                    out=str(paths.images(run) / "base"), **common), pipe=pipe)
+        scores, note = self.scores(paths, [subject_out, base_out])
+        subject_images = [(str(subject_out / e["file"]), label("subject", e, scores.get(subject_out / e["file"])))
+                          for e in read_manifest(subject_out)]
+        base_images = [(str(base_out / e["file"]), label("base", e, scores.get(base_out / e["file"])))
+                       for e in read_manifest(base_out)]
+        return f"{len(subject_images)} images -> `{paths.images(run)}`{note}", subject_images, base_images
+
+    def scores(self, paths, folders: list[Path]) -> tuple[dict[Path, str], str]:
+        """Identity and prompt scores of each image (``subjectgen evaluate``'s), with a note for the status line."""
+        from .scores import available_backends, score_folder
+
+        backends = available_backends(self.toy)
+        if not backends.any:
+            return {}, " · no scores: install the `face` extra for identity scores"
+        out, measured = {}, ""
+        try:
+            for folder in folders:
+                captions, measured = score_folder(folder, paths.prepared, backends)
+                out.update({folder / file: text for file, text in captions.items()})
+        except Exception as error:  # noqa: BLE001 - scores are extra: the images stay, the page says why
+            logger.warning("scoring failed", exc_info=True)
+            return {}, f" · no scores: {error}"
+        return out, (f" · scores: identity by `{backends.face_model}`, prompt by `{backends.prompt_scorer}` "
+                     f"(higher is better; {measured})")
 
     # -- Subjects ------------------------------------------------------------------------------------------------
     def trained_subjects(self) -> list[str]:
         return [s.name for s in self.workdir.subjects() if s.is_trained()]
+
+    def loaded_text(self) -> str:
+        loaded = self.generation.loaded
+        if loaded is None:
+            return "No subject loaded in the generation pipeline (Generate loads the subject named above)."
+        return f"Loaded in the generation pipeline: **{loaded.name}** (token `{loaded.token}`, scale {loaded.scale:g})"
+
+    def load(self, name: str):
+        paths = self.workdir.subject(name)
+        if not paths.is_trained():
+            raise WorkdirError(f"{paths.name} has no trained subject yet: train it on the Train tab first.")
+        loaded = self.generation.load(paths.name, paths.subject)
+        return f"loaded `{loaded.name}`", self.loaded_text()
+
+    def unload(self):
+        self.generation.unload()
+        return "unloaded: the pipeline draws the base model alone", self.loaded_text()
 
     def download(self, name: str):
         path = zip_subject(self.workdir.subject(name), self.workdir.downloads)
@@ -301,6 +382,11 @@ class App:
             from subjectgen_diffusers.lora_export import export_lora
 
             written = export_lora(subject, out).written
+        elif fmt == "diffusers":  # what `subjectgen export --format diffusers` writes (CD weights need the base UNet)
+            from subjectgen_diffusers.export import export_diffusers, load_base_unet
+
+            base_unet = load_base_unet(self.base) if subject.deltas or subject.bias_deltas else None
+            written = export_diffusers(subject, out, base_unet=base_unet)
         else:
             from subjectgen_diffusers.export import export_a1111
 
@@ -354,8 +440,19 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
             with gr.Row():
                 method = gr.Radio(methods, value=method0, label="Method", elem_id="method",
                                   info="; ".join(f"{n}: {m.info.title}" for n, m in REGISTRY.items()))
-                reg = gr.Radio(["none", "base"], value="none", label="Regularisation images", elem_id="reg",
-                               info="base: images of the class drawn by the base model (prior preservation)")
+                reg = gr.Radio([("none", "none"), ("from the base model", "base"),
+                                ("from an alternative model with a LoRA", "alt")], value="none",
+                               label="Regularisation images", elem_id="reg",
+                               info="class images for prior preservation, drawn once into the work folder and reused")
+            with gr.Row(visible=False) as reg_row:
+                reg_model = gr.Textbox(value="builtin:toy-base" if app.toy else "", max_lines=1, elem_id="reg-model",
+                                       label="Alternative model (diffusers folder or Hub id; SD 1.x/2.x or SDXL)")
+                reg_lora = gr.Textbox(value="builtin:toy-alt-lora" if app.toy else "", max_lines=1, elem_id="reg-lora",
+                                      label="Its LoRA (file, folder or Hub id; empty: none)")
+            if app.toy:
+                gr.Markdown("On the toy base the fields are prefilled with `subjectgen demo`'s toy-world settings; "
+                            "the *method default* in each help line is the published recipe for Stable Diffusion.",
+                            elem_id="toy-note")
             inputs = {}
             with gr.Row():
                 for field in app.fields:
@@ -396,10 +493,17 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
                 refresh = gr.Button("Refresh", elem_id="refresh")
             subjects_status = gr.Markdown(elem_id="subjects-status")
             with gr.Row():
+                load = gr.Button("Load into the generation pipeline", elem_id="load")
+                unload = gr.Button("Unload", elem_id="unload")
+            loaded = gr.Markdown(app.loaded_text(), elem_id="loaded")
+            with gr.Row():
                 make_zip = gr.Button("Make zip", elem_id="zip")
                 download = gr.DownloadButton("Download zip", elem_id="download")
             with gr.Row():
-                export_format = gr.Radio(["lora", "a1111"], value="lora", label="Export", elem_id="export-format")
+                export_format = gr.Radio(["lora", "diffusers", "a1111"], value="lora", label="Export",
+                                         elem_id="export-format",
+                                         info="lora: kohya LoRA + embedding + diffusers LoRA; diffusers: textual "
+                                              "inversion + Custom Diffusion weights; a1111: the embedding")
                 export = gr.Button("Export", elem_id="export")
             exported = gr.File(label="Exported files", elem_id="exported", height=160)
             with gr.Accordion("Push to the Hugging Face Hub", open=False):
@@ -411,26 +515,37 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
         prepare.click(page_errors(1)(app.prepare), [name, photos], [photos_status, kept])
         sample.click(page_errors(1)(app.use_sample), [name], [photos_status, kept])
         method.change(lambda m: app.method_changed(m), [method], field_inputs)
-        train.click(page_errors(0)(app.start), [name, method, reg, *field_inputs], [train_status])
+        reg.change(lambda r: gr.Row(visible=r == "alt"), [reg], [reg_row])
+        train.click(page_errors(0)(app.start), [name, method, reg, reg_model, reg_lora, *field_inputs], [train_status])
         stop.click(page_errors(0)(app.stop), [name], [train_status])
         resume.click(page_errors(0)(app.resume), [name], [train_status])
         timer.tick(lambda n: (app.progress_bar(n), app.progress_text(n), app.loss_frame(n)), [name], [bar, progress, loss],
                    show_progress="hidden")
         prompt_set.change(lambda s: s if s and "{}" in s else (s or gr.skip()), [prompt_set], [prompt])
         generate.click(page_errors(2)(app.generate), [name, prompt, scale, seed, number],
-                       [generate_status, gallery, base_gallery], concurrency_limit=1)
+                       [generate_status, gallery, base_gallery], concurrency_limit=1, concurrency_id="generation")
+        generate_status.change(lambda: app.loaded_text(), None, [loaded])  # Generate may have loaded another subject
         listing = lambda: gr.Dropdown(choices=app.trained_subjects())  # noqa: E731
         refresh.click(listing, None, [subjects])
         subjects_tab.select(listing, None, [subjects])
         page.load(listing, None, [subjects])
+        page.load(lambda: app.loaded_text(), None, [loaded])
         # A reopened page shows the training that kept running on the server.
         page.load(lambda: app.queue.latest_subject() or gr.skip(), None, [name])
         subjects.change(lambda s: s or gr.skip(), [subjects], [name])
+        load.click(page_errors(1)(app.load), [name], [subjects_status, loaded], concurrency_limit=1,
+                   concurrency_id="generation")
+        unload.click(page_errors(1)(lambda: app.unload()), None, [subjects_status, loaded], concurrency_id="generation")
         make_zip.click(page_errors(1)(app.download), [name], [subjects_status, download])
         export.click(page_errors(1)(app.export), [name, export_format], [subjects_status, exported])
         push.click(page_errors(1)(app.push), [name, repo, private, token], [subjects_status, token])
     page.subjectgen_app = app
     return page
+
+
+def label(kind: str, entry: dict, score: str | None) -> str:
+    """A gallery caption: whose image, its seed, and its scores when there are any."""
+    return f"{kind} · seed {entry['seed']}" + (f" · {score}" if score else "")
 
 
 def as_text(field: forms.FormField) -> bool:

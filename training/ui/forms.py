@@ -1,16 +1,15 @@
-"""The training form, derived from one definition: the ``subjectgen train`` parser over :class:`TrainConfig`.
+"""The training form, derived from one definition: the fields of :class:`TrainConfig` and their flag metadata.
 
-Every ``subjectgen train`` flag whose destination is a :class:`training.train_config.TrainConfig` field becomes a form
-field with the flag's help text, choices and value type; the method's recipe (``training/methods``) fills the value
-when the CLI's own default is "the method's". A field added to ``TrainConfig`` and to ``train``'s parser therefore
-appears in the UI with no third copy. Fields the page sets itself (base, photos, out, method, reg_dir, resume) are left
-out of the generic list.
+:func:`training.config_flags.flag_specs` gives every command-line field of
+:class:`training.train_config.TrainConfig` with its help text, choices and kind; ``subjectgen train``'s parser is
+generated from the same specs, so a field added to ``TrainConfig`` appears in ``--help`` and here with no second copy.
+The method's recipe (``training/methods``) fills the value when the default is "the method's". Fields the page sets
+itself (base, photos, out, method, reg_dir, resume) are left out of the generic list.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +31,16 @@ class FormField:
     kind: str  # "int" | "float" | "bool" | "choice" | "text"
     choices: tuple[str, ...] = ()
     default: Any = None  # TrainConfig's default (None: the method's recipe decides)
-    parse: Any = None  # the parser's converter (argparse ``type``), used on text input
+    parse: Any = None  # the flag's converter of text input (a BOOL flag's true/false)
+    repeatable: bool = False  # the flag takes several values: the box takes them separated by commas
 
     def read(self, value: Any) -> Any:
         """The typed value of a form input; ``None`` / empty text means "not given"."""
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
+        if self.repeatable:
+            items = [part.strip() for part in str(value).split(",") if part.strip()]
+            return [FormField(self.name, self.flag, self.help, self.kind, self.choices).read(item) for item in items]
         if self.kind == "bool":
             return bool(value)
         if self.kind in ("int", "float"):
@@ -60,7 +63,7 @@ class FormField:
 
 
 def train_parser(build_parser=None) -> argparse.ArgumentParser:
-    """The ``subjectgen train`` sub-parser, built by the CLI's own code."""
+    """The ``subjectgen train`` sub-parser, built by the CLI's own code (generated from the same field definitions)."""
     from training.cli import build_parser as default_build
 
     parser = (build_parser or default_build)("train")
@@ -70,37 +73,34 @@ def train_parser(build_parser=None) -> argparse.ArgumentParser:
     raise FormError("the CLI has no `train` command.")
 
 
-def _kind(action: argparse.Action, field: dataclasses.Field) -> str:
-    if action.choices:
+def _kind(spec) -> str:
+    if spec.choices:
         return "choice"
-    if isinstance(action, (argparse._StoreConstAction, argparse.BooleanOptionalAction)):  # noqa: SLF001
+    if spec.kind in ("switch", "negatable", "bool"):
         return "bool"
-    if action.type is int:
+    if spec.type is int:
         return "int"
-    if action.type is float:
+    if spec.type is float:
         return "float"
-    if field.type in ("bool", "bool | None") or field.type is bool:
-        return "bool"
     return "text"
 
 
-def train_form_fields(parser: argparse.ArgumentParser | None = None, config_class=None) -> list[FormField]:
-    """One :class:`FormField` per ``train`` flag that sets a ``config_class`` field, in the parser's order."""
-    from training.train_config import TrainConfig
+def train_form_fields(config_class=None) -> list[FormField]:
+    """One :class:`FormField` per command-line field of ``config_class`` (default :class:`TrainConfig`), in field
+    order, with the help line ``subjectgen train --help`` shows for it."""
+    from training.commands.train import describe_default
+    from training.config_flags import flag_specs, full_help
 
-    config_class = config_class or TrainConfig
-    parser = parser or train_parser()
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if config_class is None:
+        from training.train_config import TrainConfig as config_class
     out = []
-    for action in parser._actions:  # noqa: SLF001
-        if action.dest not in fields or action.dest in PAGE_FIELDS or not action.option_strings:
+    for spec in flag_specs(config_class):
+        if spec.name in PAGE_FIELDS:
             continue
-        field = fields[action.dest]
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = (action.help or "").replace("%(default)s", str(default))
         out.append(FormField(
-            name=action.dest, flag=action.option_strings[-1], help=help_text, kind=_kind(action, field),
-            choices=tuple(str(c) for c in action.choices or ()), default=default, parse=action.type,
+            name=spec.name, flag=spec.flag, help=full_help(spec, describe_default), kind=_kind(spec),
+            choices=tuple(str(c) for c in spec.choices or ()), default=spec.default,
+            parse=spec.type if spec.kind == "bool" else None, repeatable=spec.repeatable,
         ))
     return out
 

@@ -2,7 +2,8 @@
 
     WORKDIR/subjects/NAME/photos/      the uploaded photos (sanitised names)
     WORKDIR/subjects/NAME/prepared/    `subjectgen prepare` output (crops, masks, prepare.json)
-    WORKDIR/subjects/NAME/subject/     `subjectgen train --out`: subject files, train_config.json, checkpoints/
+    WORKDIR/subjects/NAME/subject/     `subjectgen train --out`: subject files, train_config.json
+    WORKDIR/subjects/NAME/subject.checkpoints/  its resumable checkpoints while a run is unfinished (Stop, Resume)
     WORKDIR/subjects/NAME/images/RUN/  `subjectgen generate --out`: images + manifest.jsonl (RUN/subject, RUN/base)
     WORKDIR/regularization/            `subjectgen regularize` output, shared by the subjects of one base
     WORKDIR/downloads/                 zips and exports made for the browser
@@ -87,10 +88,15 @@ class Workdir:
     def downloads(self) -> Path:
         return self.root / "downloads"
 
-    def regularization(self, base: str) -> Path:
+    def regularization(self, model: str, lora: str | None = None) -> Path:
+        """The shared class-image folder of one model (plus LoRA): ``regularization/<model>[+<lora>]``."""
         from .uploads import safe_name
 
-        return self.root / "regularization" / safe_name(Path(resolve_base(base)).name, "base")
+        model = model.split(":")[-1] if model.startswith("builtin:") else model
+        name = safe_name(Path(resolve_base(model)).name, "base")
+        if lora:
+            name += "+" + safe_name(Path(lora.split(":")[-1]).name, "lora")
+        return self.root / "regularization" / name
 
     def inside(self, path: str | Path) -> bool:
         return Path(path).resolve().is_relative_to(self.root)
