@@ -78,17 +78,81 @@ def test_runner_hatch_is_gone_and_unknown_keys_still_fail(tmp_path):
 
 
 def ci_sized(config_path: Path, subjects: list[dict]) -> dict:
-    """The population config with its samples cut to CI size. The training is unchanged, regularisation sets
-    included: with 16 instead of 64 class images the prior is weaker, and the regularised CD rows lost half their new
-    backgrounds on test-101 (measured), so the full run's thresholds would not apply."""
+    """The population config cut to ``subjects`` and nothing else: the same training (its 64 regularisation images
+    included: with 16 the prior was weaker and the regularised CD rows lost half their new backgrounds on test-101)
+    and the same prompts and seeds, so on this CPU the CI run reproduces the full run's numbers for its subjects."""
     data = yaml.safe_load(config_path.read_text())
     data["subjects"] = subjects
-    data["generate"]["num_per_prompt"] = 4
     return data
 
 
 def _overall(summary, subject, setup):
     return next(r["overall"] for r in summary["runs"] if r["subject"] == subject and r["setup"] == setup)
+
+
+# Bars from the full population run (training/toy/README.md, "A population of faces"): the worst value each claim took
+# over all 28 pairs of its 8 test subjects, printed by
+#   python -m training.benchmarks.toy_population_bars runs/toy-population/summary.json
+# Which two faces CI draws must not decide a claim, so the bar is what any pair of held-out faces reached, less one
+# image's worth of the CI's sample (float differences between CPUs may flip an image): 0.01 for likeness, traits and
+# prompt-following (64 images per setup), 1/32 for a subject's backgrounds, 1/16 for a hat or glasses (16 requests).
+WORST_PAIR_GAIN = {  # setup: (likeness, traits, prompt-following, hat) gain over the subjects' own baselines
+    "cd-noreg": (0.044, 0.057, -0.227, -0.688),
+    "cd-reg-base": (0.143, 0.188, -0.188, -0.625),
+    "cd-reg-alt": (0.167, 0.193, -0.227, -0.812),
+    "cr": (0.172, 0.339, -0.008, 0.0),
+    "cd+cr-reg": (0.052, -0.083, -0.125, -0.438),
+}
+WORST_PAIR_MARK_ABOVE_BASELINE = 0.042  # cd-reg-base, cd-reg-alt and cd+cr-reg together
+LARGEST_PAIR_CR_MARK_ABOVE_BASELINE = 0.016
+WORST_PAIR_CR_GLASSES_GAIN = -0.062  # the CD rows lost every glasses on some pairs (-1.0): no bound, not asserted
+WORST_SUBJECT_BACKGROUND = {"cd-noreg": 0.75}  # every other setup found every new background on every test subject
+
+
+POPULATION_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "toy_population" / "summary.json"
+
+
+def test_the_ci_bars_are_the_worst_pairs_of_the_shipped_population_run():
+    """The constants above are what the population run's summary (shipped, trimmed) gives, not hand-picked."""
+    from training.benchmarks.toy_population_bars import population_bars
+
+    summary = json.loads(POPULATION_SUMMARY.read_text())
+    assert summary["experiment"] == "five_setups_toy_population"
+    bars = population_bars(summary)
+    assert len(bars["subjects"]) == 8 and bars["pairs"] == 28
+    ci_subjects = [s["name"] for s in summary["subjects"] if s["group"] == "test"][:2]
+    assert ci_subjects == ["test-100", "test-101"]  # the CI's subjects are held-out subjects of that run
+    for setup, (likeness, traits, prompt, hat) in WORST_PAIR_GAIN.items():
+        row = bars["setups"][setup]
+        measured = (row["likeness gain"], row["traits gain"], row["prompt_following gain"], row["hat gain"])
+        assert measured == pytest.approx((likeness, traits, prompt, hat), abs=1e-3), setup
+        assert row["background"] == pytest.approx(WORST_SUBJECT_BACKGROUND.get(setup, 1.0)), setup
+    assert bars["mark rows above baseline"] == pytest.approx(WORST_PAIR_MARK_ABOVE_BASELINE, abs=1e-3)
+    assert bars["cr mark above baseline"] == pytest.approx(LARGEST_PAIR_CR_MARK_ABOVE_BASELINE, abs=1e-3)
+    assert bars["setups"]["cr"]["glasses gain"] == pytest.approx(WORST_PAIR_CR_GLASSES_GAIN, abs=1e-3)
+
+
+def test_worst_pair_bars_take_the_worst_two_subject_mean():
+    from training.benchmarks.toy_population_bars import population_bars
+
+    def run(subject, setup, likeness, mark=0.0):
+        part = lambda v: {"mean": v}  # noqa: E731
+        return {"subject": subject, "setup": setup, "overall": {
+            "identity": part(likeness), "prompt_following": part(1.0),
+            "identity_parts": {"hidden_mark": part(mark), "traits": part(likeness)},
+            "prompt_checks": {"background": part(1.0), "hat": part(1.0), "glasses": part(1.0)}}}
+
+    gains = {"a": 0.4, "b": -0.1, "c": 0.2}  # pairs: (a,b) 0.15, (a,c) 0.3, (b,c) 0.05
+    summary = {"subjects": [{"name": n, "group": "test"} for n in gains] + [{"name": "t", "group": "tuning"}],
+               "setups": [{"name": s} for s in ("baseline", "cd-reg-base", "cd-reg-alt", "cd+cr-reg", "cr")],
+               "runs": [run(n, "baseline", 0.1) for n in [*gains, "t"]]
+               + [run(n, s, 0.1 + g, mark=g) for n, g in gains.items() for s in ("cd-reg-base", "cd-reg-alt", "cd+cr-reg", "cr")]}
+    bars = population_bars(summary)
+    assert bars["pairs"] == 3 and bars["subjects"] == ["a", "b", "c"]
+    assert bars["setups"]["cr"]["likeness gain"] == pytest.approx(0.05)
+    assert bars["setups"]["cr"]["beats baseline"] == 2
+    assert bars["mark rows above baseline"] == pytest.approx(0.05)
+    assert bars["cr mark above baseline"] == pytest.approx(0.3)
 
 
 @pytest.mark.slow
@@ -105,36 +169,31 @@ def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [s["source"] for s in summary["subjects"]] == ["toy:seed=100", "toy:seed=101"]
     print(json.dumps({f"{r['subject']}/{r['setup']}": r["overall"] for r in summary["runs"]}, indent=1))
-
-    # Thresholds from the full-size population run (training/toy/README.md, "A population of faces"), never from
-    # this run. There, not every setup beat the baseline on every subject (cd+cr-reg on test-101: -0.005; cd-noreg on
-    # tune-1: -0.036), so the likeness bar is on the two subjects' mean: the full run's smallest mean gain on these
-    # test subjects was +0.128 (cd-noreg), traits +0.255 (cd-noreg), hidden mark 0.141 for the regularised CD rows
-    # and CD+CR together against 0 for the baseline and CR; every background kept; CR kept the hat and glasses
-    # (1.0 like the baseline); the worst prompt-following was the baseline's - 0.25 (cd-reg-alt on test-101).
     subjects = ("test-100", "test-101")
 
     def mean(setup, key, part=None):
         values = [_overall(summary, s, setup) for s in subjects]
         return sum((o[key] if part is None else o[key][part])["mean"] for o in values) / len(values)
 
+    def gain(setup, key, part=None):
+        return mean(setup, key, part) - mean("baseline", key, part)
+
     for setup in SETUPS:
+        likeness, traits, prompt, hat = WORST_PAIR_GAIN[setup]
         why = (setup, {s: _overall(summary, s, setup) for s in subjects})
-        assert mean(setup, "identity") >= mean("baseline", "identity") + 0.05, why  # likeness beats the baseline
-        assert mean(setup, "identity_parts", "traits") >= mean("baseline", "identity_parts", "traits") + 0.1, why
-        for subject in subjects:  # backgrounds the photos never show are drawn, by every row for every subject
-            assert _overall(summary, subject, setup)["prompt_checks"]["background"]["mean"] >= 0.85, (subject, why)
-        assert mean(setup, "prompt_following") >= mean("baseline", "prompt_following") - 0.35, why
+        assert likeness > 0 and gain(setup, "identity") >= likeness - 0.01, why  # every setup learns the face
+        assert gain(setup, "identity_parts", "traits") >= traits - 0.01, why
+        assert gain(setup, "prompt_following") >= prompt - 0.01, why
+        assert gain(setup, "prompt_checks", "hat") >= hat - 1 / 16, why
+        for subject in subjects:  # backgrounds the photos never show
+            found = _overall(summary, subject, setup)["prompt_checks"]["background"]["mean"]
+            assert found >= WORST_SUBJECT_BACKGROUND.get(setup, 1.0) - 1 / 32, (subject, why)
     # The headline, apart from the traits: weight tuning with regularisation (and CD+CR) draws the unnamed mark;
     # CR's tokens alone do not.
-    base_mark = mean("baseline", "identity_parts", "hidden_mark")
-    tuned_mark = sum(mean(s, "identity_parts", "hidden_mark") for s in ("cd-reg-base", "cd-reg-alt", "cd+cr-reg")) / 3
-    assert tuned_mark >= base_mark + 0.05, tuned_mark
-    assert mean("cr", "identity_parts", "hidden_mark") <= base_mark + 0.05
-    # Accessories, each against the baseline's own rate: CR keeps the hat and the glasses (one lost image in the
-    # 8 per accessory is 0.125). The CD rows lost the glasses on these subjects in the full run: not asserted.
-    for accessory in ("hat", "glasses"):
-        assert mean("cr", "prompt_checks", accessory) >= mean("baseline", "prompt_checks", accessory) - 0.25, accessory
+    tuned = sum(gain(s, "identity_parts", "hidden_mark") for s in ("cd-reg-base", "cd-reg-alt", "cd+cr-reg")) / 3
+    assert tuned >= WORST_PAIR_MARK_ABOVE_BASELINE - 0.01, tuned
+    assert gain("cr", "identity_parts", "hidden_mark") <= LARGEST_PAIR_CR_MARK_ABOVE_BASELINE + 0.01
+    assert gain("cr", "prompt_checks", "glasses") >= WORST_PAIR_CR_GLASSES_GAIN - 1 / 16  # CR keeps the glasses
 
     assert "| cd+cr-reg |" in (out / "summary.md").read_text() and (out / "report.html").is_file()
     assert summary["across_subjects"]["test"]["subjects"] == list(subjects)
