@@ -395,7 +395,7 @@ class Trainer:
                 **self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
                 "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
                 "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
-                "batch_size": config.batch_size}),
+                "batch_size": config.batch_size, "prompt": config.prompt, "class_prompt": config.class_prompt}),
         )
         return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), part.deltas, part.bias_deltas)
 
