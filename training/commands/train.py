@@ -61,13 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config", help="YAML/TOML/JSON file with the same fields; flags override it", default_text="default: none")
     add("--base", help="Stable Diffusion 1.x: a local diffusers folder or a Hub id",
         default_text="required, here or in --config")
-    add("--photos", help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer than 4 "
-        "trains but warns", default_text="required, here or in --config")
+    add("--photos", action="append", help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); "
+        "fewer than 4 trains but warns. Repeat it with one --token each to train several people jointly (one set of "
+        "deltas, one token per person)", default_text="required, here or in --config")
     add("--method", choices=list(REGISTRY), help="; ".join(f"{name}: {m.info.title}" for name, m in REGISTRY.items()),
         default_text="required, here or in --config")
     add("--out", help="output folder for the subject (created; must not be a file); checkpoints go beside it in "
         "<out>.checkpoints/", default_text="required, here or in --config")
-    add("--token", help="the new token string", default_text="default: <new1>")
+    add("--token", action="append", help="the new token string (one per --photos in a joint run)",
+        default_text="default: <new1>")
     add("--reg-dir", help="regularisation images for prior preservation", default_text="default: none, no prior "
         "preservation")
     add("--steps", type=int, help="optimizer steps")
@@ -120,10 +122,25 @@ FIELDS = (
 )
 
 
+def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dict:
+    """Repeated ``--photos A/ --photos B/ --token <a> --token <b>``: the ``subjects`` of a joint run; once each:
+    ``photos`` and ``token``."""
+    from training.train_config import TrainConfigError
+
+    photos, tokens = photos or [], tokens or []
+    if len(photos) <= 1 and len(tokens) <= 1:
+        return {key: value[0] for key, value in (("photos", photos), ("token", tokens)) if value}
+    if len(photos) != len(tokens):
+        raise TrainConfigError(f"a joint run pairs each --photos with its own --token; got {len(photos)} --photos "
+                               f"and {len(tokens)} --token.")
+    return {"subjects": [{"photos": folder, "token": token} for folder, token in zip(photos, tokens)]}
+
+
 def config_from_args(args: argparse.Namespace):
     from training.train_config import TrainConfig
 
     flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    flags.update(people_from_flags(flags.pop("photos", None), flags.pop("token", None)))
     if args.config:
         return TrainConfig.from_file(args.config, **flags)
     return TrainConfig.from_dict(flags)
