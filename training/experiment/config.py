@@ -20,7 +20,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
 # TrainConfig fields the runner sets itself: they may not appear under `train`.
-RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume")
+RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume", "subjects")
 
 
 class ExperimentConfigError(SubjectgenError):
