@@ -40,15 +40,18 @@ def run(args: argparse.Namespace) -> int:
     sources = [read_for_merge(path) for path in args.subjects]
     check_mergeable(sources)  # before the model loads
     base = args.base or sources[0].subject.config.base_model
-    base_path = resolve_model(base)
-    for path in args.subjects:
-        check_subject(path, base_path)
     try:
+        base_path = resolve_model(base)
+        for path in args.subjects:
+            check_subject(path, base_path)
         pipe = SubjectPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
                                                requires_safety_checker=False)
     except (OSError, ValueError) as error:
-        raise SubjectgenError(f"cannot load the base model {base!r} ({error}); pass --base with the subjects' base "
-                              "model (a diffusers folder or Hub id).") from error
+        if args.base:
+            raise
+        # the subjects record their base by name only (a local folder's name): say how to give it
+        raise SubjectgenError(f"cannot use the base model the subjects record, {base!r} ({error}); pass --base with "
+                              "that model's diffusers folder or Hub id (builtin:toy-base for the toy model).") from error
     captions = regularization_captions(class_phrases([s.subject for s in sources], args.class_prompts))
     merged = merge_subjects(pipe, [s.subject for s in sources], regularization_captions=captions, out=args.out)
     report = merged.config.training["merge"]
