@@ -45,6 +45,7 @@ def test_a_wrong_subjects_list_is_refused(subjects, message):
                                "subjects": [{"photos": "a", "token": "<a>"}, {"photos": "b", "token": "<b>"}]})
 
 
+@pytest.mark.slow
 def test_joint_run_trains_one_token_per_person_and_both_load(tiny_sd_dir, two_people, tmp_path):
     from diffusers import StableDiffusionPipeline
 
