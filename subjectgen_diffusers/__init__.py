@@ -33,6 +33,8 @@ _EXPORTS = {
     "export_a1111": "export",
     "export_lora": "lora_export",
     "compress_subject": "compress",
+    "merge_subjects": "merge",
+    "MergeError": "merge",
     "push_subject_to_hub": "hub",
     "push_to_hub": "hub",
     "render_subject_card": "hub",
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compress import compress_subject
     from .export import export_a1111, export_diffusers
     from .lora_export import export_lora
+    from .merge import MergeError, merge_subjects
     from .formats import read_subject
     from .hub import push_subject_to_hub, push_to_hub, render_subject_card
     from .loader import load_subject, loaded_subjects, set_subject_scale, unload_subject

@@ -18,6 +18,7 @@ import torch
 from .atomic_io import atomic_save_safetensors, atomic_write
 from .errors import SubjectgenError
 from .methods import CD_PROCESSOR_WEIGHTS
+from .lora_export import file_stem
 from .subject_format import Subject
 
 TI_FILE = "learned_embeds.safetensors"
@@ -61,8 +62,13 @@ def export_diffusers(subject: Subject | str | Path, out: str | Path, *, base_une
     """Write the diffusers textual-inversion file (and Custom Diffusion weights if the subject has deltas)."""
     subject = _as_subject(subject)
     out = Path(out)
-    token = subject.config.token
-    written = [atomic_save_safetensors(out / TI_FILE, {token: subject.token_embeddings.float()}, metadata={"format": "pt"})]
+    rows = subject.config.token_rows()
+    written = []
+    for index, (token, _count) in enumerate(subject.config.tokens):
+        # the first token in learned_embeds.safetensors; the further people of a merged subject in their own files
+        name = TI_FILE if index == 0 else f"learned_embeds-{file_stem(token)}.safetensors"
+        written.append(atomic_save_safetensors(out / name, {token: subject.token_embeddings[rows[token]].float()},
+                                               metadata={"format": "pt"}))
     if subject.deltas or subject.bias_deltas:
         if base_unet is None:
             raise SubjectgenError("this subject has Custom Diffusion deltas: exporting full weights needs the base model (--base).")
@@ -75,6 +81,11 @@ def export_a1111(subject: Subject | str | Path, out_file: str | Path, *, token_o
     """Write an AUTOMATIC1111 embedding (``.safetensors`` or ``.pt``) holding the subject's token vectors."""
     subject = _as_subject(subject)
     out_file = Path(out_file)
+    if subject.config.extra_tokens:
+        raise SubjectgenError(
+            f"an A1111 embedding holds one token, and this subject holds {len(subject.config.tokens)} "
+            f"({', '.join(t for t, _ in subject.config.tokens)}); export with --format lora, which writes one "
+            "embedding per token.")
     if (subject.deltas or subject.bias_deltas) and not token_only:
         raise SubjectgenError(
             "an A1111 embedding holds only token vectors, and this subject also has Custom Diffusion weight deltas; "

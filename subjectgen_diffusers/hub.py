@@ -94,7 +94,7 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
     card = ModelCard.from_template(
         card_data,
         template_str=read_template(),
-        title=f"{config.token} — {method_info(config.method).title} subject",
+        title=f"{' + '.join(t for t, _ in config.tokens)} — {method_info(config.method).title} subject",
         base_model=config.base_model,
         base_model_on_hub=is_repo_id(config.base_model),  # a local folder name gets no huggingface.co link
         method=config.method,

@@ -39,6 +39,7 @@ class LoadedSubject:
     scale: float
     method: str
     base_model: str
+    tokens: list[str] = dataclasses.field(default_factory=list)  # every prompt token (several for a merged subject)
 
 
 def loaded_subjects(pipe) -> dict[str, LoadedSubject]:
@@ -129,7 +130,7 @@ def validate_subject(pipe, subject: Subject) -> None:
         raise SubjectgenError(f"subject `{token}` has NaN/inf token vectors; the file is corrupt or training diverged.")
     if token in loaded_subjects(pipe):
         raise SubjectgenError(f"subject `{token}` is already loaded; unload_subject(pipe, {token!r}) first or pass token=.")
-    taken = [t for t in token_strings(token, config.num_vectors) if token_taken(pipe.tokenizer, t)]
+    taken = [t for t in subject_token_strings(config) if token_taken(pipe.tokenizer, t)]
     if taken:
         raise SubjectgenError(
             f"token {taken[0]!r} is already in the tokenizer's vocabulary; pick a new word with token='<something>'."
@@ -162,7 +163,7 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     _check_pipeline(pipe)
     validate_subject(pipe, subject)
     token = subject.config.token
-    added = token_strings(token, subject.config.num_vectors)
+    added = subject_token_strings(subject.config)
     attached: list[str] = []
     tokens_loaded = False
     try:
@@ -184,9 +185,15 @@ def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
             raise
         raise SubjectgenError(f"could not load subject `{token}` ({error}); the pipeline was left unchanged.") from error
     _registry(pipe)[token] = LoadedSubject(
-        token, added, attached, float(scale), subject.config.method, subject.config.base_model
+        token, added, attached, float(scale), subject.config.method, subject.config.base_model,
+        [name for name, _ in subject.config.tokens],
     )
     return token
+
+
+def subject_token_strings(config) -> list[str]:
+    """Every vocabulary entry a subject adds: each of its tokens in diffusers' multi-vector spelling."""
+    return [name for token, count in config.tokens for name in token_strings(token, count)]
 
 
 def _unload_tokens(pipe, tokens: list[str]) -> None:
@@ -207,7 +214,9 @@ def load_subject(
     """Load a subject into ``pipe`` and return the token to write in prompts.
 
     ``source``: a :class:`Subject`, a local folder or file (ours, diffusers Custom Diffusion output, Cross
-    Initialization ``learned_embeds.bin``, diffusers textual inversion, A1111 embedding) or a Hub repo id.
+    Initialization ``learned_embeds.bin``, diffusers textual inversion, A1111 embedding) or a Hub repo id. A subject
+    holding several people (``subjectgen merge``, joint training) adds all their tokens and returns the first; the
+    others are in ``loaded_subjects(pipe)[token].tokens``.
     ``token`` renames the subject's token (required for files that do not store one). ``scale`` multiplies the weight
     deltas (0 = base UNet); token vectors are not scaled. ``weight_name`` picks one file in a folder or repo.
     """

@@ -59,10 +59,12 @@ class LoraExport:
     diffusers: Path | None = None
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    extra_embeddings: list[Path] = field(default_factory=list)  # the further tokens of a subject holding several
 
     @property
     def written(self) -> list[Path]:
-        return [p for p in (self.kohya, self.diffusers, self.embedding, self.report) if p is not None]
+        return [p for p in (self.kohya, self.diffusers, self.embedding, *self.extra_embeddings, self.report)
+                if p is not None]
 
 
 def _bias_note(subject: Subject, base_unet) -> tuple[str, dict]:
@@ -104,7 +106,11 @@ def export_lora(
     if dtype is None:
         dtype = getattr(torch, subject.config.dtype, torch.float32)
     name = file_stem(subject.config.token)
-    vectors = subject.token_embeddings.detach().to(dtype).contiguous()
+    rows = subject.config.token_rows()
+    vectors = subject.token_embeddings[rows[subject.config.token]].detach().to(dtype).contiguous()
+    # a subject holding several people (merge, joint training): one embedding file per further token, beside the first
+    extra = {token: subject.token_embeddings[rows[token]].detach().to(dtype).contiguous()
+             for token in subject.config.extra_tokens}
     if not subject.deltas:
         result = LoraExport(out, atomic_save_safetensors(out / f"{name}.safetensors", {"emb_params": vectors},
                                                          metadata={"format": "pt"}))
@@ -138,6 +144,8 @@ def export_lora(
             zero = torch.zeros(factored.up.shape[0], dtype=dtype)
             peft[f"unet.{layer}.{proj}.lora_B.bias"] = zero if bias is None else bias.detach().to(dtype)
     kohya[f"{BUNDLE_PREFIX}.{name}.emb_params"] = vectors
+    for token, rows_of_token in extra.items():
+        kohya[f"{BUNDLE_PREFIX}.{file_stem(token)}.emb_params"] = rows_of_token
     metadata = {"format": "pt", "subjectgen_token": subject.config.token, "subjectgen_method": subject.config.method}
     result = LoraExport(
         out,
@@ -145,6 +153,9 @@ def export_lora(
         kohya=atomic_save_safetensors(out / f"{name}_lora.safetensors", kohya, metadata=metadata),
         diffusers=atomic_save_safetensors(out / DIFFUSERS_LORA_FILE, peft, metadata={"format": "pt"}),
     )
+    for token, rows_of_token in extra.items():
+        result.extra_embeddings.append(atomic_save_safetensors(
+            out / f"{file_stem(token)}.safetensors", {"emb_params": rows_of_token}, metadata={"format": "pt"}))
     bias_stats = None
     if subject.bias_deltas:
         note, bias_stats = _bias_note(subject, base_unet)
@@ -165,6 +176,7 @@ def _report(subject: Subject, name: str, choice: RankChoice, factors: dict, resu
             "kohya_lora": result.kohya.name if result.kohya else None,
             "diffusers_lora": result.diffusers.name if result.diffusers else None,
             "embedding": result.embedding.name,
+            "extra_embeddings": [p.name for p in result.extra_embeddings],
         },
         "max_relative_error": max((f.relative_error for f in factors.values()), default=0.0),
         "layers": {f"{layer}.{proj}": {"rank": f.rank, "relative_error": f.relative_error}

@@ -85,7 +85,7 @@ def check_subject_files(folder: str | Path) -> tuple[SubjectConfig, dict[str, tu
                                              f"unexpected {extra[:3]}" if extra else "") if part)
         raise SubjectCheckError(f"{weights_path} does not hold the tensors {config_path.name} promises ({listed}); the "
                                 f"two files are from different subjects or damaged: copy the subject folder again.")
-    token_shape = (config.num_vectors, config.text_hidden_size)
+    token_shape = (config.total_vectors, config.text_hidden_size)
     if shapes[TOKEN_KEY] != token_shape:
         raise SubjectCheckError(f"{weights_path}: `{TOKEN_KEY}` has shape {shapes[TOKEN_KEY]}, {config_path.name} "
                                 f"promises {token_shape}; the files are from different subjects or damaged.")

@@ -1,7 +1,10 @@
 """The subject file format: ``subject_config.json`` + ``subject.safetensors`` (safetensors only).
 
 Tensors
-- ``token_embeddings``: ``[num_vectors, text_hidden_size]``, the new token's vectors in prompt order.
+- ``token_embeddings``: ``[num_vectors, text_hidden_size]``, the new token's vectors in prompt order. A subject that
+  holds several people (``subjectgen merge``, joint training) lists its further tokens in ``extra_tokens``
+  (``{token: num_vectors}``, in order); their rows follow the first token's, so the tensor is
+  ``[total_vectors, text_hidden_size]``.
 - ``{layer}.{proj}.delta``: a Custom Diffusion weight delta ``ΔW = W_trained - W_base`` for one projection
   (``proj`` in ``to_q``, ``to_k``, ``to_v``, ``to_out.0``) of the attention module ``layer`` of the UNet.
 - ``{layer}.{proj}.delta_up`` / ``.delta_down``: the same delta as low-rank factors, ``ΔW = up @ down``.
@@ -71,6 +74,7 @@ class SubjectConfig:
     dtype: str = "float32"
     format_version: int = FORMAT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
+    extra_tokens: dict[str, int] = field(default_factory=dict)  # further people in the same subject: token -> vectors
 
     def __post_init__(self) -> None:
         if self.format_version > FORMAT_VERSION:
@@ -84,6 +88,11 @@ class SubjectConfig:
             raise SubjectFormatError(f"token must be a non-empty string without spaces, got {self.token!r}.")
         if self.num_vectors < 1:
             raise SubjectFormatError(f"num_vectors must be >= 1, got {self.num_vectors}.")
+        for token, count in self.extra_tokens.items():
+            if not token or any(c.isspace() for c in token) or token == self.token:
+                raise SubjectFormatError(f"extra_tokens: {token!r} must be a new word without spaces, unlike `token`.")
+            if not isinstance(count, int) or count < 1:
+                raise SubjectFormatError(f"extra_tokens: {token!r} needs a vector count >= 1, got {count!r}.")
         if self.has_deltas:
             if self.cd_scope not in CD_SCOPES:
                 raise SubjectFormatError(f"cd_scope must be one of {sorted(CD_SCOPES)}, got {self.cd_scope!r}.")
@@ -93,6 +102,23 @@ class SubjectConfig:
     @property
     def has_deltas(self) -> bool:
         return method_info(self.method).has_deltas
+
+    @property
+    def tokens(self) -> list[tuple[str, int]]:
+        """Every ``(token, num_vectors)`` of the subject in row order: ``token`` first, then ``extra_tokens``."""
+        return [(self.token, self.num_vectors), *self.extra_tokens.items()]
+
+    @property
+    def total_vectors(self) -> int:
+        return sum(count for _, count in self.tokens)
+
+    def token_rows(self) -> dict[str, slice]:
+        """Which rows of ``token_embeddings`` belong to each token."""
+        rows, start = {}, 0
+        for token, count in self.tokens:
+            rows[token] = slice(start, start + count)
+            start += count
+        return rows
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubjectConfig:
@@ -114,7 +140,7 @@ class Subject:
 
     def __post_init__(self) -> None:
         shape = tuple(self.token_embeddings.shape)
-        expected = (self.config.num_vectors, self.config.text_hidden_size)
+        expected = (self.config.total_vectors, self.config.text_hidden_size)
         if shape != expected:
             raise SubjectFormatError(f"token_embeddings has shape {shape}, the config says {expected}.")
         if set(self.deltas) != set(self.config.layers if self.config.has_deltas else []):

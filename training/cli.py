@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("training.commands.experiment", "run subjects x setups end to end and write the report"),
     "export": ("training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
     "compress": ("training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
+    "merge": ("training.commands.merge", "merge several subjects into one (Custom Diffusion's constrained merge): "
+              "one folder, every token"),
     "push": ("training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
     "ui": ("training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class GenerateConfig:
     negative_prompt: str | None = None
     dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
     device: str | None = None  # default: cuda when available
+    also_load: list[str] = field(default_factory=list)  # further subjects loaded beside `subject` (their deltas add)
+    token: str | None = None  # which loaded token fills {} (a subject holding several people); default: the first
 
     def __post_init__(self) -> None:
         for name in ("num_per_prompt", "steps", "batch_size"):
@@ -87,7 +89,7 @@ class GenerateConfig:
     def settings(self) -> dict[str, Any]:
         """What the manifest records about how every image was made."""
         keys = ("base", "steps", "guidance", "scheduler", "resolution", "scale", "lora", "lora_scale",
-                "negative_prompt", "subject_phrase", "class_phrase")
+                "negative_prompt", "subject_phrase", "class_phrase", "also_load", "token")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -123,13 +125,17 @@ def load_pipeline(config: GenerateConfig):
 
     # A wrong subject path fails here, before the (large) base model is loaded.
     subject = str(resolve_source(config.subject)) if config.subject else None
-    if subject:  # damaged files or a subject of another base: said now, before the model loads
-        check_subject(subject, config.base)
+    others = [str(resolve_source(other)) for other in config.also_load]
+    if others and not subject:
+        raise GenerateError("also_load loads subjects beside `subject`: give the subject too.")
+    for source in [subject, *others] if subject else []:  # damaged files or another base: said before the model loads
+        check_subject(source, config.base)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:
         pipe = SubjectPipeline.from_pretrained(
-            config.base, subject=subject, subject_scale=config.scale, dtype=getattr(torch, dtype_name),
+            config.base, subject=[subject, *others] if subject else None, subject_scale=config.scale,
+            dtype=getattr(torch, dtype_name),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except SubjectgenError:
@@ -146,6 +152,18 @@ def load_pipeline(config: GenerateConfig):
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def prompt_token(pipe, config: GenerateConfig) -> str:
+    """The token that fills ``{}``: ``config.token`` (any loaded subject's token), else the first subject's (the
+    pipeline expands a multi-vector token itself)."""
+    from subjectgen_diffusers import loaded_subjects
+
+    token = config.token or pipe.subject_tokens[0]
+    loaded = [t for entry in loaded_subjects(pipe).values() for t in entry.tokens]
+    if token not in loaded:
+        raise GenerateError(f"token {token!r} is not a loaded subject's token; loaded: {loaded}.")
+    return token
 
 
 def generate_images(config: GenerateConfig, pipe=None) -> Path:
@@ -166,7 +184,7 @@ def generate_images(config: GenerateConfig, pipe=None) -> Path:
         return out
 
     pipe = pipe if pipe is not None else load_pipeline(config)
-    fill = config.subject_phrase.replace("{}", pipe.subject_tokens[0]) if config.subject else config.class_phrase
+    fill = config.subject_phrase.replace("{}", prompt_token(pipe, config)) if config.subject else config.class_phrase
     size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     # What was actually used: the native size when none was asked, and the text that every {} became.
     settings = {**config.settings(), "resolution": size, "subject_text": fill}

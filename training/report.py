@@ -123,6 +123,43 @@ def _across_subjects_markdown(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def compose_markdown(summary: dict[str, Any]) -> list[str]:
+    """Per group of composed subjects: likeness and prompt-following of each subject under every condition, and
+    each condition's difference from ``alone`` (the experiment's ``compose`` stage)."""
+    compose = summary.get("compose")
+    if not compose:
+        return []
+    conditions = compose["conditions"]
+    lines = ["## several subjects in one pipeline", "",
+             f"Each subject trained alone with `{compose['setup']}`; `added`: the group's subjects loaded together "
+             "(deltas summed); `merged`: Custom Diffusion's constrained merge of the group; `joint`: one run on all "
+             "the group's photos, one token each. Likeness / prompt-following, mean over the subject's images; "
+             "Δ: difference from alone.", ""]
+    for group in compose["groups"]:
+        lines += [f"### {' + '.join(group['subjects'])}", "",
+                  "| subject | " + " | ".join(conditions) + " | " + " | ".join(f"Δ {c}" for c in conditions[1:]) + " |",
+                  "| --- |" + " ---: |" * (2 * len(conditions) - 1)]
+        for name, row in group["rows"].items():
+            def pair(scores: dict[str, Any]) -> str:
+                return " / ".join("–" if v is None else f"{v:.3f}" for v in (scores["likeness"], scores["prompt_following"]))
+
+            def delta(condition: str) -> str:
+                base, other = row["alone"], row[condition]
+                return " / ".join("–" if a is None or b is None else f"{b - a:+.3f}"
+                                  for a, b in ((base["likeness"], other["likeness"]),
+                                               (base["prompt_following"], other["prompt_following"])))
+
+            lines.append(f"| {name} | " + " | ".join(pair(row[c]) for c in conditions) + " | "
+                         + " | ".join(delta(c) for c in conditions[1:]) + " |")
+        merge = group.get("merge") or {}
+        if merge:
+            lines.append("")
+            lines.append(f"Merge: {merge['regularization_captions']} regularisation captions, largest relative "
+                         f"constraint error {merge['max_relative_constraint_error']:.1e}.")
+        lines.append("")
+    return lines
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """Per subject: a table of setups (overall scores), then identity per setup and prompt."""
     lines = [f"# {summary.get('experiment', 'experiment')}", ""]
@@ -138,6 +175,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     else:
         lines += ["CLIP-T: cosine of image and prompt (subject token replaced by a plain phrase); CLIP-I: mean cosine "
                   "with the reference photos. Mean ± std.", ""]
+    lines += compose_markdown(summary)
     if len(summary["subjects"]) > 1 and summary.get("per_setup"):
         lines += _across_subjects_markdown(summary)
         lines += ["## all subjects' images pooled", "", *table_header(cols)]
@@ -250,6 +288,12 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
     cols = columns([run["overall"] for run in summary["runs"]])
     prompt_key = "clip_text" if any(label == METRICS[1][1] for label, _, _ in cols) else "prompt_following"
     prompt_label = "prompt score (CLIP-T, mean)" if prompt_key == "clip_text" else "prompt-following (mean)"
+    if summary.get("compose"):
+        import re
+
+        markdown = "\n".join(compose_markdown(summary))
+        body.append("<h2>several subjects in one pipeline</h2><pre>"
+                    + html.escape(re.sub(r"^#+ ", "", markdown, flags=re.M)) + "</pre>")
     if len(summary["subjects"]) > 1 and summary.get("across_subjects"):
         import re
 

@@ -43,6 +43,21 @@ def _methods_help() -> str:
 
 
 @dataclass
+class JointSubject:
+    """One person of a joint run (Custom Diffusion's joint multi-concept training, Kumari et al. 2023, Sec. 3.2)."""
+
+    photos: str  # folder of that person's photos, captioned with its own token
+    token: str  # that person's token; every subject of the run needs its own
+    class_prompt: str | None = None  # its class phrase (recorded for `subjectgen merge`); default: the run's
+
+    def __post_init__(self) -> None:
+        if not self.photos:
+            raise TrainConfigError("subjects: every subject needs `photos`.")
+        if not self.token or any(c.isspace() for c in self.token):
+            raise TrainConfigError(f"subjects: token must be one word without spaces, got {self.token!r}.")
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. ``None`` means "the method's published default".
 
@@ -52,12 +67,19 @@ class TrainConfig:
 
     base: str = option(help="Stable Diffusion 1.x: a local diffusers folder or a Hub id",
                        default_text="required, here or in --config")
-    photos: str = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer than 4 "
-                         "trains but warns", default_text="required, here or in --config")
+    photos: str | None = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer "
+                                "than 4 trains but warns. Repeat it with one --token each to train several people "
+                                "jointly (one set of deltas, one token per person)", repeatable=True,
+                                default_text="required, here or in --config")
     method: str = option(help=_methods_help, choices=method_names, default_text="required, here or in --config")
     out: str = option(help="output folder for the subject (created; must not be a file); checkpoints go beside it in "
                       "<out>.checkpoints/", default_text="required, here or in --config")
-    token: str | None = option(None, help="the new token string", default_text=f"default: {DEFAULT_TOKEN}")
+    # several people in one run instead of `photos`/`token`: one set of deltas, one token each, each person's photos
+    # captioned with its own token (joint training); the CLI's repeated --photos/--token make it
+    subjects: list[JointSubject] | None = option(None, cli=False, help="several people in one run: a list of "
+                                                 "{photos, token, class_prompt} (joint training)")
+    token: str | None = option(None, help="the new token string (one per --photos in a joint run)", repeatable=True,
+                               default_text=f"default: {DEFAULT_TOKEN}")
     reg_dir: str | None = option(None, help="regularisation images for prior preservation",
                                  default_text="default: none, no prior preservation")
     steps: int | None = option(None, help="optimizer steps")
@@ -112,9 +134,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in method_names():
             raise TrainConfigError(f"method must be one of {list(method_names())}, got {self.method!r}.")
-        for name in ("base", "photos", "out"):
+        for name in ("base", "out"):
             if not getattr(self, name):
                 raise TrainConfigError(f"`{name}` is required.")
+        self._check_subjects()
         if self.cd_scope is not None and self.cd_scope not in CD_SCOPES:
             raise TrainConfigError(f"cd_scope must be one of {list(CD_SCOPES)}, got {self.cd_scope!r}.")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -150,6 +173,28 @@ class TrainConfig:
             if value is not None and "{}" not in value:
                 raise TrainConfigError(f"{name} must contain {{}} where the token goes, got {value!r}.")
 
+    def _check_subjects(self) -> None:
+        if self.subjects is None:
+            if not self.photos:
+                raise TrainConfigError("`photos` is required (or `subjects` listing several people).")
+            return
+        self.subjects = [s if isinstance(s, JointSubject) else _joint_subject(s) for s in self.subjects]
+        if len(self.subjects) < 2:
+            raise TrainConfigError("`subjects` lists the people of a joint run: give two or more (for one person "
+                                   "use `photos` and `token`).")
+        if self.photos or (self.token is not None and self.token != self.subjects[0].token):
+            raise TrainConfigError("give either `photos`/`token` (one person) or `subjects` (several), not both.")
+        tokens = [s.token for s in self.subjects]
+        repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+        if repeated:
+            raise TrainConfigError(f"subjects: every person needs its own token; {repeated} is given twice.")
+
+    def people(self) -> list[JointSubject]:
+        """The run's people: the ``subjects`` of a joint run, or the one ``photos``/``token`` subject."""
+        if self.subjects:
+            return list(self.subjects)
+        return [JointSubject(self.photos, self.token or DEFAULT_TOKEN, self.class_prompt)]
+
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
@@ -162,11 +207,13 @@ class TrainConfig:
             raise TrainConfigError(f"a training config must be a mapping of field: value, got {type(data).__name__}.")
         data = {key.replace("-", "_"): value for key, value in data.items()}
         check_known_keys(cls, data, TrainConfigError, "training config")
-        missing = [name for name in ("base", "photos", "method", "out") if data.get(name) in (None, "")]
+        missing = [name for name in ("base", "method", "out") if data.get(name) in (None, "")]
+        if not data.get("photos") and not data.get("subjects"):
+            missing.insert(1, "photos")
         if missing:
             raise TrainConfigError(f"missing required training config keys {missing} (give them in the file or as flags).")
         try:
-            return cls(**data)
+            return cls(**{"photos": None, **data})
         except TypeError as error:
             raise TrainConfigError(f"bad training config: {error}") from error
 
@@ -215,7 +262,7 @@ class TrainConfig:
             values = method.resolve(values, given)
         except SubjectgenError as error:
             raise TrainConfigError(str(error)) from error
-        values["token"] = self.token or DEFAULT_TOKEN
+        values["token"] = self.subjects[0].token if self.subjects else (self.token or DEFAULT_TOKEN)
         values["validation_prompt"] = self.validation_prompt or values["prompt"]
         return type(self)(**values)
 
@@ -231,3 +278,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _joint_subject(data: Any) -> JointSubject:
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"subjects: each entry is a mapping of photos, token and class_prompt, got {data!r}.")
+    check_known_keys(JointSubject, data, TrainConfigError, "subjects entry")
+    return JointSubject(**data)

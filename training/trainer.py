@@ -43,20 +43,29 @@ def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator,
 
 @dataclass
 class TrainingData:
-    photos: list
+    photos: list  # every person's photos, in the order of config.people()
     reg_photos: list | None
+    photo_subject: list[int] | None = None  # which person each photo shows (index into config.people())
+
+    def __post_init__(self) -> None:
+        if self.photo_subject is None:
+            self.photo_subject = [0] * len(self.photos)
 
 
 def check_inputs(config: TrainConfig, method) -> TrainingData:
     """Everything that can be checked without loading a model: photos, regularisation images, the method's files."""
     from training.photos import load_photo_folder
 
-    photos = load_photo_folder(config.photos, what="--photos", resolution=config.resolution)
+    photos, photo_subject = [], []
+    for index, person in enumerate(config.people()):
+        found = load_photo_folder(person.photos, what="--photos", resolution=config.resolution)
+        if len(found) < RECOMMENDED_PHOTOS:
+            logger.warning("--photos: only %d usable photo(s) in %s; the methods are made for %d-20 photos of the "
+                           "person (varied poses and backgrounds): with fewer, the subject tends to copy them",
+                           len(found), public_name(person.photos), RECOMMENDED_PHOTOS)
+        photos += found
+        photo_subject += [index] * len(found)
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
-    if len(photos) < RECOMMENDED_PHOTOS:
-        logger.warning("--photos: only %d usable photo(s) in %s; the methods are made for %d-20 photos of the person "
-                       "(varied poses and backgrounds): with fewer, the subject tends to copy them", len(photos),
-                       public_name(config.photos), RECOMMENDED_PHOTOS)
     method.check_inputs()
     if config.use_8bit_adam:
         import importlib.util
@@ -71,7 +80,7 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
             raise SubjectgenError("--log-with tensorboard needs the tensorboard package: pip install tensorboard.")
     if config.mask_loss and not any(p.mask is not None for p in photos):
         logger.warning("--mask-loss: %s has no face masks (run `subjectgen prepare`); the loss stays unweighted", config.photos)
-    return TrainingData(photos, reg)
+    return TrainingData(photos, reg, photo_subject)
 
 
 def release_other_precision(mixed_precision: str) -> None:
@@ -122,7 +131,10 @@ class Trainer:
         self.method = build_method(config)
         self.data = check_inputs(config, self.method)
         tokenizer = parts.tokenizer if parts is not None else load_tokenizer(config.base, config.revision)
-        self.token_ids = add_token_to_tokenizer(tokenizer, config.token, config.num_vectors)
+        # one group of consecutive ids per person (a joint run has several), all added before the model loads
+        self.token_groups = [add_token_to_tokenizer(tokenizer, person.token, config.num_vectors)
+                             for person in config.people()]
+        self.token_ids = [token_id for group in self.token_groups for token_id in group]
 
         release_other_precision(config.mixed_precision)
         self.accelerator = Accelerator(
@@ -146,7 +158,8 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
         parts.text_encoder.resize_token_embeddings(max(self.token_ids) + 1, mean_resizing=False)
-        initial = self.method.initial_rows(parts.tokenizer, parts.text_encoder, self.token_ids)
+        initial = torch.cat([self.method.initial_rows(parts.tokenizer, parts.text_encoder, group)
+                             for group in self.token_groups])
         self.rows = splice_token_rows(parts.text_encoder, self.token_ids, initial)
         self.method.attach(parts.unet)  # float32 copies, before the cast below: deltas subtract a float32 start
         for module in (parts.text_encoder, parts.vae, parts.unet):
@@ -168,7 +181,9 @@ class Trainer:
 
         config, parts = self.config, self.parts
         progress = self.accelerator.is_local_main_process
-        self.captions = CaptionMaker(config.prompt, config.token, config.num_vectors, config.caption_templates)
+        self.captions_by_person = [CaptionMaker(config.prompt, person.token, config.num_vectors, config.caption_templates)
+                                   for person in config.people()]
+        self.captions = self.captions_by_person[0]
         self.instance = encode_photo_views(
             parts.vae, self.data.photos, config.resolution, random_rescale=config.random_rescale,
             variants=config.rescale_variants, seed=config.seed, face_masks=config.mask_loss,
@@ -239,8 +254,8 @@ class Trainer:
         index = torch.tensor(views)
         latents = self.instance.sample(index, generator)
         weight = self.instance.weight[index]
-        captions = [self.captions.caption(rng, self.instance.prefix[i], self.data.photos[self.instance.source[i]].caption)
-                    for i in views]
+        captions = [self._captions_of(i).caption(rng, self.instance.prefix[i],
+                                                  self.data.photos[self.instance.source[i]].caption) for i in views]
         states = self.encode_text(captions, grad=True)
         if self.reg is not None:
             reg_index = torch.randint(0, len(self.reg), (config.batch_size,), generator=generator)
@@ -263,11 +278,22 @@ class Trainer:
             logs["reg"] = float(extra.detach())
         return loss, logs
 
+    def _captions_of(self, view: int):
+        """The caption maker of the person a cached view shows."""
+        return self.captions_by_person[self.data.photo_subject[self.instance.source[view]]]
+
+    def _draw_photo(self, rng: random.Random) -> int:
+        """A random photo; in a joint run a random person first, so each person gets an equal share of the steps."""
+        if len(self.captions_by_person) == 1:
+            return rng.randrange(len(self.data.photos))
+        person = rng.randrange(len(self.captions_by_person))
+        return rng.choice([i for i, p in enumerate(self.data.photo_subject) if p == person])
+
     def _draw_views(self, generator: torch.Generator, rng: random.Random) -> list[int]:
         """``batch_size`` cached views: a random photo, flipped with ``flip_p``, a random rescale variant."""
         chosen = []
         for _ in range(self.config.batch_size):
-            photo = rng.randrange(len(self.data.photos))
+            photo = self._draw_photo(rng)
             flip = rng.random() < self.config.flip_p
             options = [i for i in self.sampleable if self.instance.source[i] == photo and self.instance.flipped[i] == flip]
             chosen.append(rng.choice(options))
@@ -279,7 +305,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         views = [i for i in range(len(self.instance)) if self.instance.plain[i] and not self.instance.flipped[i]]
         total = 0.0
-        states = self.encode_text([self.captions.plain()] * len(views), grad=False)
+        states = self.encode_text([self._captions_of(i).plain() for i in views], grad=False)
         index = torch.tensor(views)
         latents = self.instance.mean[index]
         ones = torch.ones_like(self.instance.weight[index]).to(self.device)
@@ -379,6 +405,8 @@ class Trainer:
                     "num_processes": self.accelerator.num_processes}
         for name in PATH_FIELDS:
             recorded[name] = public_name(recorded[name])
+        for person in recorded.get("subjects") or []:
+            person["photos"] = public_name(person["photos"])
         return without_local_paths(recorded)
 
     def build_subject(self):
@@ -386,8 +414,10 @@ class Trainer:
 
         config, unet = self.config, self.parts.unet
         part = self.method.subject_parts()
+        people = config.people()
         subject_config = SubjectConfig(
-            method=config.method, token=config.token, num_vectors=config.num_vectors,
+            method=config.method, token=people[0].token, num_vectors=config.num_vectors,
+            extra_tokens={person.token: config.num_vectors for person in people[1:]},
             text_hidden_size=self.rows.embedding_dim, base_model=public_name(config.base),
             cross_attention_dim=unet.config.cross_attention_dim if part.layers else None, layers=part.layers,
             cd_scope=part.cd_scope if part.layers else None,
@@ -395,7 +425,10 @@ class Trainer:
                 **self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
                 "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
                 "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
-                "batch_size": config.batch_size}),
+                "batch_size": config.batch_size, "prompt": config.prompt, "class_prompt": config.class_prompt,
+                **({"subjects": [{"token": p.token, "photos": public_name(p.photos),
+                                  "class_prompt": p.class_prompt or config.class_prompt} for p in people]}
+                   if config.subjects else {})}),
         )
         return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), part.deltas, part.bias_deltas)
 

@@ -48,11 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig, describe_default)
 
 
+def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dict:
+    """Repeated ``--photos A/ --photos B/ --token <a> --token <b>``: the ``subjects`` of a joint run; once each:
+    ``photos`` and ``token``."""
+    from training.train_config import TrainConfigError
+
+    photos, tokens = photos or [], tokens or []
+    if len(photos) <= 1 and len(tokens) <= 1:
+        return {key: value[0] for key, value in (("photos", photos), ("token", tokens)) if value}
+    if len(photos) != len(tokens):
+        raise TrainConfigError(f"a joint run pairs each --photos with its own --token; got {len(photos)} --photos "
+                               f"and {len(tokens)} --token.")
+    return {"subjects": [{"photos": folder, "token": token} for folder, token in zip(photos, tokens)]}
+
+
 def config_from_args(args: argparse.Namespace):
     from training.config_flags import config_values
     from training.train_config import TrainConfig
 
     flags = config_values(args, TrainConfig)
+    # --photos / --token are repeatable: once each is one person, N pairs are a joint run's `subjects`
+    as_list = lambda value: value if isinstance(value, list) or value is None else [value]  # noqa: E731
+    flags.update(people_from_flags(as_list(flags.pop("photos", None)), as_list(flags.pop("token", None))))
     if args.config:
         return TrainConfig.from_file(args.config, **flags)
     return TrainConfig.from_dict(flags)

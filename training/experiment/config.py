@@ -20,7 +20,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
 # TrainConfig fields the runner sets itself: they may not appear under `train`.
-RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume")
+RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume", "subjects")
 
 
 class ExperimentConfigError(SubjectgenError):
@@ -35,6 +35,9 @@ def _build(cls, data: Any, where: str):
     for key, value in data.items():
         hint = hints[key]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+        optional = [a for a in args if dataclasses.is_dataclass(a)] if type(None) in args else []
+        if optional and value is not None:  # `Spec | None`
+            hint = optional[0]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{where}.{key}")
         elif origin is list and args and dataclasses.is_dataclass(args[0]):
@@ -60,6 +63,7 @@ class SubjectSpec:
     photos: str
     prepare: bool = False  # run `subjectgen prepare` (face crops + masks) on the photos first
     group: str | None = None  # e.g. tuning | test: the summary reports each group's subjects apart
+    token: str | None = None  # the subject's token (subjects composed together need different ones); default <new1>
 
 
 @dataclass
@@ -111,6 +115,17 @@ class EvaluationSpec:
 
 
 @dataclass
+class ComposeSpec:
+    """Several subjects in one pipeline (``training.experiment.compose``): per group, each subject's scores with the
+    group's subjects loaded together (deltas added), after Custom Diffusion's constrained merge, and from one joint
+    run, beside its scores alone (its run of ``setup``)."""
+
+    setup: str  # the setup every subject was trained with alone; the joint runs use its method and settings
+    groups: list[list[str]]  # subject names composed together, e.g. [[a, b], [a, b, c]]
+    joint_steps_per_subject: bool = True  # a joint run takes the setup's steps once per person (same photo views each)
+
+
+@dataclass
 class ExperimentConfig:
     name: str
     base: str  # SD 1.x model every setup trains on (Hub id, folder or builtin:tiny-sd)
@@ -122,6 +137,7 @@ class ExperimentConfig:
     generate: GenerationSpec = field(default_factory=GenerationSpec)
     evaluate: EvaluationSpec = field(default_factory=EvaluationSpec)
     baseline: bool = True  # also sample and score the untrained base model (setup row "baseline")
+    compose: ComposeSpec | None = None  # also compose subjects (added / merged / joint; summary `rows`)
     source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
 
     def __post_init__(self) -> None:
@@ -153,6 +169,24 @@ class ExperimentConfig:
                     f"setup {setup.name}: regularization {setup.regularization!r} is not defined; defined ones are "
                     f"{sorted(self.regularizations)}."
                 )
+
+        if self.compose is not None:
+            self._check_compose()
+
+    def _check_compose(self) -> None:
+        compose, names = self.compose, [s.name for s in self.subjects]
+        if compose.setup not in [s.name for s in self.setups]:
+            raise ExperimentConfigError(f"compose.setup {compose.setup!r} is not one of the setups "
+                                        f"{[s.name for s in self.setups]}.")
+        for group in compose.groups:
+            unknown = [n for n in group if n not in names]
+            if unknown or len(set(group)) < 2 or len(set(group)) != len(group):
+                raise ExperimentConfigError(f"compose.groups: {group} must name two or more different subjects of "
+                                            f"{names}.")
+            tokens = [next(s.token for s in self.subjects if s.name == n) for n in group]
+            if None in tokens or len(set(tokens)) != len(tokens):
+                raise ExperimentConfigError(f"compose.groups: the subjects {group} are loaded together, so each needs "
+                                            f"its own `token` (got {tokens}).")
 
     def prompt_spec(self) -> str:
         """The generation prompts as :func:`training.prompts.load_prompts` reads them (a list joined by ``|``)."""

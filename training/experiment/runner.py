@@ -154,17 +154,19 @@ def _train(config, layout, subject, setup, photos: str, reg_dir: str | None, bas
     from training.trainer import train
 
     out = layout.run(subject.name, setup.name) / "subject"
+    token = {"token": subject.token} if subject.token else {}  # recorded only when given: older markers stay valid
     settings = {**config.train, **setup.train, "base": config.base, "method": setup.method,
-                "regularization": setup.regularization, "photos": subject.photos}
+                "regularization": setup.regularization, "photos": subject.photos, **token}
     train_config = TrainConfig.from_dict({**config.train, **setup.train, "base": base, "photos": photos,
                                           "method": setup.method, "out": str(out), "reg_dir": reg_dir,
-                                          "resume": True})
+                                          "resume": True, **token})
     run_stage(layout, f"train-{subject.name}-{setup.name}", settings, lambda: train(train_config))
     return out
 
 
 def _sample_and_score(config, layout, subject_name: str, setup_name: str, subject_folder: Path | None,
-                      photos: str, base: str) -> dict[str, Any]:
+                      photos: str, base: str, also_load: list[Path] | None = None,
+                      token: str | None = None) -> dict[str, Any]:
     """Generate the prompt set (with the trained subject, or the base model for the baseline) and evaluate it."""
     from training.evaluation import EvaluateConfig, evaluate_images
     from training.generate import GenerateConfig, generate_images
@@ -173,9 +175,14 @@ def _sample_and_score(config, layout, subject_name: str, setup_name: str, subjec
     key = f"{subject_name}-{setup_name}"
     generation = dataclasses.asdict(config.generate)
     generation["prompts"] = config.prompt_spec()
+    # composition (training.experiment.compose): other subjects loaded beside this one, and which token fills {}
+    extra = {"also_load": [str(p) for p in also_load]} if also_load else {}
+    extra.update({"token": token} if token else {})
     generate_config = GenerateConfig(base=base, subject=str(subject_folder) if subject_folder else None,
-                                     out=str(run_dir / "images"), **generation)
-    run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base},
+                                     out=str(run_dir / "images"), **generation, **extra)
+    recorded = {"also_load": [Path(p).relative_to(layout.root).as_posix() for p in also_load]} if also_load else {}
+    recorded.update({"token": token} if token else {})
+    run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base, **recorded},
               lambda: generate_images(generate_config))
 
     evaluation = dataclasses.asdict(config.evaluate)
@@ -305,6 +312,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "across_subjects": across_subjects(config, runs),
         "prompt_measure": _prompt_measure(layout, runs),
     }
+    if config.compose is not None:
+        from training.experiment.compose import run_compose
+
+        summary.update(run_compose(config, layout, base, photos, regularization, runs))
     atomic_write_json(layout.summary, summary)
     write_report(layout.summary)
     return layout.summary

@@ -79,7 +79,13 @@ class CrossInitTokens:
 
     reg_weight: float
     names_file: str | None = None
-    target: torch.Tensor | None = field(default=None, repr=False)
+    # each token's start, by its first id: a joint run (several people) starts every token the same way
+    starts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def target(self) -> torch.Tensor | None:
+        """The start of every token row in id order (what the L2 pull draws the rows back to)."""
+        return torch.cat([self.starts[k] for k in sorted(self.starts)]) if self.starts else None
 
     def check_inputs(self) -> None:
         read_celeb_names(self.names_file)
@@ -88,8 +94,9 @@ class CrossInitTokens:
         names = read_celeb_names(self.names_file)
         embedding = text_encoder.get_input_embeddings().weight
         means = column_means(tokenizer, embedding, names, len(token_ids))
-        self.target = encode_rows(tokenizer, text_encoder, token_ids, means)
-        return self.target.clone()
+        start = encode_rows(tokenizer, text_encoder, token_ids, means)
+        self.starts[int(token_ids[0])] = start
+        return start.clone()
 
     def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
         if self.target is None:

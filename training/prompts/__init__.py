@@ -59,3 +59,14 @@ def fill_subject(template: str, text: str) -> str:
 def prompt_for_clip(template: str, subject_phrase: str = DEFAULT_SUBJECT_PHRASE) -> str:
     """The prompt without the subject token, as the CLIP text-image score reads it."""
     return " ".join(fill_subject(template, subject_phrase).split())
+
+
+def regularization_captions(class_prompts: list[str]) -> list[str]:
+    """Ordinary captions for a constrained merge (``subjectgen merge``): every shipped prompt set with ``{}`` read as
+    each class phrase, plus the class phrases themselves; each once, in a stable order."""
+    captions: list[str] = []
+    for phrase in class_prompts:
+        captions.append(phrase)
+        for name in available_prompt_sets():
+            captions += [fill_subject(template, phrase) for template in load_prompts(name)]
+    return list(dict.fromkeys(captions))

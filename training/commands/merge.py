@@ -1,0 +1,61 @@
+"""``subjectgen merge``: several subjects into one, by Custom Diffusion's constrained merge
+(:func:`subjectgen_diffusers.merge.merge_subjects`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "merge several subjects into one (Custom Diffusion's constrained merge): one folder, every token"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subjects", nargs="+", type=Path, metavar="SUBJECT", help="two or more subject folders")
+    parser.add_argument("--out", type=Path, required=True, help="new folder for the merged subject")
+    parser.add_argument("--base", default=None,
+                        help="the subjects' base model (diffusers folder, Hub id or builtin:NAME); default: the base "
+                             "the subjects record")
+    parser.add_argument("--class-prompt", action="append", default=None, dest="class_prompts",
+                        help="class phrase of the regularisation captions, e.g. 'a person' (repeatable; default: each "
+                             "subject's recorded class prompt, else 'a person')")
+
+
+def class_phrases(subjects, given: list[str] | None) -> list[str]:
+    if given:
+        return given
+    recorded = [s.config.training.get("class_prompt") for s in subjects]
+    return list(dict.fromkeys(p for p in recorded if p)) or ["a person"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from subjectgen_diffusers import SubjectPipeline
+    from subjectgen_diffusers.compress import check_new_folder
+    from subjectgen_diffusers.errors import SubjectgenError
+    from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge
+    from subjectgen_diffusers.subject_check import check_subject
+    from training.builtin_models import resolve_model
+    from training.prompts import regularization_captions
+
+    check_new_folder(args.out)
+    sources = [read_for_merge(path) for path in args.subjects]
+    check_mergeable(sources)  # before the model loads
+    base = args.base or sources[0].subject.config.base_model
+    try:
+        base_path = resolve_model(base)
+        for path in args.subjects:
+            check_subject(path, base_path)
+        pipe = SubjectPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
+                                               requires_safety_checker=False)
+    except (OSError, ValueError) as error:
+        if args.base:
+            raise
+        # the subjects record their base by name only (a local folder's name): say how to give it
+        raise SubjectgenError(f"cannot use the base model the subjects record, {base!r} ({error}); pass --base with "
+                              "that model's diffusers folder or Hub id (builtin:toy-base for the toy model).") from error
+    captions = regularization_captions(class_phrases([s.subject for s in sources], args.class_prompts))
+    merged = merge_subjects(pipe, [s.subject for s in sources], regularization_captions=captions, out=args.out)
+    report = merged.config.training["merge"]
+    tokens = " ".join(token for token, _ in merged.config.tokens)
+    print(f"{args.out}: tokens {tokens}; {len(merged.config.layers)} layers merged on {len(captions)} "
+          f"regularisation captions; largest relative constraint error {report['max_relative_constraint_error']:.2e}")
+    return 0
