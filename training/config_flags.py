@@ -95,14 +95,14 @@ def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
             continue
         base = _base_type(field.type, spec["repeatable"])
         kind = spec["kind"] or ("switch" if base == "bool" else "value")
-        if kind == "value" and base not in ("int", "float", "str"):
+        if spec["cli"] and kind == "value" and base not in ("int", "float", "str"):
             raise ConfigFlagError(f"{config_class.__name__}.{field.name}: a value flag needs an int, float or str "
                                   f"field, got {field.type!r}; give option(kind=...) or cli=False.")
         choices = spec["choices"]() if callable(spec["choices"]) else spec["choices"]
         help_text = spec["help"]() if callable(spec["help"]) else spec["help"]
         out.append(FlagSpec(
             name=field.name, flag="--" + field.name.replace("_", "-"), help=help_text, kind=kind,
-            type=parse_bool if kind == "bool" else (_TYPES[base] if kind == "value" and base != "str" else None),
+            type=parse_bool if kind == "bool" else (_TYPES.get(base) if kind == "value" and base != "str" else None),
             choices=tuple(choices) if choices else None,
             metavar=spec["metavar"] or ("BOOL" if kind == "bool" else None),
             default=None if field.default is MISSING else field.default, default_text=spec["default_text"],
