@@ -73,7 +73,7 @@ def render_subject_card(folder: str | Path, repo_id: str | None = None) -> str:
     """The README.md model card for the subject in ``folder`` (ours: ``subject_config.json``)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hub_cards import read_template
+    from subjectgen_diffusers.hub_cards import read_template
 
     folder = Path(folder)
     config_path = folder / CONFIG_NAME

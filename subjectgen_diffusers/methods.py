@@ -2,7 +2,7 @@
 Custom Diffusion weight names and the multi-vector token spelling.
 
 The subject format (``subject_format``), the Hub card (``hub``), the loaders (``loader``, ``formats``) and the
-exporter read these, and so does the training side (``training.methods``), which registers its trainable methods
+exporter read these, and so does the training side (``subjectgen_training.methods``), which registers its trainable methods
 against the :class:`MethodInfo` entries here. A method that writes only token rows and/or Custom Diffusion deltas
 needs nothing more from this package than one :func:`register_method_info` call.
 """

@@ -1,4 +1,4 @@
-"""Run ``subjectgen`` (``python -m training``) in real subprocesses, optionally under test probes.
+"""Run ``subjectgen`` (``python -m subjectgen_training``) in real subprocesses, optionally under test probes.
 
 A plain module beside the tests (imported as ``from _cli import ...``), not ``conftest``: it imports the same way
 wherever pytest is started. Run as a script, it installs the probes named in ``$SUBJECTGEN_TEST_PROBES`` (JSON) and
@@ -47,12 +47,12 @@ def cli_env(env: dict | None = None, probes: dict | None = None) -> dict:
 def cli_command(args, probes: dict | None = None) -> list[str]:
     if probes:
         return [sys.executable, str(Path(__file__).resolve()), *args]
-    return [sys.executable, "-m", "training", *args]
+    return [sys.executable, "-m", "subjectgen_training", *args]
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
             probes: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m training`` in a real subprocess; return the CompletedProcess."""
+    """Run ``python -m subjectgen_training`` in a real subprocess; return the CompletedProcess."""
     return subprocess.run(cli_command(args, probes), cwd=cwd or REPO_ROOT, env=cli_env(env, probes),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -197,7 +197,7 @@ if __name__ == "__main__":
     here = Path(__file__).resolve().parent  # the tests folder is not part of the program under test
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     install_probes(json.loads(os.environ.get(PROBES_ENV, "{}")))
-    from training.cli import main
+    from subjectgen_training.cli import main
 
     code = main(sys.argv[1:])
     sys.stdout.flush()

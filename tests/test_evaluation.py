@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageOps
 
 from conftest import run_cli
-from training.evaluation import metrics
-from training.evaluation.evaluate import EvaluateConfig, EvaluateError, evaluate_images
-from training.prompts import PromptError, available_prompt_sets, load_prompts, prompt_for_clip
+from subjectgen_training.evaluation import metrics
+from subjectgen_training.evaluation.evaluate import EvaluateConfig, EvaluateError, evaluate_images
+from subjectgen_training.prompts import PromptError, available_prompt_sets, load_prompts, prompt_for_clip
 
 
 def test_shipped_prompt_sets_all_have_the_subject_slot(tmp_path):
@@ -122,7 +122,7 @@ def test_identity_on_real_photos_separates_the_astronaut_from_grace_hopper(refer
 def test_clip_preprocessing_matches_transformers_and_scores_are_cosines(tiny_clip_dir, astronaut_image):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from training.evaluation.clip_score import CLIP_MEAN, CLIP_STD, ClipEmbedder, preprocess
+    from subjectgen_training.evaluation.clip_score import CLIP_MEAN, CLIP_STD, ClipEmbedder, preprocess
 
     image = astronaut_image.resize((300, 200))
     reference = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -175,7 +175,7 @@ def test_evaluate_rejects_references_without_faces(generated_dir, tmp_path):
 
 
 def test_identity_backends_are_registered_by_name(astronaut_image, reference_dir, generated_dir, tmp_path):
-    from training.evaluation.identity import IdentityBackendError, IdentityRegistry, build_identity_encoder
+    from subjectgen_training.evaluation.identity import IdentityBackendError, IdentityRegistry, build_identity_encoder
 
     with pytest.raises(IdentityBackendError, match=r"choose one of \['arcface', 'dlib', 'toy'\]"):
         build_identity_encoder("facenet")

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from _cli import REPO_ROOT, run_cli, signal_when
-from training.experiment.config import ExperimentConfigError, load_experiment_config, shipped_configs
-from training.experiment.runner import ExperimentError, run_experiment
-from training.prompts import load_prompts
+from subjectgen_training.experiment.config import ExperimentConfigError, load_experiment_config, shipped_configs
+from subjectgen_training.experiment.runner import ExperimentError, run_experiment
+from subjectgen_training.prompts import load_prompts
 
 FIVE_SETUPS = ["cd-noreg", "cd-reg-base", "cd-reg-alt", "cr", "cd+cr-reg"]
 
@@ -23,10 +23,10 @@ def _build_every_stage_config(config):
     """Each stage's own typed config accepts the values the experiment file gives it (no model is loaded)."""
     import dataclasses
 
-    from training.evaluation import EvaluateConfig
-    from training.generate import GenerateConfig
-    from training.regularize import RegularizeConfig
-    from training.train_config import TrainConfig
+    from subjectgen_training.evaluation import EvaluateConfig
+    from subjectgen_training.generate import GenerateConfig
+    from subjectgen_training.regularize import RegularizeConfig
+    from subjectgen_training.train_config import TrainConfig
 
     for spec in config.regularizations.values():
         RegularizeConfig(**dataclasses.asdict(spec), out="reg")
@@ -87,7 +87,7 @@ def _markers(out):
 def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
     out = tmp_path / "exp"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "training", "experiment", "five_setups_tiny", "--out", str(out)]
+    command = [sys.executable, "-m", "subjectgen_training", "experiment", "five_setups_tiny", "--out", str(out)]
     # The probe holds the run right after the marker of train-astronaut-cd-noreg is renamed into place; the test
     # sees the marker and sends SIGINT (Ctrl-C), so the stop always lands between that stage and the next one.
     stop_after = out / "stages" / "train-astronaut-cd-noreg.json"

@@ -35,7 +35,7 @@ def _cli_env() -> dict[str, str]:
 
 
 def _run_as_user(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO_ROOT, env=_cli_env(),
+    return subprocess.run([sys.executable, "-m", "subjectgen_training", *args], cwd=REPO_ROOT, env=_cli_env(),
                           capture_output=True, text=True, timeout=timeout, preexec_fn=lambda: os.umask(UMASK))
 
 
@@ -68,7 +68,7 @@ def test_threads_option_is_taken_before_and_after_the_command(toy_generate, tmp_
 
 _PROBE = """
 import json, os, sys
-from training.threads import configure_threads
+from subjectgen_training.threads import configure_threads
 chosen = configure_threads({requested})
 policy_before_torch = os.environ.get("OMP_WAIT_POLICY")
 import torch
@@ -90,7 +90,7 @@ def test_torch_gets_the_chosen_threads_and_a_passive_wait_policy_before_it_loads
 
 
 def test_auto_threads_leave_busy_cores_alone(monkeypatch):
-    from training import threads
+    from subjectgen_training import threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     for load, free in [(0.0, 4), (1.2, 3), (2.6, 1), (3.9, 1), (9.0, 1)]:
@@ -180,9 +180,9 @@ def test_generate_and_prepare_refuse_resolution_zero_with_the_same_message(tmp_p
 
 
 def test_every_config_shares_the_resolution_rule():
-    from training.generate import GenerateConfig, GenerateError
-    from training.prepare import PrepareConfig, PrepareError
-    from training.regularize import RegularizeConfig, RegularizeError
+    from subjectgen_training.generate import GenerateConfig, GenerateError
+    from subjectgen_training.prepare import PrepareConfig, PrepareError
+    from subjectgen_training.regularize import RegularizeConfig, RegularizeError
 
     builders = [
         (GenerateError, lambda r: GenerateConfig(base="b", prompts="p", out="o", resolution=r)),
@@ -220,7 +220,7 @@ def test_a_command_prints_no_torchvision_warnings_and_one_progress_bar(toy_gener
 def test_the_torchvision_filter_drops_only_that_warning(caplog):
     import logging
 
-    from training.quiet import drop_torchvision_warnings
+    from subjectgen_training.quiet import drop_torchvision_warnings
 
     drop_torchvision_warnings()
     emitter = logging.getLogger("transformers.utils.import_utils")
@@ -275,8 +275,8 @@ def test_train_config_of_the_wrong_type_names_the_field_and_the_type(tmp_path):
 
 def test_every_typed_config_names_the_field_and_the_type():
     from subjectgen_diffusers.subject_format import SubjectConfig, SubjectFormatError
-    from training.generate import GenerateConfig, GenerateError
-    from training.prepare import PrepareConfig, PrepareError
+    from subjectgen_training.generate import GenerateConfig, GenerateError
+    from subjectgen_training.prepare import PrepareConfig, PrepareError
 
     with pytest.raises(GenerateError, match=r"generation config: steps wants a whole number \(int\), got 'many'"):
         GenerateConfig.from_dict({"base": "b", "prompts": "p", "out": "o", "steps": "many"})

@@ -29,8 +29,8 @@ def photo_dir(tmp_path_factory, astronaut_image):
 
 
 def _train(tiny_sd_dir, photo_dir, out: Path, **extra):
-    from training.train_config import TrainConfig
-    from training.trainer import train
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import train
 
     config = {**dict(base=str(tiny_sd_dir), photos=str(photo_dir), method="cd+cr", out=str(out), resolution=64,
                      batch_size=1, steps=2, checkpoint_every=1), **extra}
@@ -56,7 +56,7 @@ def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, photo_dir,
 
 @pytest.mark.slow
 def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, photo_dir, tmp_path):
-    from training.checkpoints import checkpoint_dir
+    from subjectgen_training.checkpoints import checkpoint_dir
 
     dropped = _train(tiny_sd_dir, photo_dir, tmp_path / "dropped")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dropped"]  # no dropped.checkpoints left
@@ -189,11 +189,11 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_n
     import subprocess
     import sys
 
-    from training.checkpoints import list_checkpoints
+    from subjectgen_training.checkpoints import list_checkpoints
 
     out = tmp_path / "alice"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "training",
+    first = subprocess.Popen([sys.executable, "-m", "subjectgen_training",
                               *_toy_train_args(photo_dir, out, "--steps", "100000", "--checkpoint-every", "1")],
                              cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -221,7 +221,7 @@ RULE = "--resolution must be a positive multiple of 8 (the image side in pixels,
 
 
 def test_train_shares_the_resolution_rule(photo_dir, tmp_path):
-    from training.train_config import TrainConfig, TrainConfigError
+    from subjectgen_training.train_config import TrainConfig, TrainConfigError
 
     for bad in (0, -8, 12):
         with pytest.raises(TrainConfigError, match=RULE.format(bad).replace("(", r"\(").replace(")", r"\)")):
@@ -234,7 +234,7 @@ def test_train_shares_the_resolution_rule(photo_dir, tmp_path):
 def test_train_defaults_to_the_base_models_native_size(tiny_sd_dir):
     from diffusers import StableDiffusionPipeline
 
-    from training.train_config import TrainConfig
+    from subjectgen_training.train_config import TrainConfig
 
     for base in (TOY_BASE, tiny_sd_dir):
         pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, feature_extractor=None,
@@ -250,15 +250,15 @@ def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
     import logging
     import shutil
 
-    from training.methods import build_method
-    from training.train_config import TrainConfig
-    from training.trainer import check_inputs
+    from subjectgen_training.methods import build_method
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import check_inputs
 
     def warnings_for(folder: Path) -> list[str]:
         config = TrainConfig.from_dict(dict(base=str(tiny_sd_dir), photos=str(folder), method="cd",
                                             out="o")).resolved().sized()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="training.trainer"):
+        with caplog.at_level(logging.WARNING, logger="subjectgen_training.trainer"):
             check_inputs(config, build_method(config))
         return [r.getMessage() for r in caplog.records if "usable photo" in r.getMessage()]
 
@@ -275,8 +275,8 @@ def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
 # -- item 8: the --resume line only when --resume was asked for -------------------------------------------------------
 
 def _train_command(*args: str) -> int:
-    from training.cli import build_parser
-    from training.commands import train as train_command
+    from subjectgen_training.cli import build_parser
+    from subjectgen_training.commands import train as train_command
 
     return train_command.run(build_parser("train").parse_args(["train", *args]))
 
@@ -285,8 +285,8 @@ def _train_command(*args: str) -> int:
 def test_the_resume_line_only_when_resume_was_asked(photo_dir, tmp_path, caplog):
     import logging
 
-    from training.train_config import TrainConfig
-    from training.trainer import train
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import train
 
     common = dict(base=str(TOY_BASE), photos=str(photo_dir), method="cd", resolution=32, batch_size=1, steps=1)
     with caplog.at_level(logging.INFO):
@@ -304,7 +304,7 @@ def test_the_resume_line_only_when_resume_was_asked(photo_dir, tmp_path, caplog)
 def test_every_flag_of_every_command_has_help_and_train_shows_its_defaults():
     import argparse
 
-    from training.cli import COMMANDS, build_parser
+    from subjectgen_training.cli import COMMANDS, build_parser
 
     for command in COMMANDS:
         parser = build_parser(command)
@@ -343,7 +343,7 @@ def _truncate(path: Path) -> None:
 def test_a_truncated_subject_is_named_before_any_model_loads(saved_subject, tmp_path, monkeypatch):
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.subject_check import SubjectCheckError
-    from training.generate import GenerateConfig, load_pipeline
+    from subjectgen_training.generate import GenerateConfig, load_pipeline
 
     weights = saved_subject / "subject.safetensors"
     _truncate(weights)
@@ -413,7 +413,7 @@ def test_a_subject_of_another_base_is_named_before_the_model_loads(saved_subject
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.subject_check import SubjectCheckError, check_subject
     from subjectgen_diffusers.subject_format import Subject, SubjectConfig
-    from training.generate import GenerateConfig, load_pipeline
+    from subjectgen_training.generate import GenerateConfig, load_pipeline
 
     check_subject(saved_subject, tiny_sd_dir)  # the base it was made for: fine
     result = run_cli("generate", "--base", str(TOY_BASE), "--subject", str(saved_subject), "--prompts",

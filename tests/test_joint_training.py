@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from subjectgen_diffusers.subject_format import Subject
-from training.commands.train import people_from_flags
-from training.train_config import TrainConfig, TrainConfigError
-from training.trainer import Trainer
+from subjectgen_training.commands.train import people_from_flags
+from subjectgen_training.train_config import TrainConfig, TrainConfigError
+from subjectgen_training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from subjectgen_diffusers import methods as format_table
 from tests.conftest import REPO_ROOT
-from training import methods as registry
+from subjectgen_training import methods as registry
 
 
 def _string_literals(path: Path) -> set[str]:
@@ -50,8 +50,8 @@ def test_the_shared_tables_are_written_once():
 def test_cli_choices_config_and_format_read_the_registry():
     import argparse
 
-    from training.commands import train as command
-    from training.train_config import METHODS
+    from subjectgen_training.commands import train as command
+    from subjectgen_training.train_config import METHODS
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -71,14 +71,14 @@ class _WordTokenOnly(registry.Method):
     instance_loss_mean = "elements"
 
     def __init__(self, config):
-        from training.methods.word_init import WordInitTokens
+        from subjectgen_training.methods.word_init import WordInitTokens
 
         super().__init__(config)
         self.tokens = WordInitTokens(config.init_word)
 
     @classmethod
     def rates(cls, config, num_processes):
-        from training.methods.base import Rates
+        from subjectgen_training.methods.base import Rates
 
         return Rates(None, config.token_lr * (num_processes if config.scale_lr else 1))
 
@@ -97,8 +97,8 @@ def new_method():
 def test_a_new_method_is_one_class_and_one_registration(new_method, tiny_sd_dir, astronaut_image, tmp_path):
     from subjectgen_diffusers.hub import render_subject_card
     from subjectgen_diffusers.subject_format import Subject
-    from training.train_config import TrainConfig
-    from training.trainer import Trainer
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import Trainer
 
     photos = tmp_path / "photos"
     photos.mkdir()

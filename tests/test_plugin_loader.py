@@ -143,7 +143,7 @@ def test_non_finite_and_corrupt_subjects(tmp_path, loaded_pipe):
 
 
 def test_sdxl_pipelines_are_refused_with_a_reason():
-    from training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
 
     pipe = build_tiny_sdxl_pipeline()
     with pytest.raises(SubjectgenError, match="two text encoders"):

@@ -130,7 +130,7 @@ def _a1111_module(stem: str) -> str | None:
 
 def _sd15_layout_unet():
     """SD 1.5's block layout and module names (narrow widths so that exact factorisation takes milliseconds)."""
-    from training.benchmarks.plugin_bench import SD15_UNET
+    from subjectgen_training.benchmarks.plugin_bench import SD15_UNET
 
     config = {**SD15_UNET, "block_out_channels": (32, 32, 32, 32), "cross_attention_dim": 16, "norm_num_groups": 8}
     return UNet2DConditionModel(**config)
@@ -138,7 +138,7 @@ def _sd15_layout_unet():
 
 @pytest.mark.parametrize("scope", ["kv", "kv+q+out"])
 def test_every_kohya_key_is_one_a1111_and_comfyui_map_for_sd15(tmp_path, scope):
-    from training.benchmarks.plugin_bench import _subject_for
+    from subjectgen_training.benchmarks.plugin_bench import _subject_for
 
     unet = _sd15_layout_unet()
     subject = _subject_for(unet, 24, scope)

@@ -7,7 +7,7 @@ from _plugin_fixtures import encode, make_subject
 
 from subjectgen_diffusers import load_subject, unload_subject
 from subjectgen_diffusers.token_table import SPARE_ROWS, token_taken
-from training.tiny_models import build_tiny_sd_pipeline
+from subjectgen_training.tiny_models import build_tiny_sd_pipeline
 
 
 def _vectors(seed: int, rows: int = 2) -> torch.Tensor:
@@ -58,7 +58,7 @@ def test_swapping_subjects_on_one_pipeline_equals_a_fresh_load(tmp_path):
     from _plugin_fixtures import unet_out
 
     from subjectgen_diffusers.compress import compress_subject
-    from training.benchmarks.plugin_bench import load_times
+    from subjectgen_training.benchmarks.plugin_bench import load_times
 
     pipe = build_tiny_sd_pipeline(seed=0)
     a = make_subject(pipe, "<a>", scope="kv+q+out", seed=1).save(tmp_path / "a")

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from _cli import REPO_ROOT, run_cli
-from training.faces import FaceAnalyzer, FaceBox
-from training.photos import load_image, load_photo_folder
-from training.prepare import PrepareConfig, PrepareError, prepare_photos, square_crop
+from subjectgen_training.faces import FaceAnalyzer, FaceBox
+from subjectgen_training.photos import load_image, load_photo_folder
+from subjectgen_training.prepare import PrepareConfig, PrepareError, prepare_photos, square_crop
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # The fixture's truth, marked by eye on the two photos: one person each, face centre (x, y) between the eyes and the
@@ -178,7 +178,7 @@ def test_without_the_face_extra_the_cli_says_what_to_install(photo_folder, tmp_p
 def test_cli_exits_2_when_no_photo_is_kept(tmp_path, capsys):
     from skimage import data
 
-    from training.cli import main
+    from subjectgen_training.cli import main
 
     folder = tmp_path / "photos"
     folder.mkdir()

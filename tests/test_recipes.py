@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from training.captions import CAPTION_TEMPLATES, CaptionMaker
-from training.losses import instance_loss, prior_loss
-from training.methods import get_method
-from training.methods.word_init import init_word_ids
-from training.train_config import TrainConfig
+from subjectgen_training.captions import CAPTION_TEMPLATES, CaptionMaker
+from subjectgen_training.losses import instance_loss, prior_loss
+from subjectgen_training.methods import get_method
+from subjectgen_training.methods.word_init import init_word_ids
+from subjectgen_training.train_config import TrainConfig
 
 REQUIRED = dict(base="model", photos="photos", out="out")
 KTN_ID = 42170  # the entry "ktn" (no end-of-word mark) of SD 1.x's CLIP vocabulary
@@ -104,9 +104,9 @@ def test_a_run_that_trains_nothing_saves_the_ktn_row_and_zero_deltas(tiny_sd_dir
 def test_deltas_subtract_the_float32_start_when_the_base_is_cast(dtype):
     """The trainer casts the frozen UNet to the compute dtype after attaching the trainable copies; an untrained
     copy must still export zero deltas."""
-    from training.methods.custom_diffusion import CustomDiffusionDeltas
-    from training.tiny_models import tiny_unet
-    from training.trainer import cast_frozen_weights
+    from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
+    from subjectgen_training.tiny_models import tiny_unet
+    from subjectgen_training.trainer import cast_frozen_weights
 
     torch.manual_seed(0)
     unet = tiny_unet()
@@ -137,7 +137,7 @@ def test_init_word_is_looked_up_as_one_vocabulary_entry():
 
 
 def test_a_word_that_is_no_entry_starts_from_the_mean_of_its_pieces(tiny_pipe):
-    from training.methods.word_init import WordInitTokens
+    from subjectgen_training.methods.word_init import WordInitTokens
 
     tokens = WordInitTokens("zqxjvk")
     rows = tokens.initial_rows(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [49408, 49409])
@@ -222,8 +222,8 @@ def test_zoom_prefixes_go_inside_the_template():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 def test_8bit_adam_is_refused_on_a_cpu_before_any_model_loads(photo_dirs, extra, message):
     from subjectgen_diffusers.errors import SubjectgenError
-    from training.methods import build_method
-    from training.trainer import check_inputs
+    from subjectgen_training.methods import build_method
+    from subjectgen_training.trainer import check_inputs
 
     config = TrainConfig.from_dict({**REQUIRED, "photos": str(photo_dirs[0]), "method": "cd", "resolution": 64,
                                     **extra}).resolved()

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from _cli import REPO_ROOT, run_cli, signal_when
-from training.photos import load_photo_folder
-from training.regularize import (
+from subjectgen_training.photos import load_photo_folder
+from subjectgen_training.regularize import (
     RegularizeConfig,
     RegularizeError,
     generate_regularization,
@@ -213,7 +213,7 @@ def test_two_processes_split_the_set(tiny_sdxl_dir, base_set, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **ONE_THREAD}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     # `--` keeps torchrun's own parser from taking --num for its --numa-binding.
-    command = [*torchrun, "-m", "training", "--", "regularize", "--model", str(tiny_sdxl_dir), "--prompt", PROMPT,
+    command = [*torchrun, "-m", "subjectgen_training", "--", "regularize", "--model", str(tiny_sdxl_dir), "--prompt", PROMPT,
                "--num", "5", "--out", str(out), "--steps", "3", "--batch-size", "2", "--seed", "7"]
     result = run_in_own_group(command, env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.evaluation import metrics
-from training.report import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, ReportError, write_report
+from subjectgen_training.evaluation import metrics
+from subjectgen_training.report import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, ReportError, write_report
 
 PROMPTS = ["a photo of {}", "a pencil sketch of {}"]
 SETUPS = ["cd-noreg", "cr"]
@@ -121,8 +121,8 @@ def test_several_subjects_get_their_own_tables_and_a_pooled_one(experiment_dir):
 
 def test_toy_scores_get_their_columns_and_the_across_subject_spread_is_reported(tmp_path):
     """A toy-world summary (likeness parts, prompt-following, each request's rate) reads like a five_setups one."""
-    from training.experiment.config import ExperimentConfig, SetupSpec, SubjectSpec
-    from training.experiment.runner import across_subjects
+    from subjectgen_training.experiment.config import ExperimentConfig, SetupSpec, SubjectSpec
+    from subjectgen_training.experiment.runner import across_subjects
 
     def image(identity, mark, following, checks):
         return {"file": "x.png", "prompt": "{}, wearing a hat, on a purple background", "face_found": True,

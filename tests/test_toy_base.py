@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.toy import detectors, world
-from training.toy.models import WEIGHTS, model_path
+from subjectgen_training.toy import detectors, world
+from subjectgen_training.toy.models import WEIGHTS, model_path
 
 BASE = WEIGHTS / "toy-base"
 ALT_LORA = WEIGHTS / "toy-alt-lora"
 pytestmark = pytest.mark.skipif(
     not (BASE / "model_index.json").is_file(),
-    reason="toy weights not shipped yet: train them with `python -m training.toy.train_base`",
+    reason="toy weights not shipped yet: train them with `python -m subjectgen_training.toy.train_base`",
 )
 
 
@@ -57,7 +57,7 @@ def test_base_is_stable_diffusion_architecture_with_the_real_tokenizer():
 def test_base_draws_what_the_caption_names(tmp_path):
     """Prompt-following of the base model through the project's generator, read by the pixel rules on 30 of the 90
     fully captioned requests (the full table is in the README)."""
-    from training.toy.detector_check import generated_table
+    from subjectgen_training.toy.detector_check import generated_table
 
     rates = generated_table(seed=7, every=3, work=str(tmp_path))
     print(rates)

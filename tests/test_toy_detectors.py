@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.toy import detector_check
+from subjectgen_training.toy import detector_check
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_every_attribute_stays_above_the_stated_accuracy_under_generation_like_d
 def test_damages_change_pixels_but_keep_the_image_shape():
     import numpy as np
 
-    from training.toy import world
+    from subjectgen_training.toy import world
 
     array = world.render_array(world.DEFAULT_SUBJECT.spec("red"))
     rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def test_hand_labelled_generated_images_are_read_above_the_stated_accuracy():
 
 
 def test_labels_name_only_what_the_world_has():
-    from training.toy import world
+    from subjectgen_training.toy import world
 
     allowed = {"background": set(world.BACKGROUNDS), "skin": set(world.SKINS), "hair_colour": set(world.HAIR_COLOURS),
                "hair_style": set(world.HAIR_STYLES), "accessory": set(world.ACCESSORIES), "head": {True, False},

@@ -15,20 +15,20 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from training.experiment import load_experiment_config
-from training.experiment.config import ExperimentConfigError
-from training.toy import world
-from training.toy.models import has_weights
-from training.toy.prompt_check import requested
-from training.toy.subject_photos import parse_subject_spec
+from subjectgen_training.experiment import load_experiment_config
+from subjectgen_training.experiment.config import ExperimentConfigError
+from subjectgen_training.toy import world
+from subjectgen_training.toy.models import has_weights
+from subjectgen_training.toy.prompt_check import requested
+from subjectgen_training.toy.subject_photos import parse_subject_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SETUPS = ("cd-noreg", "cd-reg-base", "cd-reg-alt", "cr", "cd+cr-reg")
-needs_weights = pytest.mark.skipif(not has_weights(), reason="toy weights not shipped: python -m training.toy.train_base")
+needs_weights = pytest.mark.skipif(not has_weights(), reason="toy weights not shipped: python -m subjectgen_training.toy.train_base")
 
 
 def test_toy_experiments_are_configs_for_the_one_runner_with_valid_train_configs():
-    from training.train_config import TrainConfig
+    from subjectgen_training.train_config import TrainConfig
 
     for name in ("five_setups_toy", "five_setups_toy_population"):
         config = load_experiment_config(name)
@@ -72,7 +72,7 @@ def test_prompts_ask_for_backgrounds_the_photos_never_show_and_each_accessory():
 def test_runner_hatch_is_gone_and_unknown_keys_still_fail(tmp_path):
     data = yaml.safe_load((CONFIGS / "five_setups_toy.yaml").read_text())
     path = tmp_path / "x.yaml"
-    path.write_text(yaml.safe_dump({**data, "runner": "training.toy.experiment:run_config_file"}))
+    path.write_text(yaml.safe_dump({**data, "runner": "subjectgen_training.toy.experiment:run_config_file"}))
     with pytest.raises(ExperimentConfigError, match="allowed keys"):
         load_experiment_config(path)
 
@@ -92,7 +92,7 @@ def _overall(summary, subject, setup):
 
 # Bars from the full population run (training/toy/README.md, "A population of faces"): the worst value each claim took
 # over all 28 pairs of its 8 test subjects, printed by
-#   python -m training.benchmarks.toy_population_bars runs/toy-population/summary.json
+#   python -m subjectgen_training.benchmarks.toy_population_bars runs/toy-population/summary.json
 # Which two faces CI draws must not decide a claim, so the bar is what any pair of held-out faces reached, less one
 # image's worth of the CI's sample (float differences between CPUs may flip an image): 0.01 for likeness, traits and
 # prompt-following (64 images per setup), 1/32 for a subject's backgrounds, 1/16 for a hat or glasses (16 requests).
@@ -114,7 +114,7 @@ POPULATION_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / 
 
 def test_the_ci_bars_are_the_worst_pairs_of_the_shipped_population_run():
     """The constants above are what the population run's summary (shipped, trimmed) gives, not hand-picked."""
-    from training.benchmarks.toy_population_bars import population_bars
+    from subjectgen_training.benchmarks.toy_population_bars import population_bars
 
     summary = json.loads(POPULATION_SUMMARY.read_text())
     assert summary["experiment"] == "five_setups_toy_population"
@@ -133,7 +133,7 @@ def test_the_ci_bars_are_the_worst_pairs_of_the_shipped_population_run():
 
 
 def test_worst_pair_bars_take_the_worst_two_subject_mean():
-    from training.benchmarks.toy_population_bars import population_bars
+    from subjectgen_training.benchmarks.toy_population_bars import population_bars
 
     def run(subject, setup, likeness, mark=0.0):
         part = lambda v: {"mean": v}  # noqa: E731

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from training.evaluation import EvaluateConfig, evaluate_images
-from training.evaluation.prompt_scorers import PromptScorerError, build_prompt_scorer
-from training.experiment.photo_sources import PhotoSourceError, is_photo_source, write_source_photos
-from training.generate import MANIFEST_NAME
-from training.photos import load_photo_folder
-from training.toy import world
-from training.toy.subject_photos import ToySubjectSpecError, parse_subject_spec, read_subject
+from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
+from subjectgen_training.evaluation.prompt_scorers import PromptScorerError, build_prompt_scorer
+from subjectgen_training.experiment.photo_sources import PhotoSourceError, is_photo_source, write_source_photos
+from subjectgen_training.generate import MANIFEST_NAME
+from subjectgen_training.photos import load_photo_folder
+from subjectgen_training.toy import world
+from subjectgen_training.toy.subject_photos import ToySubjectSpecError, parse_subject_spec, read_subject
 
 
 def test_subject_specs_name_the_shipped_face_a_drawn_face_or_traits():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.toy import detectors, world
-from training.toy.train_base import BaseTrainConfig, detail_map, main
+from subjectgen_training.toy import detectors, world
+from subjectgen_training.toy.train_base import BaseTrainConfig, detail_map, main
 
 
 def test_the_second_style_draws_the_same_face_with_hard_edges():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.toy import detectors, world
+from subjectgen_training.toy import detectors, world
 
 
 def truth_of(spec: world.FaceSpec) -> dict:

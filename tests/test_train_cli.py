@@ -131,7 +131,7 @@ def test_the_probe_catches_every_model_load(tiny_sd_dir, monkeypatch):
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing")
 def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path):
     out = tmp_path / "ddp"
-    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "-m", "training",
+    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "-m", "subjectgen_training",
                "train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", "cd+cr", "--out", str(out),
                "--steps", "2", "--resolution", "64", "--batch-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.latent_cache import build_views, encode_images, encode_photo_views, rescale, to_tensor
-from training.photos import Photo
+from subjectgen_training.latent_cache import build_views, encode_images, encode_photo_views, rescale, to_tensor
+from subjectgen_training.photos import Photo
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_encode_images_batches_match(tiny_pipe):
 
 def test_start_token_key_value_take_no_gradient(tiny_pipe):
     """Custom Diffusion detaches K/V at the start token: the text states at position 0 get no gradient."""
-    from training.methods.custom_diffusion import CustomDiffusionDeltas
+    from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
 
     tiny_pipe.unet.requires_grad_(False)
     deltas = CustomDiffusionDeltas("kv+q+out")

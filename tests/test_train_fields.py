@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-import training.train_config as train_config
-from training.commands import train as train_command
-from training.config_flags import ConfigFlagError, add_config_arguments, config_values, flag_specs, option
-from training.ui import forms
+import subjectgen_training.train_config as train_config
+from subjectgen_training.commands import train as train_command
+from subjectgen_training.config_flags import ConfigFlagError, add_config_arguments, config_values, flag_specs, option
+from subjectgen_training.ui import forms
 
 TRAIN = ["--base", "toy-base", "--photos", "in", "--method", "cd", "--out", "out"]
 
@@ -21,7 +21,7 @@ def train_args(*argv: str) -> argparse.Namespace:
 
 
 def test_a_field_added_to_trainconfig_is_a_flag_a_form_field_and_flows_back_into_the_config(monkeypatch, capsys):
-    from training.cli import main
+    from subjectgen_training.cli import main
 
     @dataclasses.dataclass
     class WithEma(train_config.TrainConfig):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.methods.cross_init import read_celeb_names
-from training.train_config import TrainConfig
-from training.trainer import Trainer
+from subjectgen_training.methods.cross_init import read_celeb_names
+from subjectgen_training.train_config import TrainConfig
+from subjectgen_training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

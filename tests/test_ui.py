@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.ui import forms
-from training.ui.uploads import MAX_FILES, safe_name, store_uploads
+from subjectgen_training.ui import forms
+from subjectgen_training.ui.uploads import MAX_FILES, safe_name, store_uploads
 
 CHROMIUM = os.environ.get("SUBJECTGEN_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("SUBJECTGEN_UI_SCREENSHOTS")  # a folder: the README's screenshots are written there
@@ -24,7 +24,7 @@ SCREENSHOTS = os.environ.get("SUBJECTGEN_UI_SCREENSHOTS")  # a folder: the READM
 
 # -- one definition of each training field ------------------------------------------------------------------------
 def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags_help():
-    from training.train_config import TrainConfig
+    from subjectgen_training.train_config import TrainConfig
 
     parser = forms.train_parser()
     actions = {a.dest: a for a in parser._actions}  # noqa: SLF001
@@ -40,10 +40,10 @@ def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags
 
 def test_a_field_added_to_trainconfig_appears_in_train_help_and_in_the_page(monkeypatch, tmp_path, capsys):
     """The field is written once (a TrainConfig field with its help); `train --help` and the UI form both show it."""
-    import training.train_config as train_config
-    from training.cli import main
-    from training.config_flags import option
-    from training.ui.app import UISettings, build_app
+    import subjectgen_training.train_config as train_config
+    from subjectgen_training.cli import main
+    from subjectgen_training.config_flags import option
+    from subjectgen_training.ui.app import UISettings, build_app
 
     @dataclasses.dataclass
     class WithEma(train_config.TrainConfig):
@@ -73,15 +73,15 @@ def test_form_values_are_typed_and_empty_means_the_recipe():
     with pytest.raises(forms.FormError, match="--lr must be a number"):
         fields["lr"].read("fast")
     # prefilled from the method's own recipe (training/methods), not from a copy
-    from training.methods import get_method
+    from subjectgen_training.methods import get_method
 
     assert forms.initial_value(fields["token_lr"], "cr") == get_method("cr").defaults["token_lr"]
 
 
 def test_the_prompt_box_takes_text_or_a_shipped_set_but_never_reads_a_server_file(tmp_path):
-    from training.prompts import load_prompts
-    from training.ui.app import page_prompts
-    from training.ui.workdir import WorkdirError
+    from subjectgen_training.prompts import load_prompts
+    from subjectgen_training.ui.app import page_prompts
+    from subjectgen_training.ui.workdir import WorkdirError
 
     assert page_prompts("a {} | {} smiling") == ["a {}", "{} smiling"]
     assert page_prompts("accessories") == load_prompts("accessories")
@@ -136,8 +136,8 @@ def server(tmp_path_factory):
     pytest.importorskip("gradio")
     import torch
 
-    from training.toy.models import WEIGHTS
-    from training.ui.app import UISettings, launch
+    from subjectgen_training.toy.models import WEIGHTS
+    from subjectgen_training.ui.app import UISettings, launch
 
     if not (WEIGHTS / "toy-base" / "model_index.json").is_file():
         pytest.skip("the shipped toy model is missing")
@@ -194,7 +194,7 @@ def set_subject(page, name: str) -> None:
 def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_page, tmp_path):
     """A new user's path: upload the sample subject's photos, train 30 steps, generate, download and load the zip."""
     from subjectgen_diffusers import load_subject
-    from training.toy.subject_photos import write_subject_photos
+    from subjectgen_training.toy.subject_photos import write_subject_photos
 
     url, workdir = server
     page = browser_page
@@ -222,7 +222,7 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     assert page.input_value("#reg-lora input") == "builtin:toy-alt-lora"
     shoot(page, "train")
     recorded = json.loads((workdir / "subjects/ann/subject/train_config.json").read_text())
-    from training.ui.app import toy_preset
+    from subjectgen_training.ui.app import toy_preset
 
     assert (recorded["steps"], recorded["method"], recorded["lr"]) == (30, "cd+cr", toy_preset()["lr"])  # the demo's
 
@@ -275,7 +275,7 @@ def test_photos_to_trained_subject_to_images_to_zip_in_chromium(server, browser_
     shutil.unpack_archive(archive, tmp_path / "unzipped")
     from diffusers import StableDiffusionPipeline
 
-    from training.toy.models import model_path
+    from subjectgen_training.toy.models import model_path
 
     pipe = StableDiffusionPipeline.from_pretrained(model_path("toy-base"), safety_checker=None)
     token = load_subject(pipe, tmp_path / "unzipped" / "ann")
@@ -369,7 +369,7 @@ def test_stop_midway_then_resume_to_the_end(server, browser_page):
     assert not (workdir / "subjects/bob/subject/subject_config.json").exists()
     assert (workdir / f"subjects/bob/subject.checkpoints/step-{step:07d}").is_dir()  # beside the subject, as the CLI
     # after a server restart the page rebuilds the run from train_config.json and the work folder's layout
-    from training.ui.app import App, UISettings
+    from subjectgen_training.ui.app import App, UISettings
 
     restarted = App(UISettings(workdir=str(workdir)))
     rebuilt = restarted._recorded_config(restarted.workdir.subject("bob"))
@@ -388,7 +388,7 @@ def test_stop_midway_then_resume_to_the_end(server, browser_page):
     from diffusers import StableDiffusionPipeline
 
     from subjectgen_diffusers import load_subject
-    from training.toy.models import model_path
+    from subjectgen_training.toy.models import model_path
 
     pipe = StableDiffusionPipeline.from_pretrained(model_path("toy-base"), safety_checker=None)
     assert load_subject(pipe, workdir / "subjects/bob/subject") == recorded["token"]
@@ -459,11 +459,11 @@ def test_regularisation_from_an_alternative_model_with_a_lora_and_the_kept_gener
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from training.commands.demo import TOY_PROMPTS
-    from training.generate import GenerateConfig, generate_images
-    from training.toy.models import model_path
-    from training.ui.app import App, UISettings, shown, toy_generation
-    from training.ui.workdir import WorkdirError
+    from subjectgen_training.commands.demo import TOY_PROMPTS
+    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.toy.models import model_path
+    from subjectgen_training.ui.app import App, UISettings, shown, toy_generation
+    from subjectgen_training.ui.workdir import WorkdirError
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

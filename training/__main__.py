@@ -1,7 +1,7 @@
-"""``python -m training ...`` and ``accelerate launch -m training train ...`` run the ``subjectgen`` CLI."""
+"""``python -m subjectgen_training ...`` and ``accelerate launch -m subjectgen_training train ...`` run the ``subjectgen`` CLI."""
 
 import sys
 
-from training.cli import main
+from subjectgen_training.cli import main
 
 sys.exit(main())

@@ -1,11 +1,11 @@
 """``builtin:<name>`` model ids: tiny random models written on demand, so experiments, the demo and tests run offline.
 
-* ``builtin:tiny-sd``: a tiny Stable Diffusion 1.x pipeline (:mod:`training.tiny_models`).
+* ``builtin:tiny-sd``: a tiny Stable Diffusion 1.x pipeline (:mod:`subjectgen_training.tiny_models`).
 * ``builtin:tiny-sdxl``: a tiny SDXL pipeline, the alternative regularisation model's stand-in.
 * ``builtin:tiny-sdxl-lora``: a random LoRA (peft, rank 4) for ``builtin:tiny-sdxl``, saved by diffusers' LoRA writer.
 * ``builtin:tiny-clip``: a tiny random CLIP (real tokenizer) for the CLIP scores.
 * ``builtin:toy-base``, ``builtin:toy-alt-lora``: the shipped toy-world model and its style LoRA
-  (:mod:`training.toy.models`); their folders are returned as they are.
+  (:mod:`subjectgen_training.toy.models`); their folders are returned as they are.
 
 ``hf://owner/repo/path/file.safetensors`` names one file of a Hub repository (e.g. a LoRA in a repository that holds
 several) and resolves to its downloaded local path. Anything else (a folder, a Hub id) is returned unchanged. A model is written once into ``cache_dir`` through a
@@ -31,13 +31,13 @@ class BuiltinModelError(SubjectgenError):
 
 
 def _tiny_sd(folder: Path) -> None:
-    from training.tiny_models import save_tiny_sd
+    from subjectgen_training.tiny_models import save_tiny_sd
 
     save_tiny_sd(folder)
 
 
 def _tiny_sdxl(folder: Path) -> None:
-    from training.tiny_models import save_tiny_sdxl
+    from subjectgen_training.tiny_models import save_tiny_sdxl
 
     save_tiny_sdxl(folder)
 
@@ -49,7 +49,7 @@ def _tiny_sdxl_lora(folder: Path) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
 
     unet = build_tiny_sdxl_pipeline(seed=0).unet
     torch.manual_seed(1)
@@ -110,7 +110,7 @@ def resolve_model(model_id: str | None, cache_dir: str | Path | None = None) -> 
     if not is_builtin(model_id):
         return model_id
     name = model_id[len(PREFIX):]
-    from training.toy.models import SHIPPED, model_path
+    from subjectgen_training.toy.models import SHIPPED, model_path
 
     if name in SHIPPED:
         return model_path(name)

@@ -14,20 +14,20 @@ import sys
 from subjectgen_diffusers.errors import SubjectgenError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("training.commands.demo", "the whole path offline: the shipped toy model learns a toy subject "
+    "demo": ("subjectgen_training.commands.demo", "the whole path offline: the shipped toy model learns a toy subject "
              "(--real-photos: sample photos of a person on a tiny random-weight model)"),
-    "prepare": ("training.commands.prepare", "face-aware square crops and masks from a folder of photos"),
-    "regularize": ("training.commands.regularize", "generate regularisation images with any text-to-image model"),
-    "train": ("training.commands.train", "train a subject: Custom Diffusion, Cross Initialization or both"),
-    "generate": ("training.commands.generate", "sample images of a trained subject from prompt files"),
-    "evaluate": ("training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
-    "experiment": ("training.commands.experiment", "run subjects x setups end to end and write the report"),
-    "export": ("training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
-    "compress": ("training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
-    "merge": ("training.commands.merge", "merge several subjects into one (Custom Diffusion's constrained merge): "
+    "prepare": ("subjectgen_training.commands.prepare", "face-aware square crops and masks from a folder of photos"),
+    "regularize": ("subjectgen_training.commands.regularize", "generate regularisation images with any text-to-image model"),
+    "train": ("subjectgen_training.commands.train", "train a subject: Custom Diffusion, Cross Initialization or both"),
+    "generate": ("subjectgen_training.commands.generate", "sample images of a trained subject from prompt files"),
+    "evaluate": ("subjectgen_training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
+    "experiment": ("subjectgen_training.commands.experiment", "run subjects x setups end to end and write the report"),
+    "export": ("subjectgen_training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
+    "compress": ("subjectgen_training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
+    "merge": ("subjectgen_training.commands.merge", "merge several subjects into one (Custom Diffusion's constrained merge): "
               "one folder, every token"),
-    "push": ("training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
-    "ui": ("training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
+    "push": ("subjectgen_training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
+    "ui": ("subjectgen_training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
 }
 
 
@@ -39,7 +39,7 @@ GLOBAL_OPTIONS_WITH_VALUE = ("--threads",)
 
 def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool = False) -> None:
     """Options every command takes, before or after its name (``subjectgen --threads 1 train`` or ``train --threads 1``)."""
-    from training.threads import parse_threads
+    from subjectgen_training.threads import parse_threads
 
     # In a command's parser the default is SUPPRESS, so it never overwrites a value given before the command's name.
     default = argparse.SUPPRESS if in_command else None
@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Before anything imports torch: OpenMP reads its wait policy once, when torch loads.
-    from training.threads import configure_threads
+    from subjectgen_training.threads import configure_threads
 
     configure_threads(args.threads)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from training.quiet import quiet_libraries
+    from subjectgen_training.quiet import quiet_libraries
 
     quiet_libraries()
     module = importlib.import_module(COMMANDS[args.command][0])

@@ -90,7 +90,7 @@ def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
         spec = field.metadata.get(META)
         if spec is None or not spec["help"]:
             raise ConfigFlagError(f"{config_class.__name__}.{field.name} has no help text: declare it with "
-                                  f"training.config_flags.option(..., help='what it does').")
+                                  f"subjectgen_training.config_flags.option(..., help='what it does').")
         if cli_only and not spec["cli"]:
             continue
         base = _base_type(field.type, spec["repeatable"])

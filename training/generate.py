@@ -22,8 +22,8 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
-from training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
-from training.resolution import check_resolution
+from subjectgen_training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
+from subjectgen_training.resolution import check_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def load_pipeline(config: GenerateConfig):
         raise GenerateError(f"cannot load the base model {config.base!r} ({error}): pass a diffusers folder or "
                             "Hub id of a Stable Diffusion 1.x model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).") from error
     if config.lora:
-        from training.style_lora import load_style_lora
+        from subjectgen_training.style_lora import load_style_lora
 
         load_style_lora(pipe, config.lora, config.lora_scale, model=config.base, error=GenerateError)
     if config.scheduler:

@@ -1,6 +1,6 @@
 """Face-aware preparation of subject photos: square crops around the face, face masks, and a report of what was dropped.
 
-Each photo is EXIF-transposed and made RGB; dlib's HOG detector (:mod:`training.faces`) finds the faces and the most
+Each photo is EXIF-transposed and made RGB; dlib's HOG detector (:mod:`subjectgen_training.faces`) finds the faces and the most
 confident one is the subject (the detector also fires, weakly, on small face-like patches such as a badge). A photo is
 dropped, with the reason recorded, when it cannot be read, is too large to decode safely (more pixels than Pillow's
 decompression-bomb limit), shows no face, shows another face of similar size and
@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
-from training.faces import FaceAnalyzer, FaceBox
-from training.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
-from training.resolution import resolution_problem
+from subjectgen_training.faces import FaceAnalyzer, FaceBox
+from subjectgen_training.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
+from subjectgen_training.resolution import resolution_problem
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Each image ``i`` is drawn from its own generator seeded by :func:`image_seed` (`
 reproducible image by image, independent of batching, resumption or the number of processes. Images are written
 atomically, so a killed job leaves only whole files; running it again makes only the missing ones, and a larger
 ``num`` extends the set. ``manifest.jsonl`` is rewritten atomically from the files on disk. Work is split across
-processes with accelerate's ``PartialState.split_between_processes`` (``accelerate launch -m training regularize``).
+processes with accelerate's ``PartialState.split_between_processes`` (``accelerate launch -m subjectgen_training regularize``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
-from training.resolution import resolution_problem
-from training.style_lora import load_style_lora
+from subjectgen_training.resolution import resolution_problem
+from subjectgen_training.style_lora import load_style_lora
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
 from subjectgen_diffusers.methods import CD_SCOPES
-from training.config_flags import option
-from training.methods import get_method, method_names
-from training.resolution import check_resolution
+from subjectgen_training.config_flags import option
+from subjectgen_training.methods import get_method, method_names
+from subjectgen_training.resolution import check_resolution
 
 METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -37,7 +37,7 @@ class TrainConfigError(SubjectgenError):
 
 
 def _methods_help() -> str:
-    from training.methods import REGISTRY
+    from subjectgen_training.methods import REGISTRY
 
     return "; ".join(f"{name}: {method.info.title}" for name, method in REGISTRY.items())
 
@@ -61,7 +61,7 @@ class JointSubject:
 class TrainConfig:
     """Everything one training run needs. ``None`` means "the method's published default".
 
-    Each field is defined once: its default, help text and command-line spelling (:func:`training.config_flags.option`)
+    Each field is defined once: its default, help text and command-line spelling (:func:`subjectgen_training.config_flags.option`)
     make the ``subjectgen train`` flag and the web UI's form field. ``cli=False`` fields are config-file keys only.
     """
 

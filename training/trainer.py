@@ -1,9 +1,9 @@
-"""The training loop shared by every registered method (``training.methods``); it never branches on a method's name.
+"""The training loop shared by every registered method (``subjectgen_training.methods``); it never branches on a method's name.
 
 Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoder (with
 grad: the new token rows train), add noise at a random timestep (DDPM forward process) and regress the UNet's
 prediction on the noise (or velocity): ``loss = instance loss + prior_loss_weight * prior loss + the method's extra
-loss`` (``training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
+loss`` (``subjectgen_training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
 token, so their text encodings are computed once. The optimizer uses the method's scaled rates (``Method.rates``).
 
 All per-step randomness comes from a generator seeded by ``(seed, step, process)``: a resumed run draws exactly
@@ -24,9 +24,9 @@ import torch
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.public_names import public_name, without_local_paths
-from training.losses import instance_loss, prior_loss
-from training.methods import build_method
-from training.train_config import CONFIG_FILE_NAME, TrainConfig
+from subjectgen_training.losses import instance_loss, prior_loss
+from subjectgen_training.methods import build_method
+from subjectgen_training.train_config import CONFIG_FILE_NAME, TrainConfig
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -54,7 +54,7 @@ class TrainingData:
 
 def check_inputs(config: TrainConfig, method) -> TrainingData:
     """Everything that can be checked without loading a model: photos, regularisation images, the method's files."""
-    from training.photos import load_photo_folder
+    from subjectgen_training.photos import load_photo_folder
 
     photos, photo_subject = [], []
     for index, person in enumerate(config.people()):
@@ -117,13 +117,13 @@ class Trainer:
     """Builds the models, caches and optimizer for one resolved config; ``run()`` trains and saves the subject."""
 
     def __init__(self, config: TrainConfig, on_step=None, parts=None):
-        """``parts``: already-built :class:`training.model_parts.ModelParts` (benchmarks, experiments); by default
+        """``parts``: already-built :class:`subjectgen_training.model_parts.ModelParts` (benchmarks, experiments); by default
         the model is loaded from ``config.base`` after every input check has passed."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from training.model_parts import load_model_parts, load_tokenizer
-        from training.token_rows import add_token_to_tokenizer
+        from subjectgen_training.model_parts import load_model_parts, load_tokenizer
+        from subjectgen_training.token_rows import add_token_to_tokenizer
 
         self.config = config = config.resolved().sized()
         self.out = Path(config.out)
@@ -152,7 +152,7 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------------------------
     def _build_trainable(self) -> None:
-        from training.token_rows import splice_token_rows
+        from subjectgen_training.token_rows import splice_token_rows
 
         config, parts = self.config, self.parts
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
@@ -176,8 +176,8 @@ class Trainer:
         return {"token_rows": self.rows.rows, **self.method.weight_parameters()}
 
     def _build_caches(self) -> None:
-        from training.captions import CaptionMaker
-        from training.latent_cache import encode_photo_views, encode_regularization
+        from subjectgen_training.captions import CaptionMaker
+        from subjectgen_training.latent_cache import encode_photo_views, encode_regularization
 
         config, parts = self.config, self.parts
         progress = self.accelerator.is_local_main_process
@@ -337,7 +337,7 @@ class Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        from training.checkpoints import checkpoint_dir, drop_checkpoints, list_checkpoints, load_checkpoint, save_checkpoint
+        from subjectgen_training.checkpoints import checkpoint_dir, drop_checkpoints, list_checkpoints, load_checkpoint, save_checkpoint
 
         config, accelerator = self.config, self.accelerator
         tensors = self.trainable_tensors()
@@ -445,7 +445,7 @@ class Trainer:
         from diffusers import StableDiffusionPipeline
 
         from subjectgen_diffusers.atomic_io import atomic_save_image
-        from training.token_rows import prompt_with_token
+        from subjectgen_training.token_rows import prompt_with_token
 
         parts, config = self.parts, self.config
         parts.vae.to(self.device)
@@ -465,11 +465,11 @@ class Trainer:
 def train(config: TrainConfig, *, on_step=None) -> Path:
     """Train a subject as ``config`` says and return its folder (loadable by ``load_subject``).
 
-    The main process holds ``<out>/train.lock`` (``training.run_lock``) from before the model loads to the end, so
+    The main process holds ``<out>/train.lock`` (``subjectgen_training.run_lock``) from before the model loads to the end, so
     a second run into the same folder refuses at once instead of writing over the first."""
     import os
 
-    from training.run_lock import check_output_folder, output_lock
+    from subjectgen_training.run_lock import check_output_folder, output_lock
 
     check_output_folder(Path(config.out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: the main process holds the lock

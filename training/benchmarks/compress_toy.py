@@ -1,6 +1,6 @@
 """Likeness and prompt-following of a toy subject against its low-rank compressed versions, with SD 1.5 file sizes.
 
-    python -m training.benchmarks.compress_toy --out runs/compress-toy      # resumable; ~10 min on one CPU thread
+    python -m subjectgen_training.benchmarks.compress_toy --out runs/compress-toy      # resumable; ~10 min on one CPU thread
 
 Trains the ``cd+cr-reg`` setup of ``training/configs/five_setups_toy.yaml`` once through the one experiment runner
 (its stages: photos, regularisation images, training, sampling and scoring), then compresses that subject with
@@ -32,7 +32,7 @@ def sd15_size_mib(scope: str, rank: int | None) -> float:
     """MiB of an fp16 subject file at SD 1.5's shapes, dense (``rank=None``) or with rank-``rank`` factors."""
     from diffusers import UNet2DConditionModel
 
-    from training.benchmarks.plugin_bench import SD15_UNET, _subject_for
+    from subjectgen_training.benchmarks.plugin_bench import SD15_UNET, _subject_for
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET)
@@ -51,9 +51,9 @@ def _row(run: dict) -> dict:
 
 def run(out: Path) -> dict:
     from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject
-    from training.builtin_models import resolve_model
-    from training.experiment import load_experiment_config
-    from training.experiment.runner import ExperimentLayout, _sample_and_score, run_experiment
+    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.experiment import load_experiment_config
+    from subjectgen_training.experiment.runner import ExperimentLayout, _sample_and_score, run_experiment
 
     config = load_experiment_config(CONFIG)
     config = dataclasses.replace(config, setups=[s for s in config.setups if s.name == SETUP], baseline=False)

@@ -1,7 +1,7 @@
 """Where a constrained merge loses likeness: merge a subject with only the *tokens* of another (no deltas, so nothing
 interferes), then sample and score it exactly as the ``compose`` experiment does.
 
-    python -m training.benchmarks.merge_alone --run runs/compose --subject face-b --partner face-a
+    python -m subjectgen_training.benchmarks.merge_alone --run runs/compose --subject face-b --partner face-a
 
 ``--run`` is a finished ``subjectgen experiment compose_toy`` folder (its experiment.json, trained subjects and photos
 are reused). Prints the subject's likeness / prompt-following alone (from the run) and after this merge; the gap is
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from subjectgen_diffusers.merge import merge_subjects
     from subjectgen_diffusers.subject_format import Subject
-    from training.builtin_models import resolve_model
-    from training.commands.merge import class_phrases
-    from training.evaluation import EvaluateConfig, evaluate_images
-    from training.experiment.config import _build, ExperimentConfig
-    from training.generate import GenerateConfig, generate_images
-    from training.prompts import regularization_captions
+    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.commands.merge import class_phrases
+    from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
+    from subjectgen_training.experiment.config import _build, ExperimentConfig
+    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.prompts import regularization_captions
 
     config = _build(ExperimentConfig, json.loads((args.run / "experiment.json").read_text()), "experiment.json")
     setup = config.compose.setup

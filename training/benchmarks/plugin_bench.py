@@ -1,9 +1,9 @@
 """Plug-in benchmark: subject file size for SD 1.5 shapes, subject load time, delta-processor overhead per UNet call.
 
-    python -m training.benchmarks.plugin_bench                 # tiny model + SD 1.5 file sizes (seconds)
-    python -m training.benchmarks.plugin_bench --sd15          # also SD 1.5-shaped UNet/CLIP-L with random weights
-    python -m training.benchmarks.plugin_bench --sd15 --device cuda --dtype float16 --latent 64
-    python -m training.benchmarks.plugin_bench --sd15 --load-only   # load/unload/swap times against LOAD_GOALS_MS
+    python -m subjectgen_training.benchmarks.plugin_bench                 # tiny model + SD 1.5 file sizes (seconds)
+    python -m subjectgen_training.benchmarks.plugin_bench --sd15          # also SD 1.5-shaped UNet/CLIP-L with random weights
+    python -m subjectgen_training.benchmarks.plugin_bench --sd15 --device cuda --dtype float16 --latent 64
+    python -m subjectgen_training.benchmarks.plugin_bench --sd15 --load-only   # load/unload/swap times against LOAD_GOALS_MS
 
 Overhead is the median UNet forward time with subjects' :class:`SubjectAttnProcessor` on the 16 cross-attention
 layers (Custom Diffusion, Kumari et al. CVPR 2023: ``W + scale·ΔW`` for K/V, or Q/K/V/out) against diffusers' stock
@@ -164,7 +164,7 @@ def sd15_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from training.tiny_models import tiny_scheduler, tiny_vae
+    from subjectgen_training.tiny_models import tiny_scheduler, tiny_vae
 
     text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch CPU threads (1 keeps medians stable on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    from training.tiny_models import build_tiny_sd_pipeline
+    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
 
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)

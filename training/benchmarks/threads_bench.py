@@ -13,7 +13,7 @@ toy base model (``training/toy/weights/toy-base``, 32 px):
 Every configuration is measured ``--repeats`` times (interleaved, so a neighbour's load spreads over all of them) and
 the median of the per-call medians is printed as a Markdown table, plus JSON with ``--json``.
 
-    python -m training.benchmarks.threads_bench --repeats 3
+    python -m subjectgen_training.benchmarks.threads_bench --repeats 3
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def measure(workload: str, threads: int, policy: str, calls: int) -> float:
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy.upper()
     env["SUBJECTGEN_THREADS"] = str(threads)
-    out = subprocess.run([sys.executable, "-m", "training.benchmarks.threads_bench", "--child", workload,
+    out = subprocess.run([sys.executable, "-m", "subjectgen_training.benchmarks.threads_bench", "--child", workload,
                           "--calls", str(calls)], env=env, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["threads"] == threads, result

@@ -1,5 +1,5 @@
 """The CI toy test's thresholds, from the spread of the full population run: ``python -m
-training.benchmarks.toy_population_bars runs/toy-population/summary.json``.
+subjectgen_training.benchmarks.toy_population_bars runs/toy-population/summary.json``.
 
 The CI test (``tests/test_toy_experiment.py``) runs two of the population's test subjects and asserts on their mean.
 Which two faces it gets should not decide whether a claim holds, so each bar here is the worst value that claim takes

@@ -9,8 +9,8 @@ Diffusion processors), same batch (1 photo + 1 class image), same method and res
 Models: ``tiny`` (training/tiny_models.py) or ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
 built offline from configs: UNet 860 M, VAE 84 M, text encoder 123 M parameters).
 
-    python -m training.benchmarks.train_bench --model tiny --resolutions 64 128 256 --steps 10
-    python -m training.benchmarks.train_bench --model sd15 --resolutions 256 --methods cd --steps 3
+    python -m subjectgen_training.benchmarks.train_bench --model tiny --resolutions 64 128 256 --steps 10
+    python -m subjectgen_training.benchmarks.train_bench --model sd15 --resolutions 256 --methods cd --steps 3
 
 Every measurement runs in its own process so the peak RSS (``ru_maxrss``) belongs to that configuration alone.
 """
@@ -34,7 +34,7 @@ def build_modules(model: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from training import tiny_models
+    from subjectgen_training import tiny_models
 
     torch.manual_seed(0)
     if model == "tiny":
@@ -66,7 +66,7 @@ def make_folders(root: Path) -> tuple[Path, Path]:
 
 
 def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path):
-    from training.train_config import TrainConfig
+    from subjectgen_training.train_config import TrainConfig
 
     return TrainConfig.from_dict(dict(base="benchmark", photos=str(photos), reg_dir=str(reg), method=method, out=str(out),
                                       resolution=resolution, batch_size=1, steps=steps, use_8bit_adam=False))
@@ -90,8 +90,8 @@ def measure_naive(trainer, steps: int) -> list[float]:
     """The example scripts' step on the same modules: encode everything every step, whole embedding matrix trained."""
     import random
 
-    from training.latent_cache import rescale, square_resize, to_tensor
-    from training.token_rows import prompt_with_token
+    from subjectgen_training.latent_cache import rescale, square_resize, to_tensor
+    from subjectgen_training.token_rows import prompt_with_token
 
     config, parts = trainer.config, trainer.parts
     text_encoder, vae, unet = parts.text_encoder, parts.vae.to(trainer.device), parts.unet
@@ -144,8 +144,8 @@ def measure_naive(trainer, steps: int) -> list[float]:
 
 
 def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int) -> dict:
-    from training.model_parts import parts_from_modules
-    from training.trainer import Trainer
+    from subjectgen_training.model_parts import parts_from_modules
+    from subjectgen_training.trainer import Trainer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             pair = {}
             for implementation in ("naive", "ours"):
-                command = [sys.executable, "-m", "training.benchmarks.train_bench", "--model", args.model,
+                command = [sys.executable, "-m", "subjectgen_training.benchmarks.train_bench", "--model", args.model,
                            "--steps", str(args.steps), "--threads", str(args.threads), "--one", f"{method}/{resolution}", implementation]
                 result = subprocess.run(command, capture_output=True, text=True, check=True)
                 pair[implementation] = json.loads(result.stdout.strip().splitlines()[-1])

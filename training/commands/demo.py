@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def toy_demo_config(steps: int = 150):
     """The toy demo as an experiment config: the shipped subject, CD+CR with 16 regularisation images from the base,
     the four new scenes of ``five_setups_toy`` (backgrounds its photos never show, a hat, glasses), four seeds."""
-    from training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, RegularizationSpec,
+    from subjectgen_training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, RegularizationSpec,
                                             SetupSpec, SubjectSpec)
 
     return ExperimentConfig(
@@ -60,7 +60,7 @@ def toy_demo_config(steps: int = 150):
 
 def demo_config(steps: int = 20):
     """The real-photos demo as an experiment config: one subject, one setup (CD+CR), the tiny built-in model."""
-    from training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, SetupSpec,
+    from subjectgen_training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, SetupSpec,
                                             SubjectSpec)
 
     return ExperimentConfig(
@@ -79,8 +79,8 @@ def demo_config(steps: int = 20):
 
 
 def run_real_photos(args: argparse.Namespace) -> int:
-    from training.experiment import run_experiment
-    from training.sample_photos import astronaut_image
+    from subjectgen_training.experiment import run_experiment
+    from subjectgen_training.sample_photos import astronaut_image
 
     astronaut_image()  # fails early, naming scikit-image, when it is missing
     summary = run_experiment(demo_config(args.steps or 20), args.out)
@@ -98,12 +98,12 @@ def run_real_photos(args: argparse.Namespace) -> int:
 
 def run_toy(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
-    from training.experiment import run_experiment
-    from training.toy.models import WEIGHTS, has_weights
+    from subjectgen_training.experiment import run_experiment
+    from subjectgen_training.toy.models import WEIGHTS, has_weights
 
     if not has_weights():
         raise SubjectgenError(f"the toy base model is missing from {WEIGHTS}; reinstall the package or train it "
-                              "with `python -m training.toy.train_base`, or run `subjectgen demo --real-photos`.")
+                              "with `python -m subjectgen_training.toy.train_base`, or run `subjectgen demo --real-photos`.")
     summary = run_experiment(toy_demo_config(args.steps or 150), args.out)
     out = summary.parent.resolve()
     run_dir = out / "runs" / "shipped" / "cd+cr-reg"

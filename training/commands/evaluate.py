@@ -8,7 +8,7 @@ HELP = "identity, prompt fidelity and face-detection rate of images"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.evaluation.clip_score import DEFAULT_CLIP_MODEL
+    from subjectgen_training.evaluation.clip_score import DEFAULT_CLIP_MODEL
 
     parser.add_argument("--images", required=True, help="folder of generated images (with generate's manifest.jsonl)")
     parser.add_argument("--reference", required=True, help="folder of reference photos of the subject")
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_flags import namespace_values
-    from training.evaluation import EvaluateConfig, evaluate_images, read_results
-    from training.report import format_summary_line
+    from subjectgen_training.config_flags import namespace_values
+    from subjectgen_training.evaluation import EvaluateConfig, evaluate_images, read_results
+    from subjectgen_training.report import format_summary_line
 
     config = EvaluateConfig(**namespace_values(args, EvaluateConfig))
     path = evaluate_images(config)

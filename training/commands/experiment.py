@@ -1,7 +1,7 @@
 """``subjectgen experiment NAME_OR_PATH --out DIR``: run subjects x setups end to end and write the report.
 
 Every experiment -- Stable Diffusion 1.5, the tiny built-in model, the toy world -- is a YAML file for the one
-runner (:mod:`training.experiment`); what differs between worlds plugs in through its registries (photo sources,
+runner (:mod:`subjectgen_training.experiment`); what differs between worlds plugs in through its registries (photo sources,
 identity encoders, prompt scorers).
 """
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.experiment import load_experiment_config, run_experiment
+    from subjectgen_training.experiment import load_experiment_config, run_experiment
 
     summary = run_experiment(load_experiment_config(args.config), args.out)
     folder = summary.parent

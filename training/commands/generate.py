@@ -8,7 +8,7 @@ HELP = "sample images of a trained subject from prompt files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.generate import SCHEDULERS
+    from subjectgen_training.generate import SCHEDULERS
 
     parser.add_argument("--base", required=True, help="diffusers folder or Hub id of the SD 1.x base model")
     parser.add_argument("--subject", default=None, help="subject folder or Hub repo (omit to sample the base model)")
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_flags import namespace_values
-    from training.generate import GenerateConfig, generate_images, read_manifest
+    from subjectgen_training.config_flags import namespace_values
+    from subjectgen_training.generate import GenerateConfig, generate_images, read_manifest
 
     config = GenerateConfig(**namespace_values(args, GenerateConfig))
     out = generate_images(config)

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge
     from subjectgen_diffusers.subject_check import check_subject
-    from training.builtin_models import resolve_model
-    from training.prompts import regularization_captions
+    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.prompts import regularization_captions
 
     check_new_folder(args.out)
     sources = [read_for_merge(path) for path in args.subjects]

@@ -1,4 +1,4 @@
-"""``subjectgen prepare``: a thin CLI over :func:`training.prepare.prepare_photos` (needs the ``face`` extra)."""
+"""``subjectgen prepare``: a thin CLI over :func:`subjectgen_training.prepare.prepare_photos` (needs the ``face`` extra)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config_flags import namespace_values
-    from training.prepare import PrepareConfig, PrepareError, format_report, prepare_photos
+    from subjectgen_training.config_flags import namespace_values
+    from subjectgen_training.prepare import PrepareConfig, PrepareError, format_report, prepare_photos
 
     config = PrepareConfig(**namespace_values(args, PrepareConfig))
     report = prepare_photos(config)

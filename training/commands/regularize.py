@@ -1,6 +1,6 @@
-"""``subjectgen regularize``: a thin CLI over :func:`training.regularize.generate_regularization`.
+"""``subjectgen regularize``: a thin CLI over :func:`subjectgen_training.regularize.generate_regularization`.
 
-Several GPUs: ``accelerate launch --num_processes 4 -m training regularize ...`` splits the images between them.
+Several GPUs: ``accelerate launch --num_processes 4 -m subjectgen_training regularize ...`` splits the images between them.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from training.config_flags import namespace_values
-    from training.regularize import RegularizeConfig, generate_regularization, indices_on_disk
+    from subjectgen_training.config_flags import namespace_values
+    from subjectgen_training.regularize import RegularizeConfig, generate_regularization, indices_on_disk
 
     config = RegularizeConfig(**namespace_values(args, RegularizeConfig))
     out = generate_regularization(config)

@@ -1,7 +1,7 @@
-"""``subjectgen train``: a thin command line over :func:`training.trainer.train`.
+"""``subjectgen train``: a thin command line over :func:`subjectgen_training.trainer.train`.
 
-The flags are generated from :class:`training.train_config.TrainConfig`'s field definitions (help text, kind and
-default note live with each field; :mod:`training.config_flags`); ``--config FILE`` (YAML/TOML/JSON) gives the same
+The flags are generated from :class:`subjectgen_training.train_config.TrainConfig`'s field definitions (help text, kind and
+default note live with each field; :mod:`subjectgen_training.config_flags`); ``--config FILE`` (YAML/TOML/JSON) gives the same
 fields and flags given on the command line override it.
 """
 
@@ -22,7 +22,7 @@ NONE_MEANS = {"lr": "unused", "token_lr": "the --lr value", "cd_scope": "unused"
 
 def describe_default(spec) -> str:
     """The default a flag gets, as its help says it: the method's recipe value per method, or the config's."""
-    from training.methods import REGISTRY
+    from subjectgen_training.methods import REGISTRY
 
     def text(value) -> str:
         if value is None:
@@ -40,8 +40,8 @@ def describe_default(spec) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` plus one flag per :class:`TrainConfig` field, generated from the fields' own definitions."""
-    from training.config_flags import add_config_arguments
-    from training.train_config import TrainConfig
+    from subjectgen_training.config_flags import add_config_arguments
+    from subjectgen_training.train_config import TrainConfig
 
     parser.add_argument("--config", default=None,
                         help="YAML/TOML/JSON file with the same fields; flags override it (default: none)")
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dict:
     """Repeated ``--photos A/ --photos B/ --token <a> --token <b>``: the ``subjects`` of a joint run; once each:
     ``photos`` and ``token``."""
-    from training.train_config import TrainConfigError
+    from subjectgen_training.train_config import TrainConfigError
 
     photos, tokens = photos or [], tokens or []
     if len(photos) <= 1 and len(tokens) <= 1:
@@ -63,8 +63,8 @@ def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dic
 
 
 def config_from_args(args: argparse.Namespace):
-    from training.config_flags import config_values
-    from training.train_config import TrainConfig
+    from subjectgen_training.config_flags import config_values
+    from subjectgen_training.train_config import TrainConfig
 
     flags = config_values(args, TrainConfig)
     # --photos / --token are repeatable: once each is one person, N pairs are a joint run's `subjects`
@@ -78,8 +78,8 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from training.checkpoints import checkpoint_dir, list_checkpoints
-    from training.trainer import train
+    from subjectgen_training.checkpoints import checkpoint_dir, list_checkpoints
+    from subjectgen_training.trainer import train
 
     config = config_from_args(args)
     if config.resume and os.environ.get("RANK", "0") == "0" and not list_checkpoints(Path(config.out)):

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError as error:
         raise SubjectgenError("the web UI needs gradio: pip install 'subjectgen-diffusers[ui]'.") from error
-    from training.ui.app import UISettings, launch
+    from subjectgen_training.ui.app import UISettings, launch
 
     print(f"subjectgen ui: http://{args.host}:{args.port} (work folder {os.path.abspath(args.workdir)})")
     launch(UISettings(base=args.base, workdir=args.workdir), host=args.host, port=args.port, share=args.share)

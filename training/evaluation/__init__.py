@@ -4,6 +4,6 @@ Encoders are objects built once (:mod:`.identity`, :mod:`.clip_score`), metrics 
 (:mod:`.metrics`), and :mod:`.evaluate` writes ``results.json``, which the reporter reads alone.
 """
 
-from training.evaluation.evaluate import EvaluateConfig, evaluate_images, read_results
+from subjectgen_training.evaluation.evaluate import EvaluateConfig, evaluate_images, read_results
 
 __all__ = ["EvaluateConfig", "evaluate_images", "read_results"]

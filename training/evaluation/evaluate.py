@@ -1,11 +1,11 @@
 """Evaluate a folder of generated images against reference photos and write ``results.json``.
 
 Per image: whether a face is found, identity similarity to the references (Celeb Basis protocol, see
-:mod:`training.evaluation.metrics`) and, when the identity encoder splits its similarity into parts (the toy world's
-hidden mark and traits), each part; then the prompt scorer's scores (:mod:`training.evaluation.prompt_scorers`:
+:mod:`subjectgen_training.evaluation.metrics`) and, when the identity encoder splits its similarity into parts (the toy world's
+hidden mark and traits), each part; then the prompt scorer's scores (:mod:`subjectgen_training.evaluation.prompt_scorers`:
 CLIP-T with the prompt minus the subject token and CLIP-I with the references for real images, pixel-rule
 prompt-following for toy ones). Encoders are built once per call; the file is written atomically and read by
-:mod:`training.report` alone.
+:mod:`subjectgen_training.report` alone.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
-from training.evaluation import metrics
-from training.evaluation.clip_score import DEFAULT_CLIP_MODEL
-from training.photos import candidate_files, load_image, load_photo_folder
-from training.prompts import DEFAULT_SUBJECT_PHRASE, prompt_for_clip
+from subjectgen_training.evaluation import metrics
+from subjectgen_training.evaluation.clip_score import DEFAULT_CLIP_MODEL
+from subjectgen_training.photos import candidate_files, load_image, load_photo_folder
+from subjectgen_training.prompts import DEFAULT_SUBJECT_PHRASE, prompt_for_clip
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class EvaluateConfig:
     out: str  # results.json path
     face_model: str = "dlib"  # identity encoder: dlib | arcface | any registered name | none
     clip_model: str = DEFAULT_CLIP_MODEL  # Hub id or local folder of a CLIP model, or none (the clip scorer's model)
-    prompt_scorer: str = "clip"  # clip | toy | none (training.evaluation.prompt_scorers)
+    prompt_scorer: str = "clip"  # clip | toy | none (subjectgen_training.evaluation.prompt_scorers)
     subject_phrase: str = DEFAULT_SUBJECT_PHRASE  # what replaces {} in the prompt for CLIP-T
     device: str | None = None  # default: cuda when available, else cpu
     batch_size: int = 16
@@ -85,8 +85,8 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
     """Score every image of ``config.images``; write and return ``config.out`` (results.json)."""
     from tqdm.auto import tqdm
 
-    from training.evaluation.identity import build_identity_encoder
-    from training.evaluation.prompt_scorers import build_prompt_scorer
+    from subjectgen_training.evaluation.identity import build_identity_encoder
+    from subjectgen_training.evaluation.prompt_scorers import build_prompt_scorer
 
     entries = read_image_entries(config.images)
     references = [photo.image for photo in load_photo_folder(config.reference, what="--reference")]

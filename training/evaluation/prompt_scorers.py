@@ -2,8 +2,8 @@
 
 * ``clip``: CLIP-T, the cosine of the image's and the prompt's CLIP embeddings with the subject token replaced by a
   plain phrase, and CLIP-I, the mean cosine with the reference photos (Custom Diffusion, Kumari et al. 2023;
-  Celeb Basis, Yuan et al. 2023) -- for real images (:mod:`training.evaluation.clip_score`).
-* ``toy``: the toy world's pixel rules (:class:`training.toy.prompt_check.ToyPromptScorer`): the share of the
+  Celeb Basis, Yuan et al. 2023) -- for real images (:mod:`subjectgen_training.evaluation.clip_score`).
+* ``toy``: the toy world's pixel rules (:class:`subjectgen_training.toy.prompt_check.ToyPromptScorer`): the share of the
   prompt's requested background and accessory found in the image, with each request's own outcome.
 
 A scorer exposes ``name``, ``label`` (the report's column title for its main score) and
@@ -43,14 +43,14 @@ class ClipPromptScorer:
     label = "CLIP-T (prompt)"
 
     def __init__(self, clip_model: str, subject_phrase: str, device: str = "cpu", batch_size: int = 16) -> None:
-        from training.evaluation.clip_score import ClipEmbedder
+        from subjectgen_training.evaluation.clip_score import ClipEmbedder
 
         self.embedder = ClipEmbedder(clip_model, device=device, batch_size=batch_size)
         self.subject_phrase = subject_phrase
 
     def score(self, images, prompts, references):
-        from training.evaluation import metrics
-        from training.prompts import prompt_for_clip
+        from subjectgen_training.evaluation import metrics
+        from subjectgen_training.prompts import prompt_for_clip
 
         image_embeddings = self.embedder.embed_images(images)
         clip_image = metrics.clip_image_scores(image_embeddings, self.embedder.embed_images(references))
@@ -65,8 +65,8 @@ class ClipPromptScorer:
 
 
 BUILTIN_PROMPT_SCORERS: dict[str, str] = {
-    "clip": "training.evaluation.prompt_scorers:ClipPromptScorer",
-    "toy": "training.toy.prompt_check:ToyPromptScorer",
+    "clip": "subjectgen_training.evaluation.prompt_scorers:ClipPromptScorer",
+    "toy": "subjectgen_training.toy.prompt_check:ToyPromptScorer",
 }
 
 

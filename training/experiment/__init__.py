@@ -1,6 +1,6 @@
 """The experiment runner: subjects x setups, stage by stage (regularise, train, generate, evaluate), resumable."""
 
-from training.experiment.config import ExperimentConfig, load_experiment_config, shipped_configs
-from training.experiment.runner import run_experiment
+from subjectgen_training.experiment.config import ExperimentConfig, load_experiment_config, shipped_configs
+from subjectgen_training.experiment.runner import run_experiment
 
 __all__ = ["ExperimentConfig", "load_experiment_config", "run_experiment", "shipped_configs"]

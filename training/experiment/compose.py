@@ -35,8 +35,8 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
 
     from subjectgen_diffusers.merge import merge_subjects
     from subjectgen_diffusers.subject_format import Subject
-    from training.commands.merge import class_phrases
-    from training.prompts import regularization_captions
+    from subjectgen_training.commands.merge import class_phrases
+    from subjectgen_training.prompts import regularization_captions
 
     subjects = [Subject.load(folder) for folder in folders]
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, feature_extractor=None,
@@ -51,9 +51,9 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
 
 def _joint(config, layout, setup, group: list, photos: dict[str, str], reg_dir: str | None, base: str,
            out: Path) -> Path:
-    from training.experiment.runner import run_stage
-    from training.train_config import TrainConfig
-    from training.trainer import train
+    from subjectgen_training.experiment.runner import run_stage
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import train
 
     values = {**config.train, **setup.train}
     if config.compose.joint_steps_per_subject and values.get("steps"):
@@ -70,7 +70,7 @@ def _joint(config, layout, setup, group: list, photos: dict[str, str], reg_dir: 
 def run_compose(config, layout, base: str, photos: dict[str, str], regularization: dict[str, str],
                 runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Run every group's conditions (appending their runs to ``runs``); return the summary's compose entries."""
-    from training.experiment.runner import _sample_and_score, run_stage
+    from subjectgen_training.experiment.runner import _sample_and_score, run_stage
 
     spec = config.compose
     setup = next(s for s in config.setups if s.name == spec.setup)

@@ -3,7 +3,7 @@
 A YAML file maps onto these dataclasses; every level rejects unknown keys and lists the allowed ones. Shipped
 configs live in ``training/configs/<name>.yaml`` and are addressed by name (``five_setups``, ``five_setups_tiny``);
 paths inside a file (subject photos) are relative to the file. ``train`` maps onto
-:class:`training.train_config.TrainConfig` fields: the experiment's ``train`` applies to every setup, a setup's own
+:class:`subjectgen_training.train_config.TrainConfig` fields: the experiment's ``train`` applies to every setup, a setup's own
 ``train`` overrides it, and ``None`` keeps the method's published default.
 """
 
@@ -59,7 +59,7 @@ def _build(cls, data: Any, where: str):
 class SubjectSpec:
     name: str  # folder-safe name used in outputs
     # a folder of photos (relative to the config file), or a photo source: builtin:astronaut (sample photos),
-    # toy:<subject spec> (a toy-world face; training.toy.subject_photos), see training.experiment.photo_sources
+    # toy:<subject spec> (a toy-world face; subjectgen_training.toy.subject_photos), see subjectgen_training.experiment.photo_sources
     photos: str
     prepare: bool = False  # run `subjectgen prepare` (face crops + masks) on the photos first
     group: str | None = None  # e.g. tuning | test: the summary reports each group's subjects apart
@@ -68,7 +68,7 @@ class SubjectSpec:
 
 @dataclass
 class RegularizationSpec:
-    """One regularisation set (:class:`training.regularize.RegularizeConfig`), generated once and shared."""
+    """One regularisation set (:class:`subjectgen_training.regularize.RegularizeConfig`), generated once and shared."""
 
     model: str
     prompt: str = "a photo of a person"
@@ -108,15 +108,15 @@ class GenerationSpec:
 
 @dataclass
 class EvaluationSpec:
-    face_model: str = "dlib"  # identity encoder: dlib | arcface | toy | none (training.evaluation.identity)
+    face_model: str = "dlib"  # identity encoder: dlib | arcface | toy | none (subjectgen_training.evaluation.identity)
     clip_model: str = "openai/clip-vit-base-patch32"
     subject_phrase: str = "a person"
-    prompt_scorer: str = "clip"  # clip | toy | none (training.evaluation.prompt_scorers)
+    prompt_scorer: str = "clip"  # clip | toy | none (subjectgen_training.evaluation.prompt_scorers)
 
 
 @dataclass
 class ComposeSpec:
-    """Several subjects in one pipeline (``training.experiment.compose``): per group, each subject's scores with the
+    """Several subjects in one pipeline (``subjectgen_training.experiment.compose``): per group, each subject's scores with the
     group's subjects loaded together (deltas added), after Custom Diffusion's constrained merge, and from one joint
     run, beside its scores alone (its run of ``setup``)."""
 
@@ -141,7 +141,7 @@ class ExperimentConfig:
     source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
 
     def __post_init__(self) -> None:
-        from training.train_config import METHODS, TrainConfig
+        from subjectgen_training.train_config import METHODS, TrainConfig
 
         for kind, names in (("subject", [s.name for s in self.subjects]), ("setup", [s.name for s in self.setups])):
             if not names:
@@ -189,13 +189,13 @@ class ExperimentConfig:
                                             f"its own `token` (got {tokens}).")
 
     def prompt_spec(self) -> str:
-        """The generation prompts as :func:`training.prompts.load_prompts` reads them (a list joined by ``|``)."""
+        """The generation prompts as :func:`subjectgen_training.prompts.load_prompts` reads them (a list joined by ``|``)."""
         prompts = self.generate.prompts
         return " | ".join(prompts) if isinstance(prompts, list) else self.resolve_path(prompts)
 
     def resolve_path(self, value: str) -> str:
         """A path from the file, made absolute against the file's folder (source ids and absolute paths kept)."""
-        from training.experiment.photo_sources import is_photo_source
+        from subjectgen_training.experiment.photo_sources import is_photo_source
 
         if is_photo_source(value) or self.source is None or Path(value).is_absolute():
             return value
@@ -204,7 +204,7 @@ class ExperimentConfig:
 
 
 def shipped_configs() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("training").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in resources.files("subjectgen_training").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -215,7 +215,7 @@ def config_path(name_or_path: str | Path) -> Path:
         if name not in shipped_configs():
             raise ExperimentConfigError(f"{name} is neither a file nor a shipped experiment; shipped ones are "
                                         f"{shipped_configs()}.")
-        path = Path(str(resources.files("training").joinpath("configs", f"{name}.yaml")))
+        path = Path(str(resources.files("subjectgen_training").joinpath("configs", f"{name}.yaml")))
     return path
 
 

@@ -2,8 +2,8 @@
 
 Stages: photos (sample photos, optional ``prepare``) -> regularise (one set per ``regularizations`` entry, shared by
 every setup and subject that names it) -> per subject: the ``baseline`` row (base model, no subject: generate and
-evaluate) when asked, then per setup: train (:func:`training.trainer.train`), generate
-(:func:`training.generate.generate_images`), evaluate (:func:`training.evaluation.evaluate_images`) -> summary.json,
+evaluate) when asked, then per setup: train (:func:`subjectgen_training.trainer.train`), generate
+(:func:`subjectgen_training.generate.generate_images`), evaluate (:func:`subjectgen_training.evaluation.evaluate_images`) -> summary.json,
 summary.md, report.html. A stage is done when its marker ``stages/<stage>.json`` exists; the marker is written
 atomically after the stage's outputs, and records the stage's settings. A stopped experiment therefore resumes at the
 first unfinished stage (training itself resumes from its last checkpoint); changing a finished stage's settings is an
@@ -23,9 +23,9 @@ from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
-from training.builtin_models import resolve_model
-from training.evaluation.metrics import PROTOCOL_NOTE
-from training.experiment.config import ExperimentConfig
+from subjectgen_training.builtin_models import resolve_model
+from subjectgen_training.evaluation.metrics import PROTOCOL_NOTE
+from subjectgen_training.experiment.config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], wo
 
 def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
     """Each subject's photo folder (sample photos written, prepare run when asked)."""
-    from training.experiment.photo_sources import is_photo_source, write_source_photos
+    from subjectgen_training.experiment.photo_sources import is_photo_source, write_source_photos
 
     folders = {}
     for subject in config.subjects:
@@ -121,7 +121,7 @@ def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[st
                       lambda source=source, target=target: write_source_photos(source, target))
             source = str(target)
         if subject.prepare:
-            from training.prepare import PrepareConfig, prepare_photos
+            from subjectgen_training.prepare import PrepareConfig, prepare_photos
 
             prepared = layout.subject_photos(subject.name) / "prepared"
             prepare_config = PrepareConfig(photos=Path(source), out=prepared)
@@ -133,7 +133,7 @@ def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[st
 
 
 def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
-    from training.regularize import RegularizeConfig, generate_regularization
+    from subjectgen_training.regularize import RegularizeConfig, generate_regularization
 
     used = sorted({s.regularization for s in config.setups if s.regularization})
     folders = {}
@@ -150,8 +150,8 @@ def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) ->
 
 
 def _train(config, layout, subject, setup, photos: str, reg_dir: str | None, base: str) -> Path:
-    from training.train_config import TrainConfig
-    from training.trainer import train
+    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer import train
 
     out = layout.run(subject.name, setup.name) / "subject"
     token = {"token": subject.token} if subject.token else {}  # recorded only when given: older markers stay valid
@@ -168,14 +168,14 @@ def _sample_and_score(config, layout, subject_name: str, setup_name: str, subjec
                       photos: str, base: str, also_load: list[Path] | None = None,
                       token: str | None = None) -> dict[str, Any]:
     """Generate the prompt set (with the trained subject, or the base model for the baseline) and evaluate it."""
-    from training.evaluation import EvaluateConfig, evaluate_images
-    from training.generate import GenerateConfig, generate_images
+    from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
+    from subjectgen_training.generate import GenerateConfig, generate_images
 
     run_dir = layout.run(subject_name, setup_name)
     key = f"{subject_name}-{setup_name}"
     generation = dataclasses.asdict(config.generate)
     generation["prompts"] = config.prompt_spec()
-    # composition (training.experiment.compose): other subjects loaded beside this one, and which token fills {}
+    # composition (subjectgen_training.experiment.compose): other subjects loaded beside this one, and which token fills {}
     extra = {"also_load": [str(p) for p in also_load]} if also_load else {}
     extra.update({"token": token} if token else {})
     generate_config = GenerateConfig(base=base, subject=str(subject_folder) if subject_folder else None,
@@ -200,7 +200,7 @@ def _sample_and_score(config, layout, subject_name: str, setup_name: str, subjec
 
 def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: list[dict[str, Any]]) -> dict:
     """Each setup's scores over all subjects' images together (the comparison across people)."""
-    from training.evaluation.metrics import summarize
+    from subjectgen_training.evaluation.metrics import summarize
 
     pooled = {}
     for name in ([BASELINE] if config.baseline else []) + [setup.name for setup in config.setups]:
@@ -274,8 +274,8 @@ def _prompt_measure(layout: ExperimentLayout, runs: list[dict[str, Any]]) -> str
 
 def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
     """Run (or resume) every stage of ``config`` under ``out``; return the path of ``summary.json``."""
-    from training.prompts import load_prompts
-    from training.report import write_report
+    from subjectgen_training.prompts import load_prompts
+    from subjectgen_training.report import write_report
 
     layout = ExperimentLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
             folder = _train(config, layout, subject, setup, photos[subject.name], reg_dir, base)
             runs.append({**_sample_and_score(config, layout, subject.name, setup.name, folder, photos[subject.name],
                                              base), "method": setup.method, "regularization": setup.regularization})
-    from training.photos import candidate_files
+    from subjectgen_training.photos import candidate_files
 
     summary = {
         "version": SUMMARY_VERSION,
@@ -313,7 +313,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "prompt_measure": _prompt_measure(layout, runs),
     }
     if config.compose is not None:
-        from training.experiment.compose import run_compose
+        from subjectgen_training.experiment.compose import run_compose
 
         summary.update(run_compose(config, layout, base, photos, regularization, runs))
     atomic_write_json(layout.summary, summary)

@@ -5,15 +5,15 @@
 Adding a method (say DreamBooth-LoRA) means one new module plus one ``register(...)`` line below; a method whose
 subjects hold something other than token rows and Custom Diffusion deltas also needs the plugin to read it.
 
-- ``cd``: Custom Diffusion (Kumari et al., CVPR 2023), :mod:`training.methods.cd`.
-- ``cr``: Cross Initialization (Pang et al., CVPR 2024), :mod:`training.methods.cr`.
-- ``cd+cr``: both, each part with its own recipe, :mod:`training.methods.cd_cr`.
+- ``cd``: Custom Diffusion (Kumari et al., CVPR 2023), :mod:`subjectgen_training.methods.cd`.
+- ``cr``: Cross Initialization (Pang et al., CVPR 2024), :mod:`subjectgen_training.methods.cr`.
+- ``cd+cr``: both, each part with its own recipe, :mod:`subjectgen_training.methods.cd_cr`.
 """
 
 from __future__ import annotations
 
 from subjectgen_diffusers.methods import register_method_info
-from training.methods.base import Method, MethodConfigError
+from subjectgen_training.methods.base import Method, MethodConfigError
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -41,9 +41,9 @@ def build_method(config) -> Method:
     return get_method(config.method)(config)
 
 
-from training.methods.cd import CustomDiffusion  # noqa: E402
-from training.methods.cd_cr import CustomDiffusionCrossInit  # noqa: E402
-from training.methods.cr import CrossInitialization  # noqa: E402
+from subjectgen_training.methods.cd import CustomDiffusion  # noqa: E402
+from subjectgen_training.methods.cd_cr import CustomDiffusionCrossInit  # noqa: E402
+from subjectgen_training.methods.cr import CrossInitialization  # noqa: E402
 
 register(CustomDiffusion)
 register(CrossInitialization)

@@ -3,7 +3,7 @@ with its own checks, the learning-rate rule of its reference, what it trains (to
 Diffusion deltas), its token start, its extra loss, and what it writes into the subject.
 
 The trainer only calls these hooks; it never looks at a method's name. A method is one subclass in one module plus
-its registration line in :mod:`training.methods`.
+its registration line in :mod:`subjectgen_training.methods`.
 
 Learning-rate scaling (both references multiply the given rate when ``--scale_lr`` is passed, and both recipes pass
 it):
@@ -30,7 +30,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.methods import MethodInfo
 
 if TYPE_CHECKING:  # the config imports the registry, not the other way round
-    from training.train_config import TrainConfig
+    from subjectgen_training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``cd``: Custom Diffusion (Kumari et al., "Multi-Concept Customization of Text-to-Image Diffusion", CVPR 2023).
 
-Trains the cross-attention projections of the UNet (as deltas, :mod:`training.methods.custom_diffusion`) and a
-modifier token started from the vocabulary entry ``ktn`` (:mod:`training.methods.word_init`), both in one optimizer
+Trains the cross-attention projections of the UNet (as deltas, :mod:`subjectgen_training.methods.custom_diffusion`) and a
+modifier token started from the vocabulary entry ``ktn`` (:mod:`subjectgen_training.methods.word_init`), both in one optimizer
 group at one rate, as diffusers' ``examples/custom_diffusion/train_custom_diffusion.py`` does.
 
 Recipe: the "Training on human faces" command of that example's README: ``--learning_rate=5e-6
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from subjectgen_diffusers.methods import CUSTOM_DIFFUSION
-from training.methods.base import Method, MethodConfigError, Rates, SubjectParts, custom_diffusion_lr
-from training.methods.custom_diffusion import CustomDiffusionDeltas
-from training.methods.word_init import WordInitTokens
+from subjectgen_training.methods.base import Method, MethodConfigError, Rates, SubjectParts, custom_diffusion_lr
+from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
+from subjectgen_training.methods.word_init import WordInitTokens
 
 
 class CustomDiffusion(Method):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from subjectgen_diffusers.methods import CD_PLUS_CR
-from training.methods.base import MethodConfigError, Rates, cross_init_lr, custom_diffusion_lr
-from training.methods.cd import CustomDiffusion
-from training.methods.cross_init import CrossInitTokens
+from subjectgen_training.methods.base import MethodConfigError, Rates, cross_init_lr, custom_diffusion_lr
+from subjectgen_training.methods.cd import CustomDiffusion
+from subjectgen_training.methods.cross_init import CrossInitTokens
 
 
 class CustomDiffusionCrossInit(CustomDiffusion):

@@ -1,13 +1,13 @@
 """``cr``: Cross Initialization (Pang et al., "Cross Initialization for Face Personalization of Text-to-Image
 Models", CVPR 2024): textual inversion whose vectors start from the text encoder's output for the mean celebrity-name
-embedding, with an L2 pull back to that start (:mod:`training.methods.cross_init`). No UNet weights train.
+embedding, with an L2 pull back to that start (:mod:`subjectgen_training.methods.cross_init`). No UNet weights train.
 
 Recipe: the README command of lyuPang/CrossInitialization: ``--train_batch_size 8 --scale_lr --n_persudo_tokens 2
 --reg_weight 1e-5 --learning_rate 0.000625 --max_train_step 320`` with the packaged ``wiki_names_v2.txt`` names;
 ``train_cross_init.py`` uses plain ``torch.optim.AdamW`` (weight decay 1e-2), clips no gradients and averages the
 loss over every latent element (``F.mse_loss`` with its default mean: ``instance_loss_mean = "elements"``); its
 dataset (``textual_inversion_dataset.py``) flips with p 0.5 and captions each image with a random template of its
-ImageNet-style list around "face of {} person" (:mod:`training.captions`).
+ImageNet-style list around "face of {} person" (:mod:`subjectgen_training.captions`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from subjectgen_diffusers.methods import CROSS_INITIALIZATION
-from training.methods.base import Method, MethodConfigError, Rates, cross_init_lr
-from training.methods.cross_init import CrossInitTokens
+from subjectgen_training.methods.base import Method, MethodConfigError, Rates, cross_init_lr
+from subjectgen_training.methods.cross_init import CrossInitTokens
 
 logger = logging.getLogger(__name__)
 

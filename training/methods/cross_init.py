@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
-from training.token_rows import TokenRows
+from subjectgen_training.token_rows import TokenRows
 
 PACKAGED_NAMES = "celeb_names_wiki_v2.txt"
 

@@ -1,6 +1,6 @@
-"""The toy world's identity encoder (registered as ``toy`` in :mod:`training.evaluation.identity`).
+"""The toy world's identity encoder (registered as ``toy`` in :mod:`subjectgen_training.evaluation.identity`).
 
-The "embedding" of an image is what :func:`training.toy.detectors.read_face` reads about the face's fixed traits
+The "embedding" of an image is what :func:`subjectgen_training.toy.detectors.read_face` reads about the face's fixed traits
 (skin, hair colour, hair style, eye colour) and its unnamed mark, as integer codes; the similarity of two readings
 is the toy likeness: 0.5 when the marks agree (colour and place, both present), plus 0.5 times the fraction of skin,
 hair colour and hair style that agree (eye colour is carried in the code but not scored: see the detectors). An image in which no head is found has no embedding (identity 0 under the Celeb Basis

@@ -1,6 +1,6 @@
 """The shipped toy models: ``weights/toy-base`` (a diffusers StableDiffusionPipeline folder) and ``weights/toy-alt-lora``
 (a LoRA on it). Experiment configs name them ``builtin:toy-base`` and ``builtin:toy-alt-lora``
-(:mod:`training.builtin_models`); scripts use :func:`model_path`."""
+(:mod:`subjectgen_training.builtin_models`); scripts use :func:`model_path`."""
 
 from __future__ import annotations
 

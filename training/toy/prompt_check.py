@@ -1,7 +1,7 @@
 """Prompt-following in the toy world: does an image show what its prompt asks for?
 
 The prompt's requests are read from its words ("on a blue background", "wearing a hat", "wearing glasses") and each
-is checked by the pixel rules of :mod:`training.toy.detectors`. The score of an image is the fraction of its requests
+is checked by the pixel rules of :mod:`subjectgen_training.toy.detectors`. The score of an image is the fraction of its requests
 that are met; a prompt that requests nothing checkable has no score (``None``), so it is left out of the means.
 """
 
@@ -54,7 +54,7 @@ def prompt_checks(image: Image.Image, prompt: str) -> dict[str, float]:
 
 
 class ToyPromptScorer:
-    """The ``toy`` prompt scorer of :mod:`training.evaluation.prompt_scorers`: prompt-following by pixel rules."""
+    """The ``toy`` prompt scorer of :mod:`subjectgen_training.evaluation.prompt_scorers`: prompt-following by pixel rules."""
 
     name = "toy"
     label = "prompt-following"

@@ -5,11 +5,11 @@ Each photo is ``photo_<i>.png`` with a caption file ``photo_<i>.txt`` that names
 its mark, are never named, so the token must learn them. ``subject.json`` records the ground truth for evaluation.
 
 The experiment runner reaches this through the photo source ``toy:<subject spec>``
-(:mod:`training.experiment.photo_sources`). A spec is comma-separated ``key=value`` items:
+(:mod:`subjectgen_training.experiment.photo_sources`). A spec is comma-separated ``key=value`` items:
 
-* ``shipped`` (alone): the shipped face, :data:`training.toy.world.DEFAULT_SUBJECT` (the demo's subject);
-* ``seed=N``: a face drawn from the world with :func:`training.toy.world.draw_subject`;
-* any :class:`~training.toy.world.ToySubject` field (``skin=dark``, ``hair_style=long``, ``mark=lime/chin``) sets that
+* ``shipped`` (alone): the shipped face, :data:`subjectgen_training.toy.world.DEFAULT_SUBJECT` (the demo's subject);
+* ``seed=N``: a face drawn from the world with :func:`subjectgen_training.toy.world.draw_subject`;
+* any :class:`~subjectgen_training.toy.world.ToySubject` field (``skin=dark``, ``hair_style=long``, ``mark=lime/chin``) sets that
   trait (on top of the drawn face with ``seed=``, else on the shipped one);
 * ``count=6`` (number of photos) and ``photo_seed=0`` (pose jitter and background order).
 """

@@ -11,7 +11,7 @@ pixel edges), exported as ``toy-alt-lora`` -- the toy stand-in for "an SDXL fine
 
 Reproduce the shipped weights (defaults = the shipped run; ``--work`` keeps a resumable state, rerun to resume)::
 
-    nice -n 5 python -m training.toy.train_base --threads 2
+    nice -n 5 python -m subjectgen_training.toy.train_base --threads 2
 
 About 27 minutes on 2 cores (VAE 7, UNet + text encoder 18, LoRA 2); on the machine that trained them a rerun
 gives every shipped file bit for bit (see ``training/toy/README.md``).

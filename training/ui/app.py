@@ -1,7 +1,7 @@
 """The ``gr.Blocks`` page of ``subjectgen ui``: Photos -> Train -> Generate -> Subjects.
 
 Every button calls the typed function the matching CLI command calls (prepare, train, generate, export, push) and
-writes into the work folder as that command would (:mod:`training.ui.workdir`). Errors become a line in the page
+writes into the work folder as that command would (:mod:`subjectgen_training.ui.workdir`). Errors become a line in the page
 (``error: ...``), never a stack trace.
 """
 
@@ -36,7 +36,7 @@ class UISettings:
 
 def toy_preset() -> dict:
     """The toy demo's training settings (``subjectgen demo``): what learns on the shipped toy base."""
-    from training.commands.demo import toy_demo_config
+    from subjectgen_training.commands.demo import toy_demo_config
 
     config = toy_demo_config(steps=300)
     preset = {**config.train, **config.setups[0].train}
@@ -46,7 +46,7 @@ def toy_preset() -> dict:
 
 
 def toy_generation() -> dict:
-    from training.commands.demo import toy_demo_config
+    from subjectgen_training.commands.demo import toy_demo_config
 
     generate = toy_demo_config().generate
     return {"steps": generate.steps, "guidance": generate.guidance}
@@ -55,7 +55,7 @@ def toy_generation() -> dict:
 def page_prompts(text: str) -> list[str]:
     """The prompts of the page's prompt box: a shipped set's name or prompt text (``|`` separates several), each
     with ``{}`` for the subject. Unlike the CLI's ``--prompts``, a file path is refused: the page reads no server files."""
-    from training.prompts import available_prompt_sets, load_prompts
+    from subjectgen_training.prompts import available_prompt_sets, load_prompts
 
     text = (text or "").strip()
     if text not in available_prompt_sets() and ("/" in text or "\\" in text or text.endswith(".txt")):
@@ -116,7 +116,7 @@ class App:
         paths = self.workdir.subject(name)
         lines = []
         if files:
-            from training.photos import IMAGE_SUFFIXES
+            from subjectgen_training.photos import IMAGE_SUFFIXES
 
             already = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in paths.photos.iterdir()) if paths.photos.is_dir() else 0
             result = store_uploads(list(files), paths.photos, already=already)
@@ -129,18 +129,18 @@ class App:
     def use_sample(self, name: str):
         paths = self.workdir.subject(name)
         if self.toy:
-            from training.toy.subject_photos import write_subject_photos
+            from subjectgen_training.toy.subject_photos import write_subject_photos
 
             write_subject_photos(paths.photos)
         else:
             from subjectgen_diffusers.atomic_io import atomic_save_image
-            from training.sample_photos import astronaut_image
+            from subjectgen_training.sample_photos import astronaut_image
 
             atomic_save_image(paths.photos / "astronaut.png", astronaut_image())
         return self._report(paths, prepare_subject(paths, self.settings.base), [])
 
     def _report(self, paths, report: dict, lines: list[str]):
-        from training.prepare import REASONS
+        from subjectgen_training.prepare import REASONS
 
         kept = [(str(paths.prepared / e["output"]), e["file"]) for e in report["photos"] if e["status"] == "kept"]
         for entry in report["photos"]:
@@ -156,7 +156,7 @@ class App:
         return [shown(field, self.initial(field, method)) for field in self.fields]
 
     def start(self, name: str, method: str, reg: str, reg_model: str, reg_lora: str, *values):
-        from training.train_config import TrainConfig
+        from subjectgen_training.train_config import TrainConfig
 
         paths = self.workdir.subject(name)
         if not (paths.prepared / "prepare.json").is_file() or not any(paths.prepared.glob("*.png")):
@@ -177,7 +177,7 @@ class App:
         config = TrainConfig.from_dict({**flags, "base": self.base, "photos": str(paths.prepared), "method": method,
                                         "out": str(paths.subject), "reg_dir": str(reg_dir) if reg_dir else None})
         config.resolved()  # every check of the config now, in the page, before queueing
-        from training.checkpoints import checkpoint_dir
+        from subjectgen_training.checkpoints import checkpoint_dir
 
         shutil.rmtree(checkpoint_dir(paths.subject), ignore_errors=True)  # Start = from step 0, not a stale run
         job = self.queue.submit(paths.name, config, prepare)
@@ -202,13 +202,13 @@ class App:
 
     def _make_regularization(self, out: Path, class_prompt: str | None, model: str, lora: str | None) -> Path:
         """``subjectgen regularize`` into the workdir's shared folder of this model (and LoRA): made once, reused."""
-        from training.builtin_models import resolve_model
-        from training.regularize import RegularizeConfig, generate_regularization
+        from subjectgen_training.builtin_models import resolve_model
+        from subjectgen_training.regularize import RegularizeConfig, generate_regularization
 
         cache = self.workdir.root / "models"
         model, lora = resolve_model(resolve_base(model), cache), resolve_model(lora, cache)
         if self.toy:
-            from training.commands.demo import toy_demo_config
+            from subjectgen_training.commands.demo import toy_demo_config
 
             reg = toy_demo_config().regularizations["base"]  # the demo's set: 16 images at the toy world's size
             config = RegularizeConfig(model=model, lora=lora, prompt=reg.prompt, num=reg.num, out=out, steps=reg.steps,
@@ -230,7 +230,7 @@ class App:
     def resume(self, name: str):
         """Queue the subject's stopped run again with ``resume=True``: it continues from its latest checkpoint in
         ``<out>.checkpoints/`` as ``subjectgen train --resume`` does."""
-        from training.checkpoints import list_checkpoints
+        from subjectgen_training.checkpoints import list_checkpoints
 
         paths = self.workdir.subject(name)
         found = list_checkpoints(paths.subject)
@@ -244,7 +244,7 @@ class App:
     def _recorded_config(self, paths):
         """The run's config from its ``train_config.json``, whose local paths are recorded by name only: the work
         folder's layout gives them back."""
-        from training.train_config import TrainConfig
+        from subjectgen_training.train_config import TrainConfig
 
         recorded = paths.subject / "train_config.json"
         if not recorded.is_file():
@@ -301,7 +301,7 @@ class App:
 
     # -- Generate ------------------------------------------------------------------------------------------------
     def generate(self, name: str, prompt: str, scale: float, seed: float, number: float):
-        from training.generate import GenerateConfig, generate_images, read_manifest
+        from subjectgen_training.generate import GenerateConfig, generate_images, read_manifest
 
         paths = self.workdir.subject(name)
         if not paths.is_trained():
@@ -414,15 +414,15 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
     """The page; ``.launch()`` it (see :func:`launch`)."""
     import gradio as gr
 
-    from training.methods import REGISTRY
-    from training.prompts import available_prompt_sets
+    from subjectgen_training.methods import REGISTRY
+    from subjectgen_training.prompts import available_prompt_sets
 
     app = App(settings, queue)
     methods = list(REGISTRY)
     method0 = "cd+cr"
     toy_prompts = []
     if app.toy:
-        from training.commands.demo import TOY_PROMPTS
+        from subjectgen_training.commands.demo import TOY_PROMPTS
 
         toy_prompts = list(TOY_PROMPTS)
     with gr.Blocks(title="subjectgen") as page:

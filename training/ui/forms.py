@@ -1,7 +1,7 @@
 """The training form, derived from one definition: the fields of :class:`TrainConfig` and their flag metadata.
 
-:func:`training.config_flags.flag_specs` gives every command-line field of
-:class:`training.train_config.TrainConfig` with its help text, choices and kind; ``subjectgen train``'s parser is
+:func:`subjectgen_training.config_flags.flag_specs` gives every command-line field of
+:class:`subjectgen_training.train_config.TrainConfig` with its help text, choices and kind; ``subjectgen train``'s parser is
 generated from the same specs, so a field added to ``TrainConfig`` appears in ``--help`` and here with no second copy.
 The method's recipe (``training/methods``) fills the value when the default is "the method's". Fields the page sets
 itself (base, photos, out, method, reg_dir, resume) are left out of the generic list.
@@ -64,7 +64,7 @@ class FormField:
 
 def train_parser(build_parser=None) -> argparse.ArgumentParser:
     """The ``subjectgen train`` sub-parser, built by the CLI's own code (generated from the same field definitions)."""
-    from training.cli import build_parser as default_build
+    from subjectgen_training.cli import build_parser as default_build
 
     parser = (build_parser or default_build)("train")
     for action in parser._actions:  # noqa: SLF001 - argparse keeps sub-parsers only here
@@ -88,11 +88,11 @@ def _kind(spec) -> str:
 def train_form_fields(config_class=None) -> list[FormField]:
     """One :class:`FormField` per command-line field of ``config_class`` (default :class:`TrainConfig`), in field
     order, with the help line ``subjectgen train --help`` shows for it."""
-    from training.commands.train import describe_default
-    from training.config_flags import flag_specs, full_help
+    from subjectgen_training.commands.train import describe_default
+    from subjectgen_training.config_flags import flag_specs, full_help
 
     if config_class is None:
-        from training.train_config import TrainConfig as config_class
+        from subjectgen_training.train_config import TrainConfig as config_class
     out = []
     for spec in flag_specs(config_class):
         if spec.name in PAGE_FIELDS:
@@ -107,7 +107,7 @@ def train_form_fields(config_class=None) -> list[FormField]:
 
 def recipe_values(method: str) -> dict[str, Any]:
     """The values the method's published recipe gives to fields left unset (what ``TrainConfig.resolved`` fills)."""
-    from training.methods import get_method
+    from subjectgen_training.methods import get_method
 
     return dict(get_method(method).defaults)
 

@@ -1,6 +1,6 @@
 """Identity and prompt scores under the Generate tab's images, by ``subjectgen evaluate``'s own code.
 
-The scores are those of :func:`training.evaluation.evaluate_images` (written as ``results.json`` beside the images, as
+The scores are those of :func:`subjectgen_training.evaluation.evaluate_images` (written as ``results.json`` beside the images, as
 ``subjectgen evaluate --out`` would): on the shipped toy base the toy world's identity encoder and prompt scorer
 (``--face-model toy --prompt-scorer toy``); on a real base dlib's face descriptors when the ``face`` extra is installed
 and CLIP when its model loads (offline only from the local cache). A backend that is missing is left out and the page
@@ -20,8 +20,8 @@ RESULTS_NAME = "results.json"
 
 @dataclass(frozen=True)
 class Backends:
-    face_model: str  # an identity backend of training.evaluation.identity, or "none"
-    prompt_scorer: str  # a prompt scorer of training.evaluation.prompt_scorers, or "none"
+    face_model: str  # an identity backend of subjectgen_training.evaluation.identity, or "none"
+    prompt_scorer: str  # a prompt scorer of subjectgen_training.evaluation.prompt_scorers, or "none"
     subject_phrase: str  # what {} becomes in a prompt for CLIP's text score
 
     @property
@@ -32,7 +32,7 @@ class Backends:
 def available_backends(toy: bool) -> Backends:
     """The scorers this install can run: the toy world's on the toy base, else those whose packages import."""
     if toy:
-        from training.commands.demo import toy_demo_config
+        from subjectgen_training.commands.demo import toy_demo_config
 
         evaluation = toy_demo_config().evaluate
         return Backends(evaluation.face_model, evaluation.prompt_scorer, evaluation.subject_phrase)
@@ -45,7 +45,7 @@ def score_folder(images: Path, reference: Path, backends: Backends) -> tuple[dic
     """``{file: "identity 0.83 · prompt 0.75"}`` for the images of one ``subjectgen generate`` folder, and what the
     scores measure; the results land in ``images/results.json``. A prompt scorer that cannot be built here (no
     model offline) is dropped."""
-    from training.evaluation import EvaluateConfig, evaluate_images, read_results
+    from subjectgen_training.evaluation import EvaluateConfig, evaluate_images, read_results
 
     config = EvaluateConfig(images=str(images), reference=str(reference), out=str(images / RESULTS_NAME),
                             face_model=backends.face_model, prompt_scorer=backends.prompt_scorer,

@@ -9,7 +9,7 @@
     WORKDIR/downloads/                 zips and exports made for the browser
 
 On the shipped toy base the photos are 32 px cartoon faces that the real face detector cannot see; "prepare" then
-checks each photo with the toy world's own head detector (``training.toy.detectors``) and writes the same
+checks each photo with the toy world's own head detector (``subjectgen_training.toy.detectors``) and writes the same
 ``prepare.json`` report, so the page shows kept and dropped photos with a reason either way.
 """
 
@@ -32,13 +32,13 @@ class WorkdirError(SubjectgenError):
 
 def resolve_base(base: str) -> str:
     """``toy-base`` (the default) is the shipped toy model's folder; anything else is passed on unchanged."""
-    from training.toy.models import model_path
+    from subjectgen_training.toy.models import model_path
 
     return model_path(base)
 
 
 def is_toy(base: str) -> bool:
-    from training.toy.models import WEIGHTS
+    from subjectgen_training.toy.models import WEIGHTS
 
     return Path(resolve_base(base)).resolve() == (WEIGHTS / TOY_BASE).resolve()
 
@@ -106,10 +106,10 @@ def toy_prepare(photos: Path, out: Path) -> dict[str, Any]:
     """The toy world's ``prepare``: keep the photos in which the toy head detector finds a head, at the world's size."""
     from PIL import Image
 
-    from training.photos import PhotoError, PhotoTooLargeError, candidate_files, load_image
-    from training.prepare import REPORT_NAME, remove_previous_outputs
-    from training.toy.detectors import read_face
-    from training.toy.world import SIZE
+    from subjectgen_training.photos import PhotoError, PhotoTooLargeError, candidate_files, load_image
+    from subjectgen_training.prepare import REPORT_NAME, remove_previous_outputs
+    from subjectgen_training.toy.detectors import read_face
+    from subjectgen_training.toy.world import SIZE
 
     out.mkdir(parents=True, exist_ok=True)
     remove_previous_outputs(out)
@@ -147,7 +147,7 @@ def prepare_subject(paths: SubjectPaths, base: str) -> dict[str, Any]:
     """Run ``subjectgen prepare`` (or the toy check on the toy base) from ``photos/`` into ``prepared/``."""
     if is_toy(base):
         return toy_prepare(paths.photos, paths.prepared)
-    from training.prepare import PrepareConfig, prepare_photos
+    from subjectgen_training.prepare import PrepareConfig, prepare_photos
 
     return prepare_photos(PrepareConfig(photos=paths.photos, out=paths.prepared))
 
