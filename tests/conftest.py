@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def pytest_sessionstart(session):
+    """Test this checkout: training/ and hub_cards/ are importable only through an install (``package_dir``)."""
+    import importlib.util
+
+    for name, folder in (("subjectgen_training", "training"), ("subjectgen_diffusers.hub_cards", "hub_cards")):
+        spec = importlib.util.find_spec(name)
+        found = Path(spec.origin).parent if spec is not None and spec.origin else None
+        if found != REPO_ROOT / folder:
+            pytest.exit(f"error: {name} is imported from {found or 'nowhere'}, not from {REPO_ROOT / folder}: "
+                        f"run `pip install -e '.[dev]'` in {REPO_ROOT} with this Python ({sys.executable}).",
+                        returncode=4)
 
 
 @pytest.fixture(scope="session")
