@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     from subjectgen_training.threads import configure_threads
 
     configure_threads(args.threads)
+    from subjectgen_training.extras import require_command_extra
+
+    try:  # before any library loads: a missing extra is named at once, not met as an ImportError later
+        require_command_extra(args.command)
+    except SubjectgenError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from subjectgen_training.quiet import quiet_libraries
