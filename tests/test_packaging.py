@@ -3,6 +3,7 @@ extras that match the code, and a command that names a missing extra instead of 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import configparser
 import re
@@ -11,10 +12,13 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from _cli import REPO_ROOT, cli_env
 
 from subjectgen_training.cli import COMMANDS
-from subjectgen_training.extras import COMMAND_EXTRAS, EXTRA_MODULES
+from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_training.extras import COMMAND_EXTRAS, EXTRA_MODULES, OPTION_EXTRAS, require_command_extra
 
 
 def _setup_cfg() -> configparser.ConfigParser:
@@ -110,6 +114,8 @@ def test_each_extra_installs_the_modules_the_cli_checks_for_it():
     # Every command says what it needs; a new command must be added to COMMAND_EXTRAS (None: the plug-in suffices).
     assert set(COMMAND_EXTRAS) == set(COMMANDS)
     assert {extra for extra in COMMAND_EXTRAS.values() if extra} <= set(EXTRA_MODULES)
+    for extra, modules in OPTION_EXTRAS.values():
+        assert {d.lower() for module in modules for d in dists[module]} <= _extra_dists(extra, extras)
 
 
 def _run_without(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -132,3 +138,12 @@ def test_a_command_whose_extra_is_missing_names_the_extra_to_install(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'pip install "subjectgen-diffusers[demo]"' in result.stderr and "peft" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "demo").exists()
+
+
+def test_an_option_that_needs_an_extra_is_checked_only_when_given(monkeypatch):
+    """``generate`` runs on the plug-in alone, ``generate --lora`` needs peft (diffusers' LoRA loading)."""
+    monkeypatch.setitem(sys.modules, "peft", None)
+    require_command_extra("generate", argparse.Namespace(lora=None))
+    with pytest.raises(SubjectgenError, match=r"`subjectgen generate --lora` needs the 'train' extra \(peft not "
+                                              r'installed\): pip install "subjectgen-diffusers\[train\]"'):
+        require_command_extra("generate", argparse.Namespace(lora="style.safetensors"))

@@ -106,7 +106,8 @@ LOAD_SUBJECT = textwrap.dedent("""
     venv = Path(sys.prefix).resolve()
     for module in (subjectgen_diffusers, subjectgen_training):
         assert Path(module.__file__).resolve().is_relative_to(venv), module.__file__
-    assert importlib.util.find_spec("training") is None and importlib.util.find_spec("hub_cards") is None
+    for generic in ("training", "hub_cards"):  # the repository's folder names are not installed as modules
+        assert importlib.util.find_spec(generic) is None, generic
     assert importlib.util.find_spec("accelerate") is None  # the blocker works
 
     base = Path(subjectgen_training.__file__).parent / "toy" / "weights" / "toy-base"

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from subjectgen_training.extras import require_command_extra
 
     try:  # before any library loads: a missing extra is named at once, not met as an ImportError later
-        require_command_extra(args.command)
+        require_command_extra(args.command, args)
     except SubjectgenError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -37,24 +37,35 @@ COMMAND_EXTRAS: dict[str, str | None] = {
 }
 
 
+# An option that needs more than its command: (command, option's argparse dest) -> (extra, modules it needs).
+# diffusers' load_lora_weights needs peft, which only the 'train' extra installs.
+OPTION_EXTRAS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("generate", "lora"): ("train", ("peft",)),
+}
+
+
 def install_hint(extra: str) -> str:
     return f'pip install "{PACKAGE}[{extra}]"'
 
 
-def missing_modules(extra: str) -> list[str]:
-    """The modules of ``extra`` that are not installed (looked up, not imported: no side effects, no torch load)."""
-    return [module for module in EXTRA_MODULES[extra] if importlib.util.find_spec(module) is None]
+def missing_modules(modules: tuple[str, ...]) -> list[str]:
+    """The modules that are not installed (looked up, not imported: no side effects, no torch load)."""
+    return [module for module in modules if importlib.util.find_spec(module) is None]
 
 
-def require_extra(extra: str | None, *, command: str) -> None:
+def require_extra(extra: str | None, *, command: str, modules: tuple[str, ...] | None = None) -> None:
     """Raise :class:`SubjectgenError` naming the extra to install when a module ``command`` needs is missing."""
     if extra is None:
         return
-    missing = missing_modules(extra)
+    missing = missing_modules(EXTRA_MODULES[extra] if modules is None else modules)
     if missing:
         raise SubjectgenError(f"`subjectgen {command}` needs the '{extra}' extra ({', '.join(missing)} not installed): "
                               f"{install_hint(extra)}")
 
 
-def require_command_extra(command: str) -> None:
+def require_command_extra(command: str, args: object = None) -> None:
+    """Check the extra of ``command`` and of the options given in ``args`` (an argparse namespace)."""
     require_extra(COMMAND_EXTRAS.get(command, "train"), command=command)
+    for (name, dest), (extra, modules) in OPTION_EXTRAS.items():
+        if name == command and getattr(args, dest, None):
+            require_extra(extra, command=f"{command} --{dest.replace('_', '-')}", modules=modules)
