@@ -33,6 +33,7 @@ COMMAND_EXTRAS: dict[str, str | None] = {
     "export": None,
     "compress": None,
     "push": None,
+    "merge": None,  # the plug-in's merge_subjects: loading needs nothing more
     "ui": "ui",
 }
 
