@@ -136,6 +136,15 @@ def test_the_ui_takes_a_builtin_base():
     assert Path(resolve_base(TOY)) == WEIGHTS / "toy-base" and is_toy(TOY) and is_toy("toy-base")
 
 
+def test_the_bare_shipped_name_older_subjects_record_is_the_builtin_unless_a_folder_has_it(tmp_path, monkeypatch):
+    from subjectgen_training.builtin_models import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("toy-base") == resolve_model(TOY)  # not a Hub id to wait for
+    (tmp_path / "toy-base").mkdir()
+    assert resolve_model("toy-base") == "toy-base"  # the user's own folder of that name wins
+
+
 # -- item 2: the toy recipe on a built-in toy base, --method defaults to cd+cr -----------------------------------------
 
 @pytest.mark.slow
