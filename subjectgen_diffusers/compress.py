@@ -170,5 +170,9 @@ def compress_subject(
     RankChoice(rank, energy)  # argument errors before any file is touched
     out = Path(out)
     check_new_folder(out)
+    if not isinstance(src, Subject):
+        from .subject_check import check_subject_files
+
+        check_subject_files(src)  # a damaged or truncated file is said as such, not as a safetensors error
     subject = src if isinstance(src, Subject) else Subject.load(src)
     return save_compressed(subject, out, rank=rank, energy=energy, dtype=dtype)

@@ -40,8 +40,9 @@ BUNDLE_PREFIX = "bundle_emb"
 
 
 def file_stem(token: str) -> str:
-    """The token as a file name and A1111 prompt word: ``<s1>`` -> ``s1``."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "", token) or "subject"
+    """The token as a file name and A1111 prompt word: ``<s1>`` -> ``s1``, ``‹ünï>`` -> ``ünï`` (letters and digits of
+    any script are kept; brackets, punctuation and path characters go)."""
+    return re.sub(r"[^\w-]+", "", token) or "subject"
 
 
 def kohya_module(layer: str, proj: str) -> str:

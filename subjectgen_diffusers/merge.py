@@ -51,8 +51,24 @@ def read_for_merge(source: Subject | str | Path) -> MergeSource:
     if isinstance(source, Subject):
         return MergeSource(source, source.config.token)
     from .formats import read_subject
+    from .subject_check import check_subject_files
+
+    check_subject_files(source)  # a damaged or truncated file is said as such, not as a safetensors error
 
     return MergeSource(read_subject(Path(source)), Path(source).name)
+
+
+def with_token(source: MergeSource, token: str) -> MergeSource:
+    """``source`` with its person's token renamed (e.g. two subjects both trained as ``<new1>``); the vectors and
+    deltas are unchanged. A subject that already holds several people keeps its tokens."""
+    config = source.subject.config
+    if token == config.token:
+        return source
+    if config.extra_tokens:
+        raise MergeError(f"{source.name} holds several people ({', '.join(t for t, _ in config.tokens)}); its tokens "
+                         "cannot be renamed by --tokens: give it its own tokens as they are.")
+    renamed = dataclasses.replace(source.subject, config=dataclasses.replace(config, token=token))
+    return MergeSource(renamed, source.name)
 
 
 def _dense(delta) -> torch.Tensor:
@@ -78,8 +94,9 @@ def check_mergeable(sources: list[MergeSource]) -> None:
             for name in token_strings(token, count):
                 if name in seen:
                     raise MergeError(f"token {name!r} is in both {seen[name]} and {source.name}; a merged subject "
-                                     f"needs one token per person: retrain (or load with token=) one of them under "
-                                     f"another token.")
+                                     f"needs one token per person: name each person's token with `subjectgen merge --tokens "
+                                     f"'<alice>' '<bob>' ...` (one per subject, in order), or retrain one of them "
+                                     f"under another token.")
                 seen[name] = source.name
     if not any(s.subject.deltas for s in sources):
         raise MergeError("none of the subjects has Custom Diffusion weight deltas (all are token-only, e.g. cr): "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -60,11 +61,12 @@ def test_markdown_and_html_hold_every_setup_prompt_and_score(experiment_dir):
     text = markdown.read_text()
     overall_cr = json.loads((experiment_dir / "summary.json").read_text())["runs"][1]["overall"]
     assert f"| cr | 4 | 50% | {overall_cr['identity']['mean']:.3f} ± {overall_cr['identity']['std']:.3f} |" in text
-    assert "| cd-noreg | 4 | 100% |" in text and "identity 0" in text and "Identity: max(0, 1 - Euclidean" in text
+    assert "| cd-noreg | 4 | 100% |" in text and "likeness (identity) 0" in text and "Likeness: max(0, 1 - Euclidean" in text
     assert "| setup | a photo of {} | a pencil sketch of {} |" in text
     source = page.read_text()
     assert source.count("<img") == 1 + len(SETUPS) * len(PROMPTS) * 2  # reference + grid (2 per cell)
-    assert 'src="runs/anna/cr/images/001-01.png"' in source and 'src="photos/ref0.png"' in source
+    assert 'href="runs/anna/cr/images/001-01.png"' in source and 'href="photos/ref0.png"' in source
+    assert source.count('src="data:image/png;base64,') == source.count("<img")  # the page holds its pictures
     assert source.count("<circle") == 2 * len(SETUPS)  # a dot and a legend mark per setup
 
 
@@ -154,8 +156,32 @@ def test_toy_scores_get_their_columns_and_the_across_subject_spread_is_reported(
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     markdown, page = write_report(tmp_path / "summary.json")
     text = markdown.read_text()
-    assert ("| setup | images | face detection | identity | hidden mark | traits | prompt-following | "
+    assert ("| setup | images | face detection | likeness | hidden mark | traits | prompt-following | "
             "background asked, found | hat asked, found |") in text
     assert "CLIP-T" not in text.split("## test subjects")[1]  # no CLIP columns for a toy scorer
     assert "## test subjects (2): mean ± std over subjects" in text and "| cd | 1/2 | 0.525 ± 0.275 |" in text
     assert "prompt-following (mean)" in page.read_text()  # the plot's x axis
+
+
+def test_the_report_says_likeness_and_its_result_in_one_sentence(experiment_dir):
+    """The README's word (likeness), one sentence with the result, axes that stop at 1.0, cells that say how many of
+    their images they show, and a page that keeps its pictures when copied alone (issue 24, item 8)."""
+    path = experiment_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["runs"][0]["setup"] = "baseline"
+    summary["setups"][0]["name"] = "baseline"
+    summary["runs"][1]["overall"]["identity"]["mean"] = 0.97  # near the top: the plot's axis must stop at 1.0
+    path.write_text(json.dumps(summary))
+    markdown, page = write_report(path, per_cell=1)
+    text, source = markdown.read_text(), page.read_text()
+    sentence = "Result: cr draws anna with likeness 0.97 against 0.53 for the untrained baseline, CLIP-T 0.24 (baseline 0.27)."
+    assert sentence in text and sentence in source
+    assert "identity" not in text.replace("likeness (identity)", "")  # the README's word; the JSON key named once
+    assert "likeness against prompt score" in source and ">identity" not in source
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', source)]
+    assert ticks and max(ticks) <= 1.0
+    assert source.count("1 of 2 images shown") == len(SETUPS) * len(PROMPTS)
+    alone = experiment_dir / "elsewhere"
+    alone.mkdir()
+    shutil.copy(page, alone / "report.html")
+    assert "<img src=\"runs/" not in (alone / "report.html").read_text() and "<img src=\"photos/" not in source

@@ -78,6 +78,19 @@ def _tiny_clip(folder: Path) -> None:
     build_clip_tokenizer().save_pretrained(folder)
 
 
+# What `subjectgen models` says of each built-in name (the shipped ones first).
+DESCRIPTIONS: dict[str, str] = {
+    "toy-base": "the shipped toy-world model (Stable Diffusion architecture, 32 px cartoon faces, 15 MB): learns a "
+                "face on a CPU; `subjectgen train` uses the toy recipe on it",
+    "toy-alt-lora": "a style LoRA for builtin:toy-base (the toy stand-in for an alternative regularisation model)",
+    "tiny-sd": "a tiny random-weight Stable Diffusion 1.x pipeline (every step runs; the pictures are noise)",
+    "tiny-sdxl": "a tiny random-weight SDXL pipeline",
+    "tiny-sdxl-lora": "a random LoRA for builtin:tiny-sdxl",
+    "tiny-clip": "a tiny random-weight CLIP model (for --clip-model)",
+}
+# Built-in bases on which `subjectgen train` defaults to the toy world's recipe instead of SD 1.5's.
+TOY_BASES = ("toy-base",)
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": _tiny_sd,
     "tiny-sdxl": _tiny_sdxl,
@@ -103,20 +116,48 @@ def is_builtin(model_id: str | None) -> bool:
     return bool(model_id) and str(model_id).startswith(PREFIX)
 
 
+def builtin_names() -> list[str]:
+    """Every ``builtin:`` id, the shipped models first."""
+    from subjectgen_training.toy.models import SHIPPED
+
+    return [PREFIX + name for name in (*SHIPPED, *(n for n in BUILDERS if n not in SHIPPED))]
+
+
+def builtin_name(model_id: str | None) -> str | None:
+    """``toy-base`` for ``builtin:toy-base`` and for the bare shipped name ``toy-base`` (what subjects trained before
+    built-in names were recorded hold) when no local folder has that name; else None."""
+    if not model_id:
+        return None
+    text = str(model_id)
+    if text.startswith(PREFIX):
+        return text[len(PREFIX):]
+    from subjectgen_training.toy.models import SHIPPED
+
+    return text if text in SHIPPED and not Path(text).exists() else None
+
+
+def is_toy_base(model_id: str | None) -> bool:
+    """A built-in toy-world base (``builtin:toy-base``), on which training defaults to the toy recipe."""
+    return builtin_name(model_id) in TOY_BASES
+
+
 def resolve_model(model_id: str | None, cache_dir: str | Path | None = None) -> str | None:
-    """A local folder for a ``builtin:`` id (written on first use), a local file for ``hf://``; else ``model_id``."""
+    """The one place a model name becomes something ``from_pretrained`` reads: a local folder for a ``builtin:`` id
+    (written on first use; a bare shipped name such as ``toy-base`` too, when no local folder has that name), a local
+    file for ``hf://``; anything else (a folder, a Hub id) is returned unchanged."""
     if model_id and str(model_id).startswith(HUB_FILE_PREFIX):
         return _hub_file(str(model_id))
-    if not is_builtin(model_id):
+    name = builtin_name(model_id)
+    if name is None:
         return model_id
-    name = model_id[len(PREFIX):]
+    model_id = PREFIX + name
     from subjectgen_training.toy.models import SHIPPED, model_path
 
     if name in SHIPPED:
         return model_path(name)
     if name not in BUILDERS:
-        raise BuiltinModelError(f"unknown built-in model {model_id!r}: known ones are "
-                                f"{', '.join(PREFIX + n for n in sorted([*BUILDERS, *SHIPPED]))}.")
+        raise BuiltinModelError(f"unknown built-in model {model_id!r}: known ones are {', '.join(builtin_names())} "
+                                "(`subjectgen models` lists them).")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache_dir / name
     if target.is_dir():

@@ -41,6 +41,26 @@ def drop_checkpoints(out: Path) -> None:
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
 
 
+def check_stopped_run(out: Path, *, resume: bool, restart: bool) -> None:
+    """A run that starts without ``resume`` over the checkpoints of a stopped run neither continues it silently nor
+    trains from scratch over it: ``restart`` deletes them, otherwise the run refuses and says how to choose."""
+    from subjectgen_diffusers.errors import SubjectgenError
+
+    found = list_checkpoints(out)
+    if resume or not found:
+        return
+    if restart:
+        drop_checkpoints(out)
+        return
+    raise SubjectgenError(f"{checkpoint_dir(out)} holds a stopped run's checkpoints (latest: step "
+                          f"{checkpoint_step(found[-1])}); run the same command with --resume to continue from there, "
+                          "or with --restart to start again from step 0 (deleting them).")
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints in step order (a folder counts once its ``state.json`` exists)."""
     folder = checkpoint_dir(out)

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "one folder, every token"),
     "push": ("subjectgen_training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
     "ui": ("subjectgen_training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
+    "models": ("subjectgen_training.commands.models", "list the built-in models (builtin:<name>), usable wherever a "
+               "command takes a model"),
 }
 
 
@@ -99,14 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        check_out_is_folder(module, args)  # before any model loads
         with logging_redirect_tqdm():  # log lines go above the progress bar instead of through it
             return int(module.run(args) or 0)
     except SubjectgenError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished files are kept; run the same command again to resume.", file=sys.stderr)
+        # a command whose rerun does not simply resume (train) says what is true for it
+        message = getattr(module, "interrupted_message", lambda _args: INTERRUPTED)(args)
+        print(message, file=sys.stderr)
         return 130
+
+
+INTERRUPTED = "interrupted: finished files are kept; run the same command again to resume."
+
+
+def check_out_is_folder(module, args: argparse.Namespace) -> None:
+    """A command whose ``--out`` is a folder (its module sets ``OUT_IS_FOLDER``) refuses an existing file there."""
+    from pathlib import Path
+
+    out = getattr(args, "out", None)
+    if getattr(module, "OUT_IS_FOLDER", False) and out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise SubjectgenError(f"--out {out} is an existing file; this command writes a folder there: choose a new "
+                              "folder name (or remove the file).")
 
 
 if __name__ == "__main__":

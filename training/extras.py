@@ -35,6 +35,7 @@ COMMAND_EXTRAS: dict[str, str | None] = {
     "push": None,
     "merge": None,  # the plug-in's merge_subjects: loading needs nothing more
     "ui": "ui",
+    "models": None,
 }
 
 

@@ -122,6 +122,9 @@ def load_pipeline(config: GenerateConfig):
 
     from subjectgen_diffusers.hub import resolve_source
     from subjectgen_diffusers.subject_check import check_subject
+    from subjectgen_training.builtin_models import resolve_model
+
+    base = resolve_model(config.base)  # builtin:<name> -> its folder
 
     # A wrong subject path fails here, before the (large) base model is loaded.
     subject = str(resolve_source(config.subject)) if config.subject else None
@@ -129,12 +132,12 @@ def load_pipeline(config: GenerateConfig):
     if others and not subject:
         raise GenerateError("also_load loads subjects beside `subject`: give the subject too.")
     for source in [subject, *others] if subject else []:  # damaged files or another base: said before the model loads
-        check_subject(source, config.base)
+        check_subject(source, base)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = config.dtype if config.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     try:
         pipe = SubjectPipeline.from_pretrained(
-            config.base, subject=[subject, *others] if subject else None, subject_scale=config.scale,
+            base, subject=[subject, *others] if subject else None, subject_scale=config.scale,
             dtype=getattr(torch, dtype_name),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
@@ -146,7 +149,7 @@ def load_pipeline(config: GenerateConfig):
     if config.lora:
         from subjectgen_training.style_lora import load_style_lora
 
-        load_style_lora(pipe, config.lora, config.lora_scale, model=config.base, error=GenerateError)
+        load_style_lora(pipe, resolve_model(config.lora), config.lora_scale, model=config.base, error=GenerateError)
     if config.scheduler:
         scheduler_class = getattr(diffusers, SCHEDULERS[config.scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
@@ -175,6 +178,9 @@ def generate_images(config: GenerateConfig, pipe=None) -> Path:
     from tqdm.auto import tqdm
 
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise GenerateError(f"--out {out} is an existing file; give a folder for the images (a new one, or the "
+                            "folder of an earlier run to finish it).")
     prompts = load_prompts(config.prompts)
     planned = plan_images(prompts, config.num_per_prompt, config.seed)
     done = {entry["file"]: entry for entry in read_manifest(out) if (out / entry["file"]).is_file()}

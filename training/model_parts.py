@@ -26,6 +26,9 @@ def load_tokenizer(base: str, revision: str | None = None):
     """Only the tokenizer (cheap): lets the token be checked before any model is loaded."""
     from transformers import CLIPTokenizer
 
+    from subjectgen_training.builtin_models import resolve_model
+
+    base = resolve_model(base)  # builtin:<name> -> its folder
     local = Path(base)
     if local.exists():
         missing = [name for name in ("model_index.json", "tokenizer", "text_encoder", "vae", "unet", "scheduler")
@@ -49,6 +52,9 @@ def load_model_parts(base: str, tokenizer, revision: str | None = None) -> Model
     from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401 - registers scheduler classes
     from transformers import CLIPTextModel
 
+    from subjectgen_training.builtin_models import resolve_model
+
+    base = resolve_model(base)  # builtin:<name> -> its folder
     try:
         text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=revision)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision)

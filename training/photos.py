@@ -95,6 +95,16 @@ def read_manifest_prompts(folder: Path) -> dict[str, str]:
     return prompts
 
 
+def no_images_message(what: str, folder: Path) -> str:
+    """Why ``folder`` gives no photo: empty, or only files that are not images (said with their count)."""
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not others:
+        return f"{what} {folder} has no files: put the images (jpg, png, webp) in it."
+    what_they_are = "1 file that is not an image" if len(others) == 1 else f"{len(others)} files that are not images"
+    return (f"{what} {folder} has no images: {what_they_are} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+            "put the images (jpg, png, webp) in it.")
+
+
 def check_folder(folder: str | Path, what: str = "--photos") -> Path:
     folder = Path(folder)
     if not folder.exists():
@@ -102,7 +112,7 @@ def check_folder(folder: str | Path, what: str = "--photos") -> Path:
     if not folder.is_dir():
         raise PhotoError(f"{what} {folder} is not a folder: pass a folder of images.")
     if not candidate_files(folder):
-        raise PhotoError(f"{what} {folder} has no files: put the images (jpg, png, webp) in it.")
+        raise PhotoError(no_images_message(what, folder))
     return folder
 
 

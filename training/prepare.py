@@ -184,7 +184,9 @@ def prepare_photos(config: PrepareConfig, analyzer: FaceAnalyzer | None = None) 
         raise PrepareError("OUT must differ from PHOTOS: choose a new folder for the prepared photos.")
     files = candidate_files(config.photos)
     if not files:
-        raise PrepareError(f"PHOTOS {config.photos} has no files: put the subject's photos (jpg, png, webp) in it.")
+        from subjectgen_training.photos import no_images_message
+
+        raise PrepareError(no_images_message("PHOTOS", config.photos))
     analyzer = analyzer or FaceAnalyzer()
     config.out.mkdir(parents=True, exist_ok=True)
     remove_previous_outputs(config.out)

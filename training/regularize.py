@@ -205,9 +205,11 @@ def load_text_to_image(config: RegularizeConfig, device):
     """The model through diffusers' auto pipeline (SD 1.x/2.x, SDXL and finetunes), with the LoRA applied."""
     from diffusers import AutoPipelineForText2Image
 
+    from subjectgen_training.builtin_models import resolve_model
+
     dtype = resolve_dtype(config.dtype, device)
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(config.model, dtype=dtype)
+        pipe = AutoPipelineForText2Image.from_pretrained(resolve_model(config.model), dtype=dtype)
     except (OSError, ValueError) as error:
         raise RegularizeError(
             f"could not load --model {config.model}: {error}. Pass a diffusers model folder or Hub id "
@@ -217,7 +219,7 @@ def load_text_to_image(config: RegularizeConfig, device):
         # A false positive turns a "person" image black, which would teach the model black images.
         pipe.safety_checker = None
     if config.lora:
-        load_style_lora(pipe, config.lora, config.lora_scale, model=config.model, error=RegularizeError,
+        load_style_lora(pipe, resolve_model(config.lora), config.lora_scale, model=config.model, error=RegularizeError,
                         adapter_name="regularize")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -1,9 +1,10 @@
 """The human report of an experiment: ``summary.md`` tables and ``report.html`` (grids, references, a scatter plot).
 
 It reads only JSON — the experiment's ``summary.json`` and the ``results.json`` of each run that it points to — and
-never recomputes a metric. Identity is the face-similarity score, prompt fidelity the CLIP text-image score
-(Celeb Basis, Yuan et al. 2023; Cross Initialization, Pang et al. 2024 plot the same trade-off). The plot is an
-inline SVG written here, so the report needs no plotting library and opens offline.
+never recomputes a metric. Likeness is the face-similarity score (``identity`` in the JSON files), prompt fidelity
+the CLIP text-image score (Celeb Basis, Yuan et al. 2023; Cross Initialization, Pang et al. 2024 plot the same
+trade-off). The plot is an inline SVG written here, and the grid's thumbnails are embedded in the page (each links
+to its full image beside it), so ``report.html`` opens offline and still shows its pictures when copied alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from subjectgen_diffusers.errors import SubjectgenError
 SETUP_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 GRID_FRAME = "#0b3d91"  # border of the image grid (the screenshot test looks for it)
 PLOT_BACKGROUND = "#fff4d6"
-METRICS = (("identity", "identity"), ("clip_text", "CLIP-T (prompt)"), ("clip_image", "CLIP-I (reference)"))
+LIKENESS = "likeness"  # what the report calls the identity score, as the README does
+THUMB = 96  # side of a grid thumbnail in pixels
+METRICS = (("identity", LIKENESS), ("clip_text", "CLIP-T (prompt)"), ("clip_image", "CLIP-I (reference)"))
 
 
 class ReportError(SubjectgenError):
@@ -32,9 +35,9 @@ def format_summary_line(summary: dict[str, Any]) -> str:
     parts = [f"{summary['count']} images"]
     if summary.get("face_detection_rate") is not None:
         parts.append(f"face detection {summary['face_detection_rate']:.0%}")
-    for key in (*(key for key, _ in METRICS), "prompt_following"):
+    for key, label in (*METRICS, ("prompt_following", "prompt_following")):
         if summary.get(key):
-            parts.append(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}")
+            parts.append(f"{label} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}")
     return ", ".join(parts)
 
 
@@ -55,7 +58,7 @@ def _cell(stat: dict[str, Any] | None, percent: bool = False) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-PART_LABELS = {"hidden_mark": "hidden mark", "traits": "traits", "prompt_following": "prompt-following",
+PART_LABELS = {"identity": LIKENESS, "hidden_mark": "hidden mark", "traits": "traits", "prompt_following": "prompt-following",
                "clip_text": "CLIP-T", "clip_image": "CLIP-I", "background": "background found",
                "hat": "hat found", "glasses": "glasses found"}
 ORDER = ("identity", "hidden_mark", "traits", "clip_text", "clip_image", "prompt_following", "background", "hat",
@@ -75,7 +78,7 @@ def columns(summaries: list[dict[str, Any]]) -> list[tuple[str, str | None, str]
 
     following = any(summary.get("prompt_following") for summary in summaries)
     clip = any(summary.get("clip_text") or summary.get("clip_image") for summary in summaries) or not following
-    cols: list[tuple[str, str | None, str]] = [("identity", None, "identity")]
+    cols: list[tuple[str, str | None, str]] = [(LIKENESS, None, "identity")]
     cols += [(PART_LABELS.get(k, k), "identity_parts", k) for k in keys("identity_parts")]
     if clip:
         cols += [(label, None, key) for key, label in METRICS[1:]]
@@ -160,15 +163,58 @@ def compose_markdown(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _thumbnail(path: Path) -> str:
+    """The image as a ``data:`` URI (downscaled to the thumbnail size when larger): the page holds its pictures."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if max(image.size) > THUMB:
+                image.thumbnail((THUMB, THUMB))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True)
+    except OSError:
+        return html.escape(Path(path).as_posix(), quote=True)  # a missing image: the browser shows its alt text
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def result_sentence(summary: dict[str, Any], subject: str) -> str | None:
+    """One sentence per subject: the best setup's likeness (and prompt score) against the untrained baseline's."""
+    runs = {run["setup"]: run["overall"] for run in summary["runs"] if run["subject"] == subject}
+    base = runs.pop("baseline", None)
+    mean = lambda stats, key: (stats.get(key) or {}).get("mean")  # noqa: E731
+    scored = {name: stats for name, stats in runs.items() if mean(stats, "identity") is not None}
+    if not scored:
+        return None
+    best = max(scored, key=lambda name: mean(scored[name], "identity"))
+    prompt_key = "prompt_following" if mean(scored[best], "prompt_following") is not None else "clip_text"
+    prompt_label = "prompt-following" if prompt_key == "prompt_following" else "CLIP-T"
+    text = f"Result: {best} draws {subject} with likeness {mean(scored[best], 'identity'):.2f}"
+    if base is not None and mean(base, "identity") is not None:
+        text += f" against {mean(base, 'identity'):.2f} for the untrained baseline"
+    if mean(scored[best], prompt_key) is not None:
+        text += f", {prompt_label} {mean(scored[best], prompt_key):.2f}"
+        if base is not None and mean(base, prompt_key) is not None:
+            text += f" (baseline {mean(base, prompt_key):.2f})"
+    return text + "."
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """Per subject: a table of setups (overall scores), then identity per setup and prompt."""
     lines = [f"# {summary.get('experiment', 'experiment')}", ""]
     if summary.get("description"):
         lines += [summary["description"], ""]
     lines += [f"_{summary.get('protocol', '')}_", ""]
+    results = [sentence for subject in summary["subjects"] if (sentence := result_sentence(summary, subject["name"]))]
+    if results:
+        lines += [" ".join(results), ""]
     cols = columns([run["overall"] for run in summary["runs"]])
     if summary.get("identity_measure"):
-        lines += [f"Identity: {summary['identity_measure']}.", ""]
+        lines += [f"Likeness: {summary['identity_measure']}.", ""]
     if summary.get("prompt_measure") == "prompt-following":
         lines += ["Prompt-following: the share of the requested background and accessory that the pixel rules find; "
                   "`X asked, found`: the rate at which that request was met. Mean ± std over images.", ""]
@@ -188,7 +234,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += [_table_row(run["setup"], run["overall"], cols) for run in runs]
         prompts = summary.get("prompts", [])
         if prompts and runs:
-            lines += ["", "Identity per prompt (mean):", "",
+            lines += ["", "Likeness per prompt (mean):", "",
                       "| setup | " + " | ".join(p.replace("|", "/") for p in prompts) + " |",
                       "| --- |" + " ---: |" * len(prompts)]
             for run in runs:
@@ -202,12 +248,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width: int = 420, height: int = 300,
-                x_label: str = "prompt score (CLIP-T, mean)", y_label: str = "identity (mean)") -> str:
-    """Identity (y) against prompt score (x), one labelled dot per setup; axes span the data with a margin."""
+                x_label: str = "prompt score (CLIP-T, mean)", y_label: str = f"{LIKENESS} (mean)") -> str:
+    """Likeness (y) against prompt score (x), one labelled dot per setup; axes span the data with a margin, never
+    past 1.0 (no score exceeds it) nor below 0.0 when every score is positive."""
     left, right, top, bottom = 56, 130, 16, 44
     drawn = [(label, x, y, colour) for label, x, y, colour in points if x is not None and y is not None]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="scatter" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="identity against prompt score per setup">',
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="likeness against prompt score per setup">',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="{PLOT_BACKGROUND}"/>']
     plot_w, plot_h = width - left - right, height - top - bottom
     if not drawn:
@@ -219,6 +266,16 @@ def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width
     y_lo, y_hi = min(0.0, min(ys)), max(ys)
     x_pad, y_pad = (x_hi - x_lo) * 0.15 or 0.05, (y_hi - y_lo) * 0.1 or 0.05
     x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo, y_hi + y_pad
+    if max(xs) <= 1.0:  # scores live in [0, 1]: the axes stop there
+        x_hi = min(x_hi, 1.0)
+    if min(xs) >= 0.0:
+        x_lo = max(x_lo, 0.0)
+    if max(ys) <= 1.0:
+        y_hi = min(y_hi, 1.0)
+    if x_hi <= x_lo:
+        x_lo = x_hi - 0.1
+    if y_hi <= y_lo:
+        y_lo = y_hi - 0.1
 
     def sx(x: float) -> float:
         return left + (x - x_lo) / (x_hi - x_lo) * plot_w
@@ -237,7 +294,7 @@ def scatter_svg(points: list[tuple[str, float | None, float | None, str]], width
                  f'text-anchor="middle">{html.escape(y_label)}</text>')
     for index, (label, x, y, colour) in enumerate(drawn):
         parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="7" fill="{colour}" stroke="white" stroke-width="1.5"><title>'
-                     f"{html.escape(label)}: prompt {x:.3f}, identity {y:.3f}</title></circle>")
+                     f"{html.escape(label)}: prompt {x:.3f}, {LIKENESS} {y:.3f}</title></circle>")
         legend_y = top + 8 + index * 18
         parts.append(f'<circle cx="{width - right + 14}" cy="{legend_y}" r="6" fill="{colour}"/>')
         parts.append(f'<text x="{width - right + 24}" y="{legend_y + 4}" font-size="12">{html.escape(label)}</text>')
@@ -264,11 +321,17 @@ def _image_grid(summary: dict[str, Any], runs: list[dict[str, Any]], root: Path,
         cells = []
         for prompt in prompts:
             thumbs = []
-            for entry in by_prompt.get(prompt, [])[:per_cell]:
-                identity = "–" if entry.get("identity") is None else f"{entry['identity']:.2f}"
-                thumbs.append(f'<img src="{_rel(images_dir / entry["file"], root)}" width="96" height="96" '
-                              f'title="identity {identity}" alt="{html.escape(entry["file"], quote=True)}">')
-            cells.append(f"<td>{''.join(thumbs) or '–'}</td>")
+            entries = by_prompt.get(prompt, [])
+            for entry in entries[:per_cell]:
+                likeness = "–" if entry.get("identity") is None else f"{entry['identity']:.2f}"
+                path = images_dir / entry["file"]
+                path = path if path.is_absolute() else root / path
+                thumbs.append(f'<a href="{_rel(path, root)}"><img src="{_thumbnail(path)}" width="{THUMB}" '
+                              f'height="{THUMB}" title="{LIKENESS} {likeness}" '
+                              f'alt="{html.escape(entry["file"], quote=True)}"></a>')
+            shown = (f'<div class="shown">{min(per_cell, len(entries))} of {len(entries)} images shown</div>'
+                     if len(entries) > per_cell else "")
+            cells.append(f"<td>{''.join(thumbs) or '–'}{shown}</td>")
         rows.append(f"<tr><th>{html.escape(run['setup'])}</th>{''.join(cells)}</tr>")
     return (f'<table class="grid" style="border:4px solid {GRID_FRAME}"><tr><th>setup \\ prompt</th>{head}</tr>'
             + "".join(rows) + "</table>")
@@ -277,11 +340,13 @@ def _image_grid(summary: dict[str, Any], runs: list[dict[str, Any]], root: Path,
 def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
     """The whole report page; image paths are relative to ``root`` (the folder report.html is written to)."""
     colours = {setup["name"]: SETUP_COLOURS[i % len(SETUP_COLOURS)] for i, setup in enumerate(summary["setups"])}
+    results = [sentence for subject in summary["subjects"] if (sentence := result_sentence(summary, subject["name"]))]
     body = [f"<h1>{html.escape(summary.get('experiment', 'experiment'))}</h1>",
+            *(f'<p class="result"><b>{html.escape(sentence)}</b></p>' for sentence in results),
             f"<p>{html.escape(summary.get('description', ''))}</p>",
             f"<p><em>{html.escape(summary.get('protocol', ''))}</em></p>"]
     if summary.get("identity_measure"):
-        body.append(f"<p>Identity: {html.escape(summary['identity_measure'])}.</p>")
+        body.append(f"<p>Likeness: {html.escape(summary['identity_measure'])}.</p>")
     setups = "".join(f"<li><b style='color:{colours[s['name']]}'>{html.escape(s['name'])}</b>: "
                      f"{html.escape(s.get('description', ''))}</li>" for s in summary["setups"])
     body.append(f"<ul>{setups}</ul>")
@@ -301,8 +366,8 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
         body.append("<h2>across subjects</h2><pre>" + html.escape(re.sub(r"^## ", "", markdown, flags=re.M)) + "</pre>")
     for subject in summary["subjects"]:
         runs = [run for run in summary["runs"] if run["subject"] == subject["name"]]
-        refs = "".join(f'<img src="{_rel(p, root)}" width="96" height="96" alt="reference">'
-                       for p in subject.get("reference", []))
+        refs = "".join(f'<a href="{_rel(p, root)}"><img src="{_thumbnail(p if Path(p).is_absolute() else root / p)}" '
+                       f'width="{THUMB}" height="{THUMB}" alt="reference"></a>' for p in subject.get("reference", []))
         table = "".join(
             f"<tr><td style='color:{colours.get(r['setup'], '#000')}'>{html.escape(r['setup'])}</td>"
             f"<td>{r['overall']['count']}</td><td>{_cell(r['overall'].get('face_detection_rate'), True) if r['overall'].get('face_detection_rate') is not None else '–'}</td>"
@@ -314,11 +379,11 @@ def render_html(summary: dict[str, Any], root: Path, per_cell: int = 2) -> str:
                    (r["overall"].get("identity") or {}).get("mean"), colours.get(r["setup"], "#000")) for r in runs]
         body += [f"<h2>{html.escape(subject['name'])}</h2>", f'<div class="refs"><h3>reference photos</h3>{refs}</div>',
                  f'<table class="scores"><tr><th>setup</th><th>images</th><th>face detection</th>{header}</tr>{table}</table>',
-                 "<h3>identity against prompt score</h3>", scatter_svg(points, x_label=prompt_label),
+                 f"<h3>{LIKENESS} against prompt score</h3>", scatter_svg(points, x_label=prompt_label),
                  "<h3>samples (setup × prompt)</h3>", _image_grid(summary, runs, root, per_cell)]
     style = ("body{font-family:sans-serif;margin:16px;background:#fafafa}table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #bbb;padding:4px;font-size:12px;vertical-align:top}"
-             ".grid th{max-width:140px}img{margin:1px;image-rendering:pixelated}")
+             ".grid th{max-width:140px}img{margin:1px;image-rendering:pixelated}.shown{font-size:11px;color:#555}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(summary.get('experiment', ''))}"
             f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
 

@@ -30,6 +30,10 @@ METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CONFIG_FILE_NAME = "train_config.json"
 DEFAULT_TOKEN = "<new1>"
+DEFAULT_METHOD = "cd+cr"
+# What train_config.json records beside the fields: figures derived from them (the rates the optimizer used and on how
+# many processes). A recorded file is a valid config: these are accepted and must follow from its fields.
+DERIVED_KEYS = ("effective_lr", "effective_token_lr", "num_processes")
 
 
 class TrainConfigError(SubjectgenError):
@@ -65,13 +69,14 @@ class TrainConfig:
     make the ``subjectgen train`` flag and the web UI's form field. ``cli=False`` fields are config-file keys only.
     """
 
-    base: str = option(help="Stable Diffusion 1.x: a local diffusers folder or a Hub id",
+    base: str = option(help="Stable Diffusion 1.x: a local diffusers folder, a Hub id or builtin:NAME (`subjectgen "
+                       "models`; on builtin:toy-base the defaults are the toy world's recipe, printed at the start)",
                        default_text="required, here or in --config")
     photos: str | None = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer "
                                 "than 4 trains but warns. Repeat it with one --token each to train several people "
                                 "jointly (one set of deltas, one token per person)", repeatable=True,
                                 default_text="required, here or in --config")
-    method: str = option(help=_methods_help, choices=method_names, default_text="required, here or in --config")
+    method: str = option(help=_methods_help, choices=method_names, default_text=f"default: {DEFAULT_METHOD}")
     out: str = option(help="output folder for the subject (created; must not be a file); checkpoints go beside it in "
                       "<out>.checkpoints/", default_text="required, here or in --config")
     # several people in one run instead of `photos`/`token`: one set of deltas, one token each, each person's photos
@@ -118,6 +123,8 @@ class TrainConfig:
     checkpoint_every: int = option(0, help="steps between resumable checkpoints, 0 = none")
     checkpoints_total_limit: int = option(2, help="keep the last K checkpoints")
     resume: bool = option(False, help="continue from the latest checkpoint in <out>.checkpoints/")
+    restart: bool = option(False, help="start again from step 0 over the checkpoints a stopped run left in "
+                           "<out>.checkpoints/ (they are deleted); without --resume or --restart such a run refuses")
     keep_checkpoints: bool = option(False, help="keep <out>.checkpoints/ after a finished run instead of deleting it")
     validation_every: int = option(0, help="steps between validation images (in <out>/validation/), 0 = none")
     validation_prompt: str | None = option(None, help="prompt of the validation images",
@@ -140,6 +147,8 @@ class TrainConfig:
         self._check_subjects()
         if self.cd_scope is not None and self.cd_scope not in CD_SCOPES:
             raise TrainConfigError(f"cd_scope must be one of {list(CD_SCOPES)}, got {self.cd_scope!r}.")
+        if self.resume and self.restart:
+            raise TrainConfigError("--resume continues a stopped run and --restart starts it over: give one of them.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise TrainConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
@@ -206,16 +215,56 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TrainConfigError(f"a training config must be a mapping of field: value, got {type(data).__name__}.")
         data = {key.replace("-", "_"): value for key, value in data.items()}
+        derived = {key: data.pop(key) for key in DERIVED_KEYS if key in data}
         check_known_keys(cls, data, TrainConfigError, "training config")
-        missing = [name for name in ("base", "method", "out") if data.get(name) in (None, "")]
+        if data.get("method") in (None, ""):
+            data["method"] = DEFAULT_METHOD
+        missing = [name for name in ("base", "out") if data.get(name) in (None, "")]
         if not data.get("photos") and not data.get("subjects"):
             missing.insert(1, "photos")
         if missing:
             raise TrainConfigError(f"missing required training config keys {missing} (give them in the file or as flags).")
         try:
-            return cls(**{"photos": None, **data})
+            config = cls(**{"photos": None, **data})
         except TypeError as error:
             raise TrainConfigError(f"bad training config: {error}") from error
+        if derived:
+            config.check_derived(derived)
+        return config
+
+    def check_derived(self, derived: dict[str, Any]) -> None:
+        """The derived figures a recorded ``train_config.json`` holds must follow from its fields (an edited rate
+        with a stale ``effective_lr`` is refused: which one did the user mean?)."""
+        import math
+
+        processes = derived.get("num_processes", 1)
+        if not isinstance(processes, int) or processes < 1:
+            raise TrainConfigError(f"num_processes must be a positive integer, got {processes!r}.")
+        rates = self.resolved().effective_rates(processes)
+        for key, value in (("effective_lr", rates.lr), ("effective_token_lr", rates.token_lr)):
+            if key not in derived:
+                continue
+            recorded = derived[key]
+            same = (recorded is None and value is None) or (
+                isinstance(recorded, (int, float)) and value is not None and math.isclose(recorded, value, rel_tol=1e-9))
+            if not same:
+                raise TrainConfigError(
+                    f"{key} {recorded!r} does not follow from the other fields (they give {value!r} on {processes} "
+                    f"process(es)); {key} is derived, written by a run: delete it, or set the rate it comes from.")
+
+    @classmethod
+    def read_config_file(cls, path: str | Path) -> dict[str, Any]:
+        """A config file's mapping with the derived keys of a recorded ``train_config.json`` checked and taken out,
+        so that flags can override its fields (a new ``--lr`` makes the old ``effective_lr`` moot)."""
+        data = cls.read_file(path)
+        derived = {key: data.pop(key) for key in DERIVED_KEYS if key in data}
+        if derived:
+            try:
+                cls.from_dict({**data, **derived})
+            except TrainConfigError as error:
+                if any(key in str(error) for key in DERIVED_KEYS):
+                    raise TrainConfigError(f"{path}: {error}") from error
+        return data
 
     @classmethod
     def read_file(cls, path: str | Path) -> dict[str, Any]:
@@ -245,7 +294,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a config file; keyword ``overrides`` (flags) that are not None replace its values."""
-        data = cls.read_file(path)
+        data = cls.read_config_file(path)
         data.update({key: value for key, value in overrides.items() if value is not None})
         return cls.from_dict(data)
 
@@ -270,7 +319,9 @@ class TrainConfig:
         """A copy with ``resolution`` set: the base model's native size when None (reads only the base's configs)."""
         if self.resolution is not None:
             return self
-        return dataclasses.replace(self, resolution=native_resolution(self.base, self.revision))
+        from subjectgen_training.builtin_models import resolve_model
+
+        return dataclasses.replace(self, resolution=native_resolution(resolve_model(self.base), self.revision))
 
     def effective_rates(self, num_processes: int):
         """The rates the optimizer uses on ``num_processes`` processes (a resolved config): ``Rates(lr, token_lr)``."""

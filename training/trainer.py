@@ -469,10 +469,12 @@ def train(config: TrainConfig, *, on_step=None) -> Path:
     a second run into the same folder refuses at once instead of writing over the first."""
     import os
 
+    from subjectgen_training.checkpoints import check_stopped_run
     from subjectgen_training.run_lock import check_output_folder, output_lock
 
     check_output_folder(Path(config.out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: the main process holds the lock
         return Trainer(config, on_step=on_step).run()
     with output_lock(config.out):
+        check_stopped_run(Path(config.out), resume=config.resume, restart=config.restart)  # before the model loads
         return Trainer(config, on_step=on_step).run()

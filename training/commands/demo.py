@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "the whole path offline: the shipped toy model learns a subject (or --real-photos on a tiny random model)"
+OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 DEMO_PROMPTS = "a photo of {} | a close-up photo of {} laughing | a pencil sketch of {} | a photo of {} wearing a red baseball cap"
 TOY_PROMPTS = ("{}, on a yellow background", "{}, on a purple background", "{}, wearing a hat, on a purple background",
                "{}, wearing glasses, on a yellow background")  # the new scenes of five_setups_toy

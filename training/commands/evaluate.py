@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-model", default="dlib",
                         help="identity encoder: dlib (offline, default), arcface (insightface), toy, or none")
     parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
-                        help=f"CLIP Hub id or local folder (default {DEFAULT_CLIP_MODEL}; e.g. "
+                        help=f"CLIP Hub id, local folder or builtin:tiny-clip (default {DEFAULT_CLIP_MODEL}; e.g. "
                              "openai/clip-vit-large-patch14), or none to skip the CLIP scores")
     parser.add_argument("--prompt-scorer", default="clip",
                         help="prompt score: clip (CLIP-T/CLIP-I, default), toy (the toy world's pixel rules), or none")

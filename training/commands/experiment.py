@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "run subjects x setups end to end and write the report"
+OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ inversion + Custom Diffusion files, or to an A1111 embedding."""
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 HELP = "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"
@@ -25,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float16", "float32"), default=None,
                         help="lora: dtype of the written tensors (default: the subject's)")
     parser.add_argument("--base", default=None,
-                        help="base model (folder or Hub id) for Custom Diffusion full weights; default: the subject's "
-                        "base_model. With --format lora it is optional, only to size the bias-delta note")
+                        help="base model (folder, Hub id or builtin:NAME) for Custom Diffusion full weights; default: the "
+                        "subject's base_model. With --format lora it is optional, only to size the bias-delta note")
     parser.add_argument("--token-only", action="store_true",
                         help="a1111: export only the token vectors of a subject that also has weight deltas")
 
@@ -51,18 +50,48 @@ def _export_lora(args: argparse.Namespace, subject) -> list[Path]:
     return result.written
 
 
+def a1111_file(out: Path, token: str) -> Path:
+    """The embedding file ``--out`` names: itself when it ends in .safetensors/.pt, else ``<out>/<name>.safetensors``."""
+    from subjectgen_diffusers.lora_export import file_stem
+
+    return out if out.suffix in (".safetensors", ".pt") else out / f"{file_stem(token)}.safetensors"
+
+
+def check_out(args: argparse.Namespace, token: str | None) -> None:
+    """What ``--out`` names must not hold anything already: nothing is overwritten silently (said before any load)."""
+    from subjectgen_diffusers.compress import check_new_folder
+    from subjectgen_diffusers.errors import SubjectgenError
+
+    if args.format == "a1111":
+        target = a1111_file(args.out, token or "subject")
+        if args.out.is_file() and target != args.out:
+            raise SubjectgenError(f"--out {args.out} is an existing file; an A1111 embedding is written to a new file "
+                                  "ending in .safetensors or .pt, or into a folder.")
+        if target.exists():
+            raise SubjectgenError(f"{target} already exists; choose another --out or remove it first.")
+    elif args.out.is_file():  # diffusers and lora write a new folder
+        raise SubjectgenError(f"--out {args.out} is an existing file; --format {args.format} writes a new folder "
+                              "there: choose a new folder name.")
+    else:
+        check_new_folder(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.export import export_a1111, export_diffusers, load_base_unet
     from subjectgen_diffusers.hub import is_repo_id
     from subjectgen_diffusers.subject_check import check_subject_files, check_subject_fits_base
     from subjectgen_diffusers.subject_format import Subject
+    from subjectgen_training.builtin_models import resolve_model
 
     if args.format != "lora" and (args.rank is not None or args.energy is not None or args.dtype):
         raise SubjectgenError("--rank, --energy and --dtype apply to --format lora only.")
     found = check_subject_files(args.subject)  # damaged files are said before anything loads
+    check_out(args, found[0].token if found else None)
+    if args.base:
+        args.base = resolve_model(args.base)
     if found and args.format == "diffusers" and found[0].has_deltas:
-        base = args.base or found[0].base_model
+        base = args.base or resolve_model(found[0].base_model)  # builtin:<name> as recorded -> its folder
         if not Path(base).exists() and not is_repo_id(base):
             raise SubjectgenError(f"the subject records its base model as {base!r} (a local folder's name); pass "
                                   f"--base with that folder's path or the base's Hub id.")
@@ -71,14 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "lora":
         written = _export_lora(args, subject)
     elif args.format == "a1111":
-        out = args.out
-        if out.suffix not in (".safetensors", ".pt"):
-            out = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '', subject.config.token) or 'subject'}.safetensors"
-        written = [export_a1111(subject, out, token_only=args.token_only)]
+        written = [export_a1111(subject, a1111_file(args.out, subject.config.token), token_only=args.token_only)]
     else:
         base_unet = None
         if subject.deltas or subject.bias_deltas:
-            base = args.base or subject.config.base_model
+            base = args.base or resolve_model(subject.config.base_model)
             base_unet = load_base_unet(base)
         written = export_diffusers(subject, args.out, base_unet=base_unet)
     for path in written:

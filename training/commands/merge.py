@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 HELP = "merge several subjects into one (Custom Diffusion's constrained merge): one folder, every token"
+OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None,
                         help="the subjects' base model (diffusers folder, Hub id or builtin:NAME); default: the base "
                              "the subjects record")
+    parser.add_argument("--tokens", nargs="+", default=None, metavar="TOKEN",
+                        help="the token each person gets in the merged subject, one per SUBJECT in their order, e.g. "
+                             "--tokens '<alice>' '<bob>' (default: the tokens they were trained with, which must differ)")
     parser.add_argument("--class-prompt", action="append", default=None, dest="class_prompts",
                         help="class phrase of the regularisation captions, e.g. 'a person' (repeatable; default: each "
                              "subject's recorded class prompt, else 'a person')")
@@ -31,13 +35,21 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.compress import check_new_folder
     from subjectgen_diffusers.errors import SubjectgenError
-    from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge
+    from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge, with_token
     from subjectgen_diffusers.subject_check import check_subject
     from subjectgen_training.builtin_models import resolve_model
     from subjectgen_training.prompts import regularization_captions
 
     check_new_folder(args.out)
     sources = [read_for_merge(path) for path in args.subjects]
+    if args.tokens is not None:
+        if len(args.tokens) != len(sources):
+            raise SubjectgenError(f"--tokens gives one token per subject, in their order: {len(sources)} subjects, "
+                                  f"{len(args.tokens)} tokens.")
+        bad = [token for token in args.tokens if not token or any(c.isspace() for c in token)]
+        if bad:
+            raise SubjectgenError(f"--tokens: a token is one word without spaces, got {bad[0]!r}.")
+        sources = [with_token(source, token) for source, token in zip(sources, args.tokens)]
     check_mergeable(sources)  # before the model loads
     base = args.base or sources[0].subject.config.base_model
     try:

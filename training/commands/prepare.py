@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "face-aware square crops and masks from a folder of photos"
+OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

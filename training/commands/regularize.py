@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 
 HELP = "generate regularisation images with any text-to-image model"
+OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="diffusers text-to-image model: folder or Hub id (SD 1.x/2.x, SDXL)")
-    parser.add_argument("--lora", default=None, metavar="PATH_OR_ID", help="LoRA file, folder or Hub id for --model")
+    parser.add_argument("--model", required=True, help="diffusers text-to-image model: folder, Hub id (SD 1.x/2.x, SDXL) or builtin:NAME "
+                        "(`subjectgen models`)")
+    parser.add_argument("--lora", default=None, metavar="PATH_OR_ID", help="LoRA file, folder, Hub id or builtin:NAME for --model")
     parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="LoRA strength (default 1.0)")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help='e.g. "a photo of a person"')
     parser.add_argument("--negative-prompt", default=None, metavar="TEXT",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -63,25 +64,52 @@ def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dic
 
 
 def config_from_args(args: argparse.Namespace):
+    """Flags over ``--config`` over the base's recipe: on a built-in toy base (``builtin:toy-base``) the toy world's
+    recipe (:mod:`subjectgen_training.toy.recipe`, printed), elsewhere each method's published recipe (in ``resolved``)."""
+    from subjectgen_training.builtin_models import is_toy_base
     from subjectgen_training.config_flags import config_values
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.train_config import DEFAULT_METHOD, TrainConfig
 
     flags = config_values(args, TrainConfig)
     # --photos / --token are repeatable: once each is one person, N pairs are a joint run's `subjects`
     as_list = lambda value: value if isinstance(value, list) or value is None else [value]  # noqa: E731
     flags.update(people_from_flags(as_list(flags.pop("photos", None)), as_list(flags.pop("token", None))))
-    if args.config:
-        return TrainConfig.from_file(args.config, **flags)
-    return TrainConfig.from_dict(flags)
+    data = TrainConfig.read_config_file(args.config) if args.config else {}
+    data.update({key: value for key, value in flags.items() if value is not None})
+    if is_toy_base(data.get("base")):
+        from subjectgen_training.toy.recipe import SOURCE, with_toy_recipe
+
+        method = data.get("method") or DEFAULT_METHOD
+        data, used = with_toy_recipe(data, method)
+        if used and os.environ.get("RANK", "0") == "0":
+            listed = ", ".join(f"{key} {value}" for key, value in used.items())
+            print(f"{data['base']}: the toy world's {method} recipe (training/configs/{SOURCE}.yaml, as `subjectgen "
+                  f"demo` trains), where no flag or --config key says otherwise: {listed}", flush=True)
+    return TrainConfig.from_dict(data)
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves and what running again does: a stopped run continues only with --resume."""
+    from subjectgen_training.checkpoints import checkpoint_dir, checkpoint_step, list_checkpoints
+
+    out = getattr(args, "resolved_out", None) or args.out
+    if not out:
+        return "interrupted."
+    found = list_checkpoints(Path(out))
+    if found:
+        return (f"interrupted: the checkpoints are kept in {checkpoint_dir(Path(out))} (latest: step "
+                f"{checkpoint_step(found[-1])}); run the same command with --resume to continue from there "
+                "(--restart starts again from step 0).")
+    return ("interrupted before the first checkpoint (--checkpoint-every N writes them): nothing to resume; running "
+            "the same command starts again from step 0.")
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from subjectgen_training.checkpoints import checkpoint_dir, list_checkpoints
     from subjectgen_training.trainer import train
 
     config = config_from_args(args)
+    args.resolved_out = config.out  # for interrupted_message when --out came from --config
     if config.resume and os.environ.get("RANK", "0") == "0" and not list_checkpoints(Path(config.out)):
         logger.info("--resume: no checkpoint in %s; starting from step 0", checkpoint_dir(Path(config.out)))
     out = train(config)

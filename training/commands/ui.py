@@ -9,8 +9,8 @@ HELP = "a web page (Gradio): photos -> subject -> pictures, on the toy model by 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="toy-base",
-                        help="base model: toy-base (the shipped toy model, works offline on a CPU; default), or a "
-                             "Stable Diffusion 1.x/2.x diffusers folder or Hub id (use a GPU)")
+                        help="base model: toy-base = builtin:toy-base (the shipped toy model, works offline on a CPU; "
+                             "default), or a Stable Diffusion 1.x/2.x diffusers folder or Hub id (use a GPU)")
     parser.add_argument("--workdir", default="subjectgen-ui",
                         help="folder for photos, subjects and images, laid out as the CLI writes them (default: ./subjectgen-ui)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

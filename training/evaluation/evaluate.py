@@ -115,7 +115,9 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
             if hasattr(encoder, "parts"):
                 identity_parts[index] = metrics.identity_parts(embedding, reference_embeddings, encoder.parts)
 
-    scorer = build_prompt_scorer(config.prompt_scorer, clip_model=config.clip_model,
+    from subjectgen_training.builtin_models import resolve_model
+
+    scorer = build_prompt_scorer(config.prompt_scorer, clip_model=resolve_model(config.clip_model),
                                  subject_phrase=config.subject_phrase, device=_device(config.device),
                                  batch_size=config.batch_size)
     prompt_scores = scorer.score(images, templates, references) if scorer else [{} for _ in images]

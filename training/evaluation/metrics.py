@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 NO_FACE_IDENTITY = 0.0
 PROTOCOL_NOTE = (
-    "Celeb Basis protocol: an image in which no face is detected scores identity 0 and counts in the "
-    "face-detection rate; identity means include those zeros."
+    "Celeb Basis protocol: an image in which no face is detected scores likeness (identity) 0 and counts in the "
+    "face-detection rate; likeness means include those zeros."
 )
 
 

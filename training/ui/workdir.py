@@ -31,10 +31,10 @@ class WorkdirError(SubjectgenError):
 
 
 def resolve_base(base: str) -> str:
-    """``toy-base`` (the default) is the shipped toy model's folder; anything else is passed on unchanged."""
-    from subjectgen_training.toy.models import model_path
+    """``toy-base`` (the default) and every ``builtin:<name>`` are their folders; anything else is passed on unchanged."""
+    from subjectgen_training.builtin_models import resolve_model
 
-    return model_path(base)
+    return resolve_model(base)
 
 
 def is_toy(base: str) -> bool:
