@@ -33,8 +33,10 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def population_cut(subjects: int, steps: int, images: int) -> dict:
+def population_cut(subjects: int, steps: int, images: int, reg_images: int) -> dict:
     data = yaml.safe_load(config_path("five_setups_toy_population").read_text(encoding="utf-8"))
+    for spec in data["regularizations"].values():
+        spec["num"] = reg_images
     data["subjects"] = [s for s in data["subjects"] if s.get("group") == "test"][:subjects]
     for setup in data["setups"]:
         setup["train"]["steps"] = steps
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--people", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30, help="training steps per setup / person")
     parser.add_argument("--images", type=int, default=4, help="images per prompt (2 prompts)")
+    parser.add_argument("--reg-images", type=int, default=64, help="images per regularisation set (2 sets)")
     parser.add_argument("--only", choices=("experiment", "batch"), default=None)
     args = parser.parse_args(argv)
     root = Path(args.out)
@@ -98,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.only in (None, "experiment"):
         config = root / "population_cut.yaml"
-        config.write_text(yaml.safe_dump(population_cut(args.subjects, args.steps, args.images)))
-        rows.append(compare(f"experiment ({args.subjects} subjects x 5 setups + baseline, {args.steps} steps)",
+        config.write_text(yaml.safe_dump(population_cut(args.subjects, args.steps, args.images, args.reg_images)))
+        rows.append(compare(f"experiment ({args.subjects} subjects x 5 setups + baseline, {args.steps} steps, "
+                            f"{args.reg_images} regularisation images per set)",
                             ["experiment", str(config)], root / "experiment"))
     if args.only in (None, "batch"):
         people = root / "people.yaml"

@@ -324,7 +324,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, executor: Executor
     except StageSettingsError as error:
         raise ExperimentError(str(error)) from error
     if failures:
-        raise ExperimentError(f"{failure_report(graph, failures)}. The other stages finished; fix the cause and run "
+        raise ExperimentError(f"{failure_report(graph, failures).rstrip('.')}. The other stages finished; fix the cause and run "
                               f"the same command again: only the missing stages run.")
     return write_summary(config, layout, plan)
 
