@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("subjectgen_training.commands.generate", "sample images of a trained subject from prompt files"),
     "evaluate": ("subjectgen_training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
     "experiment": ("subjectgen_training.commands.experiment", "run subjects x setups end to end and write the report"),
+    "batch": ("subjectgen_training.commands.batch", "many people: prepare, train, preview and score each person of a "
+              "PEOPLE.yaml (resumable; --executor ray spreads them over a cluster)"),
     "export": ("subjectgen_training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
     "compress": ("subjectgen_training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
     "merge": ("subjectgen_training.commands.merge", "merge several subjects into one (Custom Diffusion's constrained merge): "

@@ -19,6 +19,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "face": (),  # subjectgen_training.faces.import_dlib names this extra (and its two packages) when dlib is missing
     "demo": ("accelerate", "peft", "yaml"),  # --real-photos also needs dlib and scikit-image: named when used
     "ui": ("accelerate", "peft", "yaml", "gradio"),
+    "ray": ("ray",),  # --executor ray (experiment, batch)
 }
 
 # None: the plug-in's own dependencies suffice. A command missing here is treated as needing ``train``.
@@ -30,6 +31,7 @@ COMMAND_EXTRAS: dict[str, str | None] = {
     "generate": None,
     "evaluate": None,  # --face-model dlib (the default) needs 'face': subjectgen_training.faces names it
     "experiment": "train",
+    "batch": "train",
     "export": None,
     "compress": None,
     "push": None,
@@ -43,6 +45,12 @@ COMMAND_EXTRAS: dict[str, str | None] = {
 # diffusers' load_lora_weights needs peft, which only the 'train' extra installs.
 OPTION_EXTRAS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("generate", "lora"): ("train", ("peft",)),
+}
+
+# An option value that needs an extra: (command, dest, value) -> (extra, modules it needs).
+OPTION_VALUE_EXTRAS: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
+    ("experiment", "executor", "ray"): ("ray", ("ray",)),
+    ("batch", "executor", "ray"): ("ray", ("ray",)),
 }
 
 
@@ -71,3 +79,6 @@ def require_command_extra(command: str, args: object = None) -> None:
     for (name, dest), (extra, modules) in OPTION_EXTRAS.items():
         if name == command and getattr(args, dest, None):
             require_extra(extra, command=f"{command} --{dest.replace('_', '-')}", modules=modules)
+    for (name, dest, value), (extra, modules) in OPTION_VALUE_EXTRAS.items():
+        if name == command and getattr(args, dest, None) == value:
+            require_extra(extra, command=f"{command} --{dest.replace('_', '-')} {value}", modules=modules)

@@ -17,12 +17,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a shipped experiment (five_setups, five_setups_tiny, five_setups_toy, ...) "
                                        "or a YAML file's path")
     parser.add_argument("--out", required=True, help="output folder; running again resumes where it stopped")
+    add_executor_arguments(parser)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--ray-address`` (also used by ``subjectgen batch``)."""
+    from subjectgen_training.experiment.executors import EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local: every stage in this process, in order (default); ray: each stage a Ray task, "
+                             "with the config's `resources` (needs the 'ray' extra and --out on storage every worker "
+                             "sees; README 'Scale out')")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="a running Ray cluster to join (auto, or host:port); default: start a local Ray for the "
+                             "run and stop it after")
+
+
+def executor_spec(args: argparse.Namespace):
+    from subjectgen_training.experiment.executors import ExecutorSpec
+
+    return ExecutorSpec(name=args.executor, ray_address=args.ray_address)
 
 
 def run(args: argparse.Namespace) -> int:
     from subjectgen_training.experiment import load_experiment_config, run_experiment
 
-    summary = run_experiment(load_experiment_config(args.config), args.out)
+    summary = run_experiment(load_experiment_config(args.config), args.out, executor_spec(args))
     folder = summary.parent
     print(f"comparison table: {folder / 'summary.md'}")
     if (folder / "report.html").is_file():

@@ -49,64 +49,81 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
     merge_subjects(pipe, subjects, regularization_captions=captions, out=out)
 
 
-def _joint(config, layout, setup, group: list, photos: dict[str, str], reg_dir: str | None, base: str,
-           out: Path) -> Path:
-    from subjectgen_training.experiment.runner import run_stage
+def _joint_stage(graph, config, layout, setup, group: list, photos: dict[str, tuple], reg: tuple | None, base: str,
+                 out: Path) -> str:
+    from subjectgen_training.experiment.runner import _stage
     from subjectgen_training.train_config import TrainConfig
     from subjectgen_training.trainer import train
 
     values = {**config.train, **setup.train}
     if config.compose.joint_steps_per_subject and values.get("steps"):
         values["steps"] = int(values["steps"]) * len(group)
-    people = [{"photos": photos[s.name], "token": s.token} for s in group]
+    people = [{"photos": photos[s.name][0], "token": s.token} for s in group]
     settings = {**values, "base": config.base, "method": setup.method, "regularization": setup.regularization,
                 "subjects": [{"photos": s.photos, "token": s.token} for s in group]}
     train_config = TrainConfig.from_dict({**values, "base": base, "method": setup.method, "out": str(out),
-                                          "reg_dir": reg_dir, "resume": True, "subjects": people})
-    run_stage(layout, f"train-joint-{'+'.join(s.name for s in group)}", settings, lambda: train(train_config))
-    return out
+                                          "reg_dir": reg[0] if reg else None, "resume": True, "subjects": people})
+    needs = [photos[s.name][1] for s in group] + [reg[1] if reg else None]
+    return graph.add(_stage(layout, f"train-joint-{'+'.join(s.name for s in group)}", settings,
+                            lambda: train(train_config), needs=needs, kind="train"))
 
 
-def run_compose(config, layout, base: str, photos: dict[str, str], regularization: dict[str, str],
-                runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run every group's conditions (appending their runs to ``runs``); return the summary's compose entries."""
-    from subjectgen_training.experiment.runner import _sample_and_score, run_stage
+def compose_stages(graph, config, layout, base: str, photos: dict[str, tuple], regularization: dict[str, tuple],
+                   trained: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """Add every group's stages (merge, joint training, then each condition's sampling and scoring) to ``graph``;
+    return what :func:`compose_summary` reads."""
+    from subjectgen_training.experiment.runner import _sample_and_score_stages, _stage
 
     spec = config.compose
     setup = next(s for s in config.setups if s.name == spec.setup)
-    reg_dir = regularization.get(setup.regularization) if setup.regularization else None
+    reg = regularization.get(setup.regularization) if setup.regularization else None
     by_name = {s.name: s for s in config.subjects}
-    alone = {run["subject"]: run for run in runs if run["setup"] == setup.name}
     folders = {name: layout.run(name, setup.name) / "subject" for name in by_name}
-    groups = []
+    plans = []
     for names in spec.groups:
         key = "+".join(names)
         group = [by_name[n] for n in names]
         merged = layout.root / "compose" / key / "merged"
-        run_stage(layout, f"merge-{key}", {"subjects": names, "setup": setup.name},
-                  lambda: _merge(base, [folders[n] for n in names], merged))
-        joint = _joint(config, layout, setup, group, photos, reg_dir, base, layout.root / "compose" / key / "joint")
-        rows: dict[str, dict[str, Any]] = {}
+        merge_stage = graph.add(_stage(layout, f"merge-{key}", {"subjects": names, "setup": setup.name},
+                                       lambda names=names, merged=merged: _merge(base, [folders[n] for n in names],
+                                                                                 merged),
+                                       needs=[trained[(n, setup.name)] for n in names], kind="merge"))
+        joint = layout.root / "compose" / key / "joint"
+        joint_stage = _joint_stage(graph, config, layout, setup, group, photos, reg, base, joint)
         for subject in group:
-            token = subject.token
             others = [folders[n] for n in names if n != subject.name]
-            conditions = {
-                "added": _sample_and_score(config, layout, subject.name, f"added-{key}", folders[subject.name],
-                                           photos[subject.name], base, also_load=others, token=token),
-                "merged": _sample_and_score(config, layout, subject.name, f"merged-{key}", merged,
-                                            photos[subject.name], base, token=token),
-                "joint": _sample_and_score(config, layout, subject.name, f"joint-{key}", joint,
-                                           photos[subject.name], base, token=token),
-            }
-            runs += [{**run, "condition": name, "group": names} for name, run in conditions.items()]
-            rows[subject.name] = {"alone": _scores(alone[subject.name]),
-                                  **{name: _scores(run) for name, run in conditions.items()}}
-        merge_record = _read_merge_record(merged)
-        groups.append({"subjects": names, "rows": rows, "merge": merge_record})
+            own = photos[subject.name]
+            alone = [trained[(n, setup.name)] for n in names]
+            for condition, folder, also, needs in (("added", folders[subject.name], others, alone),
+                                                   ("merged", merged, None, [merge_stage]),
+                                                   ("joint", joint, None, [joint_stage])):
+                _sample_and_score_stages(graph, config, layout, subject.name, f"{condition}-{key}", folder, own[0],
+                                         base, also_load=also, token=subject.token, needs=(*needs, own[1]))
+        plans.append({"names": names, "merged": merged})
+    return plans
+
+
+def compose_summary(config, layout, plans: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's compose entries from the finished stages (appending the conditions' runs to ``runs``)."""
+    from subjectgen_training.experiment.runner import run_record
+
+    spec = config.compose
+    alone = {run["subject"]: run for run in runs if run["setup"] == spec.setup}
+    groups = []
+    for plan in plans:
+        names = plan["names"]
+        key = "+".join(names)
+        rows: dict[str, dict[str, Any]] = {}
+        for name in names:
+            conditions = {condition: run_record(layout, name, f"{condition}-{key}")
+                          for condition in ("added", "merged", "joint")}
+            runs += [{**run, "condition": condition, "group": names} for condition, run in conditions.items()]
+            rows[name] = {"alone": _scores(alone[name]), **{c: _scores(run) for c, run in conditions.items()}}
+        groups.append({"subjects": names, "rows": rows, "merge": _read_merge_record(plan["merged"])})
     largest = max(groups, key=lambda g: len(g["subjects"]))
     return {
         "rows": largest["rows"],
-        "compose": {"setup": setup.name, "conditions": list(CONDITIONS), "rows_group": largest["subjects"],
+        "compose": {"setup": spec.setup, "conditions": list(CONDITIONS), "rows_group": largest["subjects"],
                     "groups": groups, "spec": dataclasses.asdict(spec)},
     }
 

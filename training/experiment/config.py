@@ -18,6 +18,7 @@ from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.experiment.graph import ResourceSpec, check_resources
 
 # TrainConfig fields the runner sets itself: they may not appear under `train`.
 RUNNER_TRAIN_FIELDS = ("base", "photos", "method", "out", "reg_dir", "resume", "subjects")
@@ -138,6 +139,9 @@ class ExperimentConfig:
     evaluate: EvaluationSpec = field(default_factory=EvaluationSpec)
     baseline: bool = True  # also sample and score the untrained base model (setup row "baseline")
     compose: ComposeSpec | None = None  # also compose subjects (added / merged / joint; summary `rows`)
+    # Ray resources per stage kind (photos, prepare, regularize, train, generate, evaluate, merge), used by
+    # `--executor ray`; e.g. {train: {num_gpus: 1}, generate: {num_gpus: 1}}. Default: 1 CPU, no GPU, 2 retries.
+    resources: dict[str, ResourceSpec] = field(default_factory=dict)
     source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
 
     def __post_init__(self) -> None:
@@ -172,6 +176,7 @@ class ExperimentConfig:
 
         if self.compose is not None:
             self._check_compose()
+        check_resources(self.resources, ExperimentConfigError)
 
     def _check_compose(self) -> None:
         compose, names = self.compose, [s.name for s in self.subjects]

@@ -1,13 +1,15 @@
-"""Run an experiment (subjects x setups) stage by stage, skipping what is done, then write the report.
+"""Run an experiment (subjects x setups) as a graph of stages, skipping what is done, then write the report.
 
 Stages: photos (sample photos, optional ``prepare``) -> regularise (one set per ``regularizations`` entry, shared by
 every setup and subject that names it) -> per subject: the ``baseline`` row (base model, no subject: generate and
 evaluate) when asked, then per setup: train (:func:`subjectgen_training.trainer.train`), generate
-(:func:`subjectgen_training.generate.generate_images`), evaluate (:func:`subjectgen_training.evaluation.evaluate_images`) -> summary.json,
-summary.md, report.html. A stage is done when its marker ``stages/<stage>.json`` exists; the marker is written
-atomically after the stage's outputs, and records the stage's settings. A stopped experiment therefore resumes at the
-first unfinished stage (training itself resumes from its last checkpoint); changing a finished stage's settings is an
-error rather than a silent mix of old and new results.
+(:func:`subjectgen_training.generate.generate_images`), evaluate (:func:`subjectgen_training.evaluation.evaluate_images`)
+-> the compose stages when asked. :func:`experiment_graph` builds them once as a
+:class:`~subjectgen_training.experiment.graph.StageGraph` and an executor runs it (``local``: in order, in this
+process; ``ray``: as Ray tasks); the driver then writes summary.json, summary.md and report.html. A stage is done when
+its marker ``stages/<stage>.json`` exists; the marker is written atomically after the stage's outputs, and records the
+stage's settings. A stopped experiment therefore resumes at the first unfinished stage (training itself resumes from
+its last checkpoint); changing a finished stage's settings is an error rather than a silent mix of old and new results.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.builtin_models import resolve_model
 from subjectgen_training.evaluation.metrics import PROTOCOL_NOTE
 from subjectgen_training.experiment.config import ExperimentConfig
+from subjectgen_training.experiment.executors import ExecutorSpec, failure_report, run_graph
+from subjectgen_training.experiment.graph import Stage, StageGraph, StageSettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -75,64 +78,46 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _release_memory() -> None:
-    """Drop the finished stage's models before the next stage loads its own (matters on a GPU)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _stage(layout: ExperimentLayout, name: str, settings: dict[str, Any], work: Callable[[], Any],
+           needs=(), kind: str = "photos") -> Stage:
+    return Stage(name=name, marker=layout.marker(name), settings=settings, work=work,
+                 needs=tuple(n for n in needs if n), kind=kind)
 
 
 def run_stage(layout: ExperimentLayout, stage: str, settings: dict[str, Any], work: Callable[[], Any]) -> bool:
-    """Run ``work`` unless ``stage`` is already done with the same settings; return whether it ran."""
-    marker = layout.marker(stage)
-    settings = _jsonable(settings)
-    if marker.is_file():
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("settings")
-        if recorded != settings:
-            changed = sorted(k for k in set(recorded or {}) | set(settings) if (recorded or {}).get(k) != settings.get(k))
-            raise ExperimentError(
-                f"stage {stage} already ran in {layout.root} with different settings ({', '.join(changed)}); "
-                f"use a new --out, or delete {marker} (and that stage's outputs) to redo it."
-            )
-        logger.info("[done] %s", stage)
-        return False
-    logger.info("[run ] %s", stage)
-    start = time.perf_counter()
-    work()
-    _release_memory()
-    atomic_write_json(marker, {"stage": stage, "seconds": round(time.perf_counter() - start, 2), "settings": settings})
-    return True
+    """Run ``work`` now unless ``stage`` is already done with the same settings; return whether it ran."""
+    try:
+        return _stage(layout, stage, settings, work).run()
+    except StageSettingsError as error:
+        raise ExperimentError(str(error)) from error
 
 
-def _photos_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
-    """Each subject's photo folder (sample photos written, prepare run when asked)."""
+def _photo_stages(graph: StageGraph, config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, tuple]:
+    """Each subject's photo folder and the stage that makes it (sample photos written, prepare run when asked)."""
     from subjectgen_training.experiment.photo_sources import is_photo_source, write_source_photos
 
     folders = {}
     for subject in config.subjects:
-        source = config.resolve_path(subject.photos)
+        source, last = config.resolve_path(subject.photos), None
         if is_photo_source(source):
             target = layout.subject_photos(subject.name) / "original"
-            run_stage(layout, f"photos-{subject.name}", {"photos": source},
-                      lambda source=source, target=target: write_source_photos(source, target))
+            last = graph.add(_stage(layout, f"photos-{subject.name}", {"photos": source},
+                                    lambda source=source, target=target: write_source_photos(source, target)))
             source = str(target)
         if subject.prepare:
             from subjectgen_training.prepare import PrepareConfig, prepare_photos
 
             prepared = layout.subject_photos(subject.name) / "prepared"
             prepare_config = PrepareConfig(photos=Path(source), out=prepared)
-            run_stage(layout, f"prepare-{subject.name}", {"photos": source},
-                      lambda prepare_config=prepare_config: prepare_photos(prepare_config))
+            last = graph.add(_stage(layout, f"prepare-{subject.name}", {"photos": source},
+                                    lambda prepare_config=prepare_config: prepare_photos(prepare_config),
+                                    needs=(last,), kind="prepare"))
             source = str(prepared)
-        folders[subject.name] = source
+        folders[subject.name] = (source, last)
     return folders
 
 
-def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, str]:
+def _regularization_stages(graph: StageGraph, config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, tuple]:
     from subjectgen_training.regularize import RegularizeConfig, generate_regularization
 
     used = sorted({s.regularization for s in config.setups if s.regularization})
@@ -143,13 +128,16 @@ def _regularization_stage(config: ExperimentConfig, layout: ExperimentLayout) ->
         spec["lora"] = resolve_model(config.resolve_path(spec["lora"]) if spec["lora"] else None, layout.models)
         out = layout.regularization(key)
         settings = {**config.regularizations[key].__dict__}  # ids as written, not cache paths
-        run_stage(layout, f"regularize-{key}", settings,
-                  lambda spec=spec, out=out: generate_regularization(RegularizeConfig(**spec, out=out)))
-        folders[key] = str(out)
+        name = graph.add(_stage(layout, f"regularize-{key}", settings,
+                                lambda spec=spec, out=out: generate_regularization(RegularizeConfig(**spec, out=out)),
+                                kind="regularize"))
+        folders[key] = (str(out), name)
     return folders
 
 
-def _train(config, layout, subject, setup, photos: str, reg_dir: str | None, base: str) -> Path:
+def _train_stage(graph: StageGraph, config, layout, subject, setup, photos: tuple, reg: tuple | None,
+                 base: str) -> tuple[Path, str]:
+    """The (subject, setup) training stage; return the subject folder it writes and the stage's name."""
     from subjectgen_training.train_config import TrainConfig
     from subjectgen_training.trainer import train
 
@@ -157,17 +145,19 @@ def _train(config, layout, subject, setup, photos: str, reg_dir: str | None, bas
     token = {"token": subject.token} if subject.token else {}  # recorded only when given: older markers stay valid
     settings = {**config.train, **setup.train, "base": config.base, "method": setup.method,
                 "regularization": setup.regularization, "photos": subject.photos, **token}
-    train_config = TrainConfig.from_dict({**config.train, **setup.train, "base": base, "photos": photos,
-                                          "method": setup.method, "out": str(out), "reg_dir": reg_dir,
+    train_config = TrainConfig.from_dict({**config.train, **setup.train, "base": base, "photos": photos[0],
+                                          "method": setup.method, "out": str(out), "reg_dir": reg[0] if reg else None,
                                           "resume": True, **token})
-    run_stage(layout, f"train-{subject.name}-{setup.name}", settings, lambda: train(train_config))
-    return out
+    name = graph.add(_stage(layout, f"train-{subject.name}-{setup.name}", settings, lambda: train(train_config),
+                            needs=(photos[1], reg[1] if reg else None), kind="train"))
+    return out, name
 
 
-def _sample_and_score(config, layout, subject_name: str, setup_name: str, subject_folder: Path | None,
-                      photos: str, base: str, also_load: list[Path] | None = None,
-                      token: str | None = None) -> dict[str, Any]:
-    """Generate the prompt set (with the trained subject, or the base model for the baseline) and evaluate it."""
+def _sample_and_score_stages(graph: StageGraph, config, layout, subject_name: str, setup_name: str,
+                             subject_folder: Path | None, photos: str, base: str, also_load: list[Path] | None = None,
+                             token: str | None = None, needs=()) -> str:
+    """Generate the prompt set (with the trained subject, or the base model for the baseline), then evaluate it;
+    return the evaluation stage's name."""
     from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
     from subjectgen_training.generate import GenerateConfig, generate_images
 
@@ -182,20 +172,41 @@ def _sample_and_score(config, layout, subject_name: str, setup_name: str, subjec
                                      out=str(run_dir / "images"), **generation, **extra)
     recorded = {"also_load": [Path(p).relative_to(layout.root).as_posix() for p in also_load]} if also_load else {}
     recorded.update({"token": token} if token else {})
-    run_stage(layout, f"generate-{key}", {**dataclasses.asdict(config.generate), "base": config.base, **recorded},
-              lambda: generate_images(generate_config))
+    generated = graph.add(_stage(layout, f"generate-{key}",
+                                 {**dataclasses.asdict(config.generate), "base": config.base, **recorded},
+                                 lambda: generate_images(generate_config), needs=needs, kind="generate"))
 
     evaluation = dataclasses.asdict(config.evaluate)
     evaluation["clip_model"] = resolve_model(evaluation["clip_model"], layout.models)
     evaluate_config = EvaluateConfig(images=str(run_dir / "images"), reference=photos,
                                      out=str(run_dir / "results.json"), **evaluation)
-    run_stage(layout, f"evaluate-{key}", dataclasses.asdict(config.evaluate), lambda: evaluate_images(evaluate_config))
+    return graph.add(_stage(layout, f"evaluate-{key}", dataclasses.asdict(config.evaluate),
+                            lambda: evaluate_images(evaluate_config), needs=(generated, *needs), kind="evaluate"))
 
+
+def run_record(layout: ExperimentLayout, subject_name: str, setup_name: str) -> dict[str, Any]:
+    """A run's entry in the summary, read from its ``results.json``."""
+    run_dir = layout.run(subject_name, setup_name)
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
     return {"subject": subject_name, "setup": setup_name,
             "results": (run_dir / "results.json").relative_to(layout.root).as_posix(),
             "images": (run_dir / "images").relative_to(layout.root).as_posix(),
             "overall": results["summary"]["overall"], "per_prompt": results["summary"]["per_prompt"]}
+
+
+def _sample_and_score(config, layout, subject_name: str, setup_name: str, subject_folder: Path | None,
+                      photos: str, base: str, also_load: list[Path] | None = None,
+                      token: str | None = None) -> dict[str, Any]:
+    """Generate and evaluate now, in this process (for tools that score one folder); return the run's entry."""
+    graph = StageGraph()
+    _sample_and_score_stages(graph, config, layout, subject_name, setup_name, subject_folder, photos, base,
+                             also_load=also_load, token=token)
+    for stage in graph:
+        try:
+            stage.run()
+        except StageSettingsError as error:
+            raise ExperimentError(str(error)) from error
+    return run_record(layout, subject_name, setup_name)
 
 
 def _pooled_by_setup(layout: ExperimentLayout, config: ExperimentConfig, runs: list[dict[str, Any]]) -> dict:
@@ -272,28 +283,60 @@ def _prompt_measure(layout: ExperimentLayout, runs: list[dict[str, Any]]) -> str
     return json.loads((layout.root / runs[0]["results"]).read_text(encoding="utf-8"))["settings"].get("prompt_measure")
 
 
-def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
-    """Run (or resume) every stage of ``config`` under ``out``; return the path of ``summary.json``."""
-    from subjectgen_training.prompts import load_prompts
-    from subjectgen_training.report import write_report
+def experiment_graph(config: ExperimentConfig, layout: ExperimentLayout, base: str) -> tuple[StageGraph, dict]:
+    """Every stage of ``config`` (in the order the local executor runs them) and what the summary reads after."""
+    graph = StageGraph()
+    photos = _photo_stages(graph, config, layout)
+    regularization = _regularization_stages(graph, config, layout)
+    runs: list[tuple[str, str, dict[str, Any]]] = []  # (subject, setup, extra summary keys), in summary order
+    trained: dict[tuple[str, str], str] = {}
+    for subject in config.subjects:
+        own = photos[subject.name]
+        if config.baseline:
+            _sample_and_score_stages(graph, config, layout, subject.name, BASELINE, None, own[0], base,
+                                     needs=(own[1],))
+            runs.append((subject.name, BASELINE, {}))
+        for setup in config.setups:
+            reg = regularization.get(setup.regularization) if setup.regularization else None
+            folder, train_stage = _train_stage(graph, config, layout, subject, setup, own, reg, base)
+            trained[(subject.name, setup.name)] = train_stage
+            _sample_and_score_stages(graph, config, layout, subject.name, setup.name, folder, own[0], base,
+                                     needs=(train_stage, own[1]))
+            runs.append((subject.name, setup.name, {"method": setup.method, "regularization": setup.regularization}))
+    plan = {"photos": {name: folder for name, (folder, _) in photos.items()}, "runs": runs}
+    if config.compose is not None:
+        from subjectgen_training.experiment.compose import compose_stages
 
+        plan["compose"] = compose_stages(graph, config, layout, base, photos, regularization, trained)
+    return graph, plan
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path, executor: ExecutorSpec | None = None) -> Path:
+    """Run (or resume) every stage of ``config`` under ``out`` with ``executor`` (default: local, in this process);
+    then write the summary and report; return the path of ``summary.json``."""
     layout = ExperimentLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.root / "experiment.json", _jsonable(dataclasses.asdict(config)))
     base = resolve_model(config.resolve_path(config.base), layout.models)
-    photos = _photos_stage(config, layout)
-    regularization = _regularization_stage(config, layout)
-    runs = []
-    for subject in config.subjects:
-        if config.baseline:
-            runs.append(_sample_and_score(config, layout, subject.name, BASELINE, None, photos[subject.name], base))
-        for setup in config.setups:
-            reg_dir = regularization.get(setup.regularization) if setup.regularization else None
-            folder = _train(config, layout, subject, setup, photos[subject.name], reg_dir, base)
-            runs.append({**_sample_and_score(config, layout, subject.name, setup.name, folder, photos[subject.name],
-                                             base), "method": setup.method, "regularization": setup.regularization})
-    from subjectgen_training.photos import candidate_files
+    graph, plan = experiment_graph(config, layout, base)
+    try:
+        failures = run_graph(graph, executor or ExecutorSpec(), out=layout.root, resources=config.resources)
+    except StageSettingsError as error:
+        raise ExperimentError(str(error)) from error
+    if failures:
+        raise ExperimentError(f"{failure_report(graph, failures).rstrip('.')}. The other stages finished; fix the cause and run "
+                              f"the same command again: only the missing stages run.")
+    return write_summary(config, layout, plan)
 
+
+def write_summary(config: ExperimentConfig, layout: ExperimentLayout, plan: dict[str, Any]) -> Path:
+    """``summary.json`` and the report, from the finished stages' results (the driver's last step)."""
+    from subjectgen_training.photos import candidate_files
+    from subjectgen_training.prompts import load_prompts
+    from subjectgen_training.report import write_report
+
+    photos = plan["photos"]
+    runs = [{**run_record(layout, subject, setup), **extra} for subject, setup, extra in plan["runs"]]
     summary = {
         "version": SUMMARY_VERSION,
         "experiment": config.name,
@@ -313,9 +356,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         "prompt_measure": _prompt_measure(layout, runs),
     }
     if config.compose is not None:
-        from subjectgen_training.experiment.compose import run_compose
+        from subjectgen_training.experiment.compose import compose_summary
 
-        summary.update(run_compose(config, layout, base, photos, regularization, runs))
+        summary.update(compose_summary(config, layout, plan["compose"], runs))
     atomic_write_json(layout.summary, summary)
     write_report(layout.summary)
     return layout.summary
