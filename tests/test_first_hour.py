@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli
 
 TOY_BASE = REPO_ROOT / "training" / "toy" / "weights" / "toy-base"
 UMASK = 0o027  # not the usual 022, so modes from the umask are told apart from a coincidence
@@ -151,7 +151,7 @@ def _readme_command(pattern: str) -> list[str]:
 
 
 def test_readme_a1111_export_line_works_for_a_cd_cr_subject(tmp_path, tiny_pipe):
-    from tests._plugin_fixtures import make_subject
+    from _plugin_fixtures import make_subject
 
     subject = make_subject(tiny_pipe, "<alice>", scope="kv")
     assert subject.config.method == "cd+cr" and subject.deltas

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from _cli import run_cli
 from subjectgen_training.captions import CAPTION_TEMPLATES, CaptionMaker
 from subjectgen_training.losses import instance_loss, prior_loss
 from subjectgen_training.methods import get_method

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from _cli import run_cli
 
 from subjectgen_training.experiment import load_experiment_config
 from subjectgen_training.experiment.config import ExperimentConfigError
