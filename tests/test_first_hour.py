@@ -214,7 +214,12 @@ def test_a_command_prints_no_torchvision_warnings_and_one_progress_bar(toy_gener
     _, result = toy_generate
     assert "torchvision" not in result.stderr
     assert "Loading pipeline components" not in result.stderr and "Loading weights" not in result.stderr
-    assert "generate:" in result.stderr  # the command's own bar stays
+    # Count the bars: every tqdm frame ("NN%|") in stderr belongs to the command's own `generate:` bar, which starts
+    # once and ends at 100 % (diffusers' per-step bar, which has no description, must not appear).
+    frames = [line for line in re.split(r"[\r\n]", result.stderr) if re.search(r"\d+%\|", line)]
+    assert frames and all(line.startswith("generate: ") for line in frames), frames
+    assert sum(line.startswith("generate:   0%") for line in frames) == 1, frames
+    assert frames[-1].startswith("generate: 100%"), frames
 
 
 def test_the_torchvision_filter_drops_only_that_warning(caplog):
