@@ -144,3 +144,31 @@ def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path):
     assert subject.token_embeddings.shape[0] == 2 and torch.isfinite(subject.token_embeddings).all()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "subject.safetensors", "subject_config.json", "train_config.json", "train_summary.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate missing")
+def test_the_readmes_accelerate_launch_line_trains_a_subject(tiny_sd_dir, photo_dir, tmp_path):
+    """README, step 3 "several GPUs": its own `accelerate launch ... -m subjectgen_training train ...` line, read from
+    the README, with the tiny base and a short run appended. On a CPU accelerate starts one process whatever
+    --num_processes says (the 2-process path is torchrun's test above); the line must still train a whole subject."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line.strip() for line in readme.splitlines() if line.strip().startswith("accelerate launch ")]
+    assert len(lines) == 1, lines
+    words = lines[0].split()
+    assert words[:2] == ["accelerate", "launch"] and words[words.index("-m") + 1:][:2] == ["subjectgen_training", "train"]
+    (tmp_path / "prepared").symlink_to(photo_dir, target_is_directory=True)
+    words = [{"$BASE": str(tiny_sd_dir)}.get(w, w) for w in words]
+    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), *words[1:],
+               "--steps", "2", "--resolution", "64", "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(tmp_path / "hf-home")}  # no accelerate config of this machine's user
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "subjects" / "alice"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["method"] == "cd"
+    if not torch.cuda.is_available():
+        assert summary["world_size"] == 1  # accelerate's one CPU process (ENVIRONMENT: verified twice)
+    subject = Subject.load(out)
+    assert subject.config.method == "cd" and subject.deltas and torch.isfinite(subject.token_embeddings).all()

@@ -420,7 +420,7 @@ def test_stop_midway_then_resume_to_the_end(server, browser_page, monkeypatch, t
     install_probes({"pause_when": {"dir": str(checkpoints), "name_startswith": "step-", "count": 1,
                                    "release_when": str(release)}}, setattr=monkeypatch.setattr)
     page.click("#train")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # a guard only: the run is held there, however slow the machine
     while not (checkpoints / "step-0000002").is_dir():  # held there until the release file exists
         assert time.monotonic() < deadline, "the first checkpoint was not written"
         time.sleep(0.1)
@@ -563,6 +563,16 @@ def test_regularisation_from_an_alternative_model_with_a_lora_and_the_kept_gener
     pairs = [(np.asarray(Image.open(a), dtype=float), np.asarray(Image.open(base_dir / a.name), dtype=float))
              for a in sorted(alt_dir.glob("*.png"))]
     assert len(pairs) == 16 and np.mean([np.abs(a - b).mean() for a, b in pairs]) > 0  # same seeds, the LoRA drew them
+    # each set is drawn once and reused: a second subject trained on the base model's set gets the same folder, and
+    # not one image of it is drawn again
+    drawn = {p.name: p.stat().st_mtime_ns for p in base_dir.glob("*.png")}
+    app.use_sample("again")
+    app.start("again", "cd", "base", "", "", *values["plain"])
+    assert wait_for_job(app, "again").state == "done", app.queue.snapshot("again").message
+    assert {p.name: p.stat().st_mtime_ns for p in base_dir.glob("*.png")} == drawn and len(drawn) == 16
+    again = json.loads((tmp_path / "work/subjects/again/subject/train_config.json").read_text())
+    assert again["reg_dir"] == json.loads((tmp_path / "work/subjects/plain/subject/train_config.json").read_text())["reg_dir"]
+    assert sorted(p.name for p in (tmp_path / "work/regularization").iterdir()) == sorted([alt_dir.name, base_dir.name])
 
     status, subject_images, base_images = app.generate("alt", TOY_PROMPTS[0], 1.0, 3, 1)
     assert app.generation.loaded.name == "alt" and "alt" in app.loaded_text()
