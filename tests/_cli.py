@@ -10,7 +10,9 @@ then runs the real CLI, so a test can observe what the command does from outside
   moved into place under D (``os.replace``, as every atomic write ends), the process stops (sleeps) until killed.
   ``{"torch_save_under": P}``: the process stops inside the first ``torch.save`` into a folder whose name starts
   with P, hidden (temporary) or not (a checkpoint half written). Either way the test watches for the file, then sends SIGKILL (or SIGINT): no race with
-  the job's own speed.
+  the job's own speed. With ``"release_when": F`` the job waits only until file F exists, then carries on: a test
+  installs the probe in its own process (:func:`install_probes` with ``monkeypatch.setattr``) to hold a server's
+  training thread at a known step while it acts (the web UI's Stop), then lets it go.
 - ``fake_hf_api``: ``huggingface_hub.HfApi`` becomes an autospec of the real class (a renamed parameter raises
   ``TypeError``) that records its calls, and the files present at upload time, into the given JSON file.
 """
@@ -109,14 +111,17 @@ def forbid_model_loads(setattr=setattr) -> None:
         setattr(owner, "from_pretrained", classmethod(load))
 
 
-def _stop_forever() -> None:
-    sys.stderr.write("probe: stopped, waiting to be killed\n")
+def _hold(release_when: str | None = None) -> None:
+    """Stop here until killed or, with ``release_when``, until that file exists (then carry on)."""
+    sys.stderr.write("probe: stopped, waiting to be killed\n" if release_when is None
+                     else f"probe: stopped until {release_when} exists\n")
     sys.stderr.flush()
-    while True:
-        time.sleep(3600)
+    while release_when is None or not Path(release_when).exists():
+        time.sleep(3600 if release_when is None else 0.05)
 
 
-def _pause_when(spec: dict) -> None:
+def _pause_when(spec: dict, setattr=setattr) -> None:
+    release_when = spec.get("release_when")
     if "torch_save_under" in spec:
         import torch
 
@@ -125,10 +130,10 @@ def _pause_when(spec: dict) -> None:
         def paused_save(obj, f, *args, **kwargs):
             if isinstance(f, (str, os.PathLike)) and Path(f).parent.name.lstrip(".").startswith(prefix):
                 Path(f).write_bytes(b"")  # the file was opened, nothing written yet
-                _stop_forever()
+                _hold(release_when)
             return save(obj, f, *args, **kwargs)
 
-        torch.save = paused_save
+        setattr(torch, "save", paused_save)
         return
     folder, prefix, count = Path(spec["dir"]).resolve(), spec["name_startswith"], spec["count"]
     seen, replace = [], os.replace
@@ -138,10 +143,10 @@ def _pause_when(spec: dict) -> None:
         dst = Path(dst).resolve()
         if dst.parent == folder and dst.name.startswith(prefix) and dst.name not in seen:
             seen.append(dst.name)
-            if len(seen) >= count:
-                _stop_forever()
+            if len(seen) == count:
+                _hold(release_when)
 
-    os.replace = counted_replace
+    setattr(os, "replace", counted_replace)
 
 
 def _fake_hf_api(record: str) -> None:
@@ -181,14 +186,16 @@ def _fake_hf_api(record: str) -> None:
     atexit.register(lambda: Path(record).write_text(json.dumps(calls, default=str)))
 
 
-def install_probes(probes: dict) -> None:
+def install_probes(probes: dict, setattr=setattr) -> None:
+    """Install ``probes`` in this process (pass ``monkeypatch.setattr`` to undo them after a test; ``fake_hf_api``
+    is for subprocesses only)."""
     known = {"forbid_model_loads", "pause_when", "fake_hf_api"}
     if set(probes) - known:
         raise ValueError(f"unknown probes {sorted(set(probes) - known)}; known: {sorted(known)}")
     if probes.get("forbid_model_loads"):
-        forbid_model_loads()
+        forbid_model_loads(setattr)
     if "pause_when" in probes:
-        _pause_when(probes["pause_when"])
+        _pause_when(probes["pause_when"], setattr)
     if "fake_hf_api" in probes:
         _fake_hf_api(probes["fake_hf_api"])
 

@@ -157,3 +157,16 @@ def save_diffusers_custom_diffusion(pipe, folder: Path, trained: Subject, *, saf
     else:
         torch.save({token: vector}, folder / f"{token}.bin")
     return folder
+
+
+def autospec_api():
+    """An autospec of the real ``HfApi``: a call with a parameter the real method lacks raises TypeError."""
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    api = mock.create_autospec(HfApi, instance=True)
+    api.files_at_upload = []
+    api.upload_folder.side_effect = lambda **kwargs: api.files_at_upload.extend(
+        sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())) or "commit-info"
+    return api

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _cli import REPO_ROOT, run_cli  # noqa: F401 - re-exported for tests that still import them from conftest
+from _cli import REPO_ROOT
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli
 from subjectgen_diffusers.subject_format import Subject
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from conftest import run_cli
+from _cli import run_cli
 from subjectgen_training.evaluation import metrics
 from subjectgen_training.evaluation.evaluate import EvaluateConfig, EvaluateError, evaluate_images
 from subjectgen_training.prompts import PromptError, available_prompt_sets, load_prompts, prompt_for_clip

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli
 
 TOY_BASE = REPO_ROOT / "training" / "toy" / "weights" / "toy-base"
 UMASK = 0o027  # not the usual 022, so modes from the umask are told apart from a coincidence
@@ -151,7 +151,7 @@ def _readme_command(pattern: str) -> list[str]:
 
 
 def test_readme_a1111_export_line_works_for_a_cd_cr_subject(tmp_path, tiny_pipe):
-    from tests._plugin_fixtures import make_subject
+    from _plugin_fixtures import make_subject
 
     subject = make_subject(tiny_pipe, "<alice>", scope="kv")
     assert subject.config.method == "cd+cr" and subject.deltas
@@ -214,7 +214,12 @@ def test_a_command_prints_no_torchvision_warnings_and_one_progress_bar(toy_gener
     _, result = toy_generate
     assert "torchvision" not in result.stderr
     assert "Loading pipeline components" not in result.stderr and "Loading weights" not in result.stderr
-    assert "generate:" in result.stderr  # the command's own bar stays
+    # Count the bars: every tqdm frame ("NN%|") in stderr belongs to the command's own `generate:` bar, which starts
+    # once and ends at 100 % (diffusers' per-step bar, which has no description, must not appear).
+    frames = [line for line in re.split(r"[\r\n]", result.stderr) if re.search(r"\d+%\|", line)]
+    assert frames and all(line.startswith("generate: ") for line in frames), frames
+    assert sum(line.startswith("generate:   0%") for line in frames) == 1, frames
+    assert frames[-1].startswith("generate: 100%"), frames
 
 
 def test_the_torchvision_filter_drops_only_that_warning(caplog):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_cli
+from _cli import REPO_ROOT, run_cli
 
 TOY_BASE = REPO_ROOT / "training" / "toy" / "weights" / "toy-base"
 
@@ -75,18 +75,6 @@ def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, phot
     assert oct(stat.S_IMODE((checkpoint_dir(kept) / steps[-1]).stat().st_mode)) == oct(0o750)  # the umask's mode
 
 
-class _RecordingApi:
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, **kwargs):
-        self.calls.append(("create_repo", kwargs))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs))
-        return "commit"
-
-
 def _uploaded(folder: Path, allow_patterns) -> list[str]:
     """What huggingface_hub's upload_folder sends: the folder's files filtered by its own pattern matcher."""
     from huggingface_hub.utils import filter_repo_objects
@@ -97,7 +85,7 @@ def _uploaded(folder: Path, allow_patterns) -> list[str]:
 
 def test_push_uploads_only_the_subjects_own_files(tmp_path, tiny_pipe):
     from subjectgen_diffusers.hub import push_subject_to_hub
-    from tests._plugin_fixtures import make_subject
+    from _plugin_fixtures import autospec_api, make_subject
 
     folder = tmp_path / "alice"
     make_subject(tiny_pipe, "<alice>").save(folder)
@@ -106,9 +94,10 @@ def test_push_uploads_only_the_subjects_own_files(tmp_path, tiny_pipe):
                   "validation/step-0000002.png", "logs/events.out", "private-notes.txt", "selfie.jpg"):
         (folder / extra).parent.mkdir(parents=True, exist_ok=True)
         (folder / extra).write_bytes(b"x")
-    api = _RecordingApi()
+    api = autospec_api()
     push_subject_to_hub(folder, "someone/alice", api=api)
-    upload = api.calls[-1][1]
+    assert [call[0] for call in api.mock_calls] == ["create_repo", "upload_folder"]  # the real API's names
+    upload = api.upload_folder.call_args.kwargs
     assert _uploaded(folder, upload["allow_patterns"]) == [
         "README.md", "subject.safetensors", "subject_config.json", "train_config.json"]
 
@@ -117,7 +106,7 @@ def test_push_uploads_only_the_subjects_own_files(tmp_path, tiny_pipe):
 def test_push_refuses_a_subject_that_holds_a_local_path(tmp_path, tiny_pipe, file_name, key):
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.hub import push_subject_to_hub
-    from tests._plugin_fixtures import make_subject
+    from _plugin_fixtures import autospec_api, make_subject
 
     folder = tmp_path / "alice"
     make_subject(tiny_pipe, "<alice>").save(folder)
@@ -125,11 +114,11 @@ def test_push_refuses_a_subject_that_holds_a_local_path(tmp_path, tiny_pipe, fil
     data = json.loads((folder / file_name).read_text())
     data[key] = "/home/alice/private/sd15"
     (folder / file_name).write_text(json.dumps(data))
-    api = _RecordingApi()
+    api = autospec_api()
     with pytest.raises(SubjectgenError, match=rf"{file_name} holds local paths that push would publish: "
                                               rf"{key} = '/home/alice/private/sd15'"):
         push_subject_to_hub(folder, "someone/alice", api=api)
-    assert api.calls == [] and not (folder / "README.md").exists()
+    assert api.mock_calls == [] and not (folder / "README.md").exists()
 
 
 def test_public_names(tmp_path, monkeypatch):
@@ -326,7 +315,7 @@ def test_every_flag_of_every_command_has_help_and_train_shows_its_defaults():
 @pytest.fixture
 def saved_subject(tmp_path, tiny_pipe):
     """A Custom Diffusion + token subject shaped for the tiny SD test model (not for the shipped toy base)."""
-    from tests._plugin_fixtures import make_subject
+    from _plugin_fixtures import autospec_api, make_subject
 
     folder = tmp_path / "alice"
     make_subject(tiny_pipe, "<alice>", scope="kv+q+out").save(folder)
@@ -383,10 +372,10 @@ def test_export_and_push_refuse_a_truncated_subject(saved_subject, tmp_path):
                      "--token-only", timeout=300, probes={"forbid_model_loads": True})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "subject.safetensors is damaged or incomplete" in result.stderr.strip().splitlines()[-1]
-    api = _RecordingApi()
+    api = autospec_api()
     with pytest.raises(SubjectCheckError, match="subject.safetensors is damaged or incomplete"):
         push_subject_to_hub(saved_subject, "someone/alice", api=api)
-    assert api.calls == []
+    assert api.mock_calls == []
 
 
 def test_files_that_disagree_with_their_config_are_refused(saved_subject):

@@ -50,10 +50,15 @@ def test_low_rank_factors_are_exact_at_full_rank(tmp_path):
     loaded = Subject.load(tmp_path)
     assert loaded.config.delta_rank == 4
     torch.testing.assert_close(loaded.deltas["a.attn2"]["to_v"], subject.deltas["a.attn2"]["to_v"], atol=1e-5, rtol=1e-5)
-    # the stored factors themselves rebuild the matrix (not only the loaded delta)
-    assert loaded.config.delta_rank == 4
-    up, down = low_rank_factors(subject.deltas["a.attn2"]["to_k"], 4)
-    torch.testing.assert_close(up @ down, subject.deltas["a.attn2"]["to_k"], atol=1e-5, rtol=1e-5)
+    # the factors stored in the file (read with safetensors, not through Subject.load) rebuild each matrix
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "subject.safetensors"))
+    assert not any(key.endswith(".delta") for key in stored)  # only factors were written
+    for proj in ("to_k", "to_v"):
+        up, down = stored[f"a.attn2.{proj}.delta_up"], stored[f"a.attn2.{proj}.delta_down"]
+        assert up.shape == (6, 4) and down.shape == (4, 4)
+        torch.testing.assert_close(up @ down, subject.deltas["a.attn2"][proj], atol=1e-5, rtol=1e-5)
 
 
 def test_low_rank_factors_are_the_best_truncation():

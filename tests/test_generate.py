@@ -17,7 +17,7 @@ def _pixels(path):
     return np.asarray(Image.open(path), dtype=np.int16)
 
 
-def test_generate_fills_prompts_writes_manifest_and_resumes_identically(tiny_sd_dir, tmp_path):
+def test_generate_fills_prompts_writes_manifest_and_resumes_within_one_grey_level(tiny_sd_dir, tmp_path):
     out = tmp_path / "images"
     config = GenerateConfig(base=str(tiny_sd_dir), prompts="a photo of {} | {} on a beach", out=str(out),
                             num_per_prompt=2, seed=7, steps=2, batch_size=3, scheduler="euler")
@@ -45,7 +45,7 @@ def test_generate_fills_prompts_writes_manifest_and_resumes_identically(tiny_sd_
     generate_images(config)
     again = _pixels(files[1])
     assert np.abs(again - first[files[1].name]).max() <= 1
-    assert (again != first[files[1].name]).mean() <= 0.01
+    assert (again != first[files[1].name]).mean() <= 0.001  # twice the worst measured share (0.05 %)
     assert {f.name: f.stat().st_mtime_ns for f in files if f != files[1]} == {
         name: stamp for name, stamp in mtimes.items() if name != files[1].name}  # the others were not made again
     assert len(read_manifest(out)) == 4

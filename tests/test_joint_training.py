@@ -67,9 +67,20 @@ def test_joint_run_trains_one_token_per_person_and_both_load(tiny_sd_dir, two_pe
 
     drawn = {trainer.data.photo_subject[trainer._draw_photo(random.Random(seed))] for seed in range(20)}
     assert drawn == {0, 1}
-    # the Cross Initialization pull holds one start per token row
-    assert trainer.method.extra_loss(trainer.rows.rows) is not None
+    # the Cross Initialization pull holds one start per token row: each person's rows start at the celebrity-name
+    # start (the same for both), the pull is zero there and grows with the distance of any one row from its start
     start = trainer.rows.rows.detach().clone()
+    tokens = trainer.method.tokens
+    assert sorted(tokens.starts) == [group[0] for group in trainer.token_groups]  # one start per person, by first id
+    assert tokens.target.shape == start.shape == (4, start.shape[1])
+    torch.testing.assert_close(tokens.target, start, rtol=0, atol=0)
+    torch.testing.assert_close(start[:2], start[2:], rtol=0, atol=0)
+    assert float(trainer.method.extra_loss(start)) == 0.0
+    for row in range(4):
+        moved = start.clone()
+        moved[row] += 3.0 / moved.shape[1] ** 0.5  # a step of length 3 on one row
+        expected = tokens.reg_weight * 3.0 / 4  # the mean over the 4 rows of each row's distance from its start
+        assert float(trainer.method.extra_loss(moved)) == pytest.approx(expected, rel=1e-4)
     trainer.run()
 
     subject = Subject.load(tmp_path / "joint")

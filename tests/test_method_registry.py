@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from subjectgen_diffusers import methods as format_table
-from tests.conftest import REPO_ROOT
+from _cli import REPO_ROOT
 from subjectgen_training import methods as registry
 
 

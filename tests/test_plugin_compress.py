@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from _plugin_fixtures import make_subject, patch_weights, unet_out
-from conftest import run_cli
+from _cli import run_cli
 
 from subjectgen_diffusers import SubjectgenError, load_subject, set_subject_scale
 from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject, rank_for_energy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _plugin_fixtures import cross_attention_layers, encode, make_subject, unet_out
-from conftest import run_cli
+from _cli import run_cli
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _plugin_fixtures import make_subject, unet_out
+from _plugin_fixtures import autospec_api, make_subject, unet_out
 from huggingface_hub import ModelCard
 
 from subjectgen_diffusers import (
@@ -111,19 +111,6 @@ def test_model_card_front_matter_and_usage(tmp_path, tiny_pipe):
     (folder / "subject_config.json").unlink()
     with pytest.raises(SubjectgenError, match="has no subject_config.json"):
         render_subject_card(folder)
-
-
-def autospec_api():
-    """An autospec of the real ``HfApi``: a call with a parameter the real method lacks raises TypeError."""
-    from unittest import mock
-
-    from huggingface_hub import HfApi
-
-    api = mock.create_autospec(HfApi, instance=True)
-    api.files_at_upload = []
-    api.upload_folder.side_effect = lambda **kwargs: api.files_at_upload.extend(
-        sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())) or "commit-info"
-    return api
 
 
 def test_push_writes_the_card_then_uploads(tmp_path, tiny_pipe):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _plugin_fixtures import make_subject
-from conftest import run_cli
+from _cli import run_cli
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 

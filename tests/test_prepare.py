@@ -11,13 +11,16 @@ from PIL import Image
 
 from _cli import REPO_ROOT, run_cli
 from subjectgen_training.faces import FaceAnalyzer, FaceBox
-from subjectgen_training.photos import load_image, load_photo_folder
+from subjectgen_training.photos import load_photo_folder
 from subjectgen_training.prepare import PrepareConfig, PrepareError, prepare_photos, square_crop
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # The fixture's truth, marked by eye on the two photos: one person each, face centre (x, y) between the eyes and the
 # mouth. scikit-image's astronaut is 512 x 512, matplotlib's Grace Hopper 512 x 600.
 FACE_CENTRES = {"astronaut.jpg": (225, 115), "hopper.png": (258, 245)}
+# Marked by eye too: what is not a face but looks enough like one for dlib's HOG detector at upsample 1 (the round
+# STS-93 mission patch on the astronaut's left chest, centre about (170, 395)). Grace Hopper's photo has none.
+LOOKALIKE_CENTRES = {"astronaut.jpg": [(170, 395)], "hopper.png": []}
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +81,16 @@ def test_cli_keeps_two_people_and_drops_the_cat_and_the_corrupt_file(photo_folde
         face_area = np.asarray(mask)[faces[0].top:faces[0].bottom, faces[0].left:faces[0].right]
         assert (face_area == 255).mean() > 0.6
         assert 0.05 < (np.asarray(mask) == 255).mean() < 0.5  # the face, not the whole crop
-    # faces_found counts every detection, true or not: exactly one of them covers the one person's face (the
-    # fixture's truth), and that one is kept; any other lies elsewhere (dlib may also "see" the astronaut's badge).
+    # Against the hand-marked truth only (never the detector's own output): faces_found counts every detection, so
+    # it is at least the one marked face and at most that face plus the marked look-alikes; the kept face covers the
+    # marked face centre.
     for name, (x, y) in FACE_CENTRES.items():
-        detections = analyzer.detect(load_image(photo_folder / name))
-        assert by_file[name]["faces_found"] == len(detections)
-        covering = [d for d in detections if d.left <= x <= d.right and d.top <= y <= d.bottom]
-        assert len(covering) == 1 and by_file[name]["face"] == covering[0].to_dict(), (name, detections)
+        entry = by_file[name]
+        assert 1 <= entry["faces_found"] <= 1 + len(LOOKALIKE_CENTRES[name]), (name, entry)
+        face = entry["face"]
+        assert face["left"] <= x <= face["right"] and face["top"] <= y <= face["bottom"], (name, face)
+        assert not any(face["left"] <= lx <= face["right"] and face["top"] <= ly <= face["bottom"]
+                       for lx, ly in LOOKALIKE_CENTRES[name]), (name, face)
 
     # Trainers read the prepared folder with its masks.
     photos = load_photo_folder(out)

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from _cli import run_cli
 from subjectgen_training.captions import CAPTION_TEMPLATES, CaptionMaker
 from subjectgen_training.losses import instance_loss, prior_loss
 from subjectgen_training.methods import get_method
@@ -234,3 +234,56 @@ def test_8bit_adam_is_refused_on_a_cpu_before_any_model_loads(photo_dirs, extra,
 def test_8bit_adam_is_off_by_default_for_every_method():
     for name in ("cd", "cr", "cd+cr"):
         assert TrainConfig.from_dict({**REQUIRED, "method": name}).resolved().use_8bit_adam is False
+
+
+# -- the optimiser, read from a real run ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("method, clipped", [("cd", True), ("cr", False)])
+def test_the_optimizer_a_real_run_builds_and_steps_is_the_recipes(tiny_sd_dir, photo_dirs, tmp_path, monkeypatch,
+                                                                   method, clipped):
+    """README's recipe table: AdamW with betas 0.9/0.999, eps 1e-8, weight decay 1e-2; gradient clipping at norm 1.0
+    for `cd` (none for `cr`); a constant rate with no warm-up. Read from what the trainer built and did: the optimizer
+    object, every clipping call (and the gradient norm after it), each step's rates and the optimizer state saved in
+    the checkpoint -- not from the config's defaults."""
+    from accelerate import Accelerator
+
+    from subjectgen_training.trainer import Trainer
+
+    clips = []
+    real_clip = Accelerator.clip_grad_norm_
+
+    def recording_clip(self, parameters, max_norm, norm_type=2):
+        parameters = list(parameters)
+        total = real_clip(self, parameters, max_norm, norm_type)
+        after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters
+                                                      if p.grad is not None]))
+        clips.append((max_norm, float(total), float(after)))
+        return total
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", recording_clip)
+    photos, reg = photo_dirs
+    extra = dict(reg_dir=str(reg), lr=1e-2) if method == "cd" else {}
+    config = TrainConfig.from_dict(dict(base=str(tiny_sd_dir), photos=str(photos), method=method, out=str(tmp_path / "out"),
+                                        resolution=64, batch_size=1, steps=4, checkpoint_every=2, keep_checkpoints=True,
+                                        token_lr=1e-1, **extra))
+    rates = []
+    trainer = Trainer(config, on_step=lambda done, logs: rates.append([g["lr"] for g in trainer.optimizer.param_groups]))
+    built = trainer.optimizer.optimizer  # accelerate wraps the optimizer the trainer made
+    assert type(built) is torch.optim.AdamW
+    expected = trainer.rates
+    first = [expected.token_lr] + ([expected.lr] if method == "cd" else [])
+    trainer.run()
+
+    assert rates == [first] * 4  # constant from the first step: no warm-up, no decay
+    state = torch.load(tmp_path / "out.checkpoints" / "step-0000002" / "optimizer.pt", weights_only=True)
+    assert len(state["param_groups"]) == len(first)
+    for group, lr in zip(state["param_groups"], first):
+        assert (group["betas"], group["eps"], group["weight_decay"], group["lr"]) == ((0.9, 0.999), 1e-8, 1e-2, lr)
+        assert group["amsgrad"] is False and group.get("maximize") is False
+    assert all(s["step"] == 2 for s in state["state"].values())  # one AdamW step per batch, no accumulation
+    if clipped:
+        assert [c[0] for c in clips] == [1.0] * 4
+        assert any(total > 1.0 for _, total, _ in clips), clips  # the rates above make it clip for real
+        assert all(after <= 1.0 + 1e-4 for _, _, after in clips), clips
+    else:
+        assert clips == []

@@ -25,9 +25,10 @@ def photo_dir(tmp_path_factory, astronaut_image):
 
 # Measured with these settings on seeds 1, 2 and 3 (not the seed 0 gated here): the fall of the photo loss after 40
 # steps, and the largest |change| of three random moves of the same size: cd 11.3 / 13.0 / 11.4 % (random <= 0.74 %),
-# cr 1.01 / 0.73 / 0.78 % (random <= 0.24 %), cd+cr 11.9 / 13.9 / 11.9 % (random <= 0.79 %). So a method must lower
-# the loss by at least MIN_FALL and by 3x more than any random move (the smallest measured ratio is 4.2, cr seed 1).
-MIN_FALL = {"cd": 0.05, "cr": 0.005, "cd+cr": 0.05}
+# cr 1.01 / 0.73 / 0.78 % (random <= 0.24 %), cd+cr 11.9 / 13.9 / 11.9 % (random <= 0.79 %). The gate is relative to
+# what a move of that size does by chance: the fall must be 3x the largest random change (the smallest measured ratio
+# is 4.2, cr seed 1). No absolute floor: on a random-weight model the size of the fall says nothing by itself.
+CONTROL_RATIO = 3
 
 
 def make_trainer(tiny_sd_dir, photo_dir, out, method, **extra):
@@ -180,9 +181,11 @@ def test_loss_on_the_photos_falls_more_than_an_untrained_move(tiny_sd_dir, photo
                 direction = torch.randn(t.shape, generator=generator)
                 t.copy_(start[name] + direction * (trained[name] - start[name]).norm() / direction.norm())
             control.append(1 - trainer.photo_loss() / initial)
-    # Thresholds chosen on seeds 1-3 (this test runs seed 0): see MIN_FALL.
-    assert fall >= MIN_FALL[method], (fall, control)
-    assert fall >= 3 * max(abs(c) for c in control), (fall, control)
+    # Every trained tensor moved (so each random move above is a real move of the same size, and 0 >= 3 * 0 cannot
+    # pass for a run that trained nothing), the random moves changed the loss, and training lowered it by far more.
+    assert all((trained[name] - start[name]).norm() > 0 for name in tensors), method
+    assert max(abs(c) for c in control) > 0, control
+    assert fall >= CONTROL_RATIO * max(abs(c) for c in control), (fall, control)  # CONTROL_RATIO: chosen on seeds 1-3
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["method"] == method and saved["steps"] == 40 and saved["num_vectors"] is not None
 

@@ -1,9 +1,9 @@
-"""The CI toy test's thresholds, from the spread of the full population run: ``python -m
-subjectgen_training.benchmarks.toy_population_bars runs/toy-population/summary.json``.
+"""How much the pair of faces decides each claim of the CI toy test, from the spread of the full population run:
+``python -m subjectgen_training.benchmarks.toy_population_bars runs/toy-population/summary.json``.
 
-The CI test (``tests/test_toy_experiment.py``) runs two of the population's test subjects and asserts on their mean.
-Which two faces it gets should not decide whether a claim holds, so each bar here is the worst value that claim takes
-over *every pair* of the full run's test subjects: for each setup, the smallest two-subject mean of its gain over
+The CI test (``tests/test_toy_experiment.py``) runs two of the population's test subjects and asserts on their mean,
+with bars read from this run's numbers for that pair (half of each effect). Each value here is the worst that claim
+takes over *every pair* of the full run's test subjects: for each setup, the smallest two-subject mean of its gain over
 the subjects' own baselines (likeness, traits, prompt-following, hat, glasses), the smallest single-subject rate of
 the new backgrounds, the smallest pair mean of the hidden mark of the regularised CD rows and CD+CR above the
 baseline's, and the largest pair mean of CR's hidden mark above the baseline's. Prints a markdown table and a JSON
