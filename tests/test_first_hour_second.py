@@ -17,10 +17,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _cli import forbid_model_loads, run_cli, signal_when
+from _cli import REPO_ROOT, forbid_model_loads, run_cli, signal_when
 from safetensors.torch import load_file
-
-from tests.conftest import REPO_ROOT
 
 TOY = "builtin:toy-base"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
