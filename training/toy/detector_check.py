@@ -175,7 +175,7 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
 
 
 LABELLED = Path(__file__).resolve().parents[2] / "tests" / "data" / "toy_labelled"
-LABEL_KEYS = ("file", "source", "head", "background", "skin", "hair_colour", "hair_style", "accessory", "mark")
+LABEL_KEYS = ("file", "source", "part", "head", "background", "skin", "hair_colour", "hair_style", "accessory", "mark")
 
 
 def read_labels(folder: Path = LABELLED) -> list[dict]:
