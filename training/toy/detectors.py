@@ -34,6 +34,12 @@ GLASSES_FRACTION = 0.3  # share of the ring that must be dark
 GLASSES_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # eye-centre offsets (pixels, both axes) tried; the darkest ring counts
 REFIT_WITH_FACE_SKIN = True
 SURFACE_DISTANCE = 60.0  # how near a world colour a pixel must be to count for the head's surface
+# Issue 28: the model draws a face's skin in its own shade, not the palette's (dark skin beside light hair on yellow or
+# purple comes out darker, ~(105, 60, 40), nearer the brown hair and eye colours than dark skin), so a surface read
+# against the world palette loses half the face and the head is missed. The head is therefore also fitted against
+# the face's *measured* tone (the median of its cheeks under a first fit); the better-matching fit is kept.
+FIT_MEASURED_TONE = True
+MEASURED_SIDES = True
 LONG_HAIR_FRACTION = 0.3  # share of the band beside the cheeks that must be hair
 LONG_HAIR_BAND = (0.0, 6.0)  # rows of that band, relative to the head centre
 
@@ -118,16 +124,41 @@ def _full_palette() -> tuple[dict[str, tuple[int, int, int]], int]:
     return palette, len(world.SKINS)
 
 
-def skin_mask(pixels: np.ndarray, only_skin: str | None = None) -> np.ndarray:
+def skin_mask(pixels: np.ndarray, only_skin: str | None = None, tone: np.ndarray | None = None) -> np.ndarray:
     """Pixels of the face's surface: nearest world colour is a skin tone (``only_skin``'s, when given), a mark or the
-    mouth (and close to it)."""
+    mouth (and close to it). With ``tone`` (a measured RGB colour), the world's skin tones are replaced by that one
+    colour: the face's own shade competes with the hair, eye, background and other colours for each pixel."""
     palette, num_skins = _full_palette()
-    labels = nearest(pixels, palette, SURFACE_DISTANCE)
-    names = list(palette)
+    colours = dict(palette)
+    if tone is not None:
+        colours = {"skin:measured": tuple(float(v) for v in tone), **{k: v for k, v in palette.items() if not k.startswith("skin:")}}
+        num_skins = 1
+    labels = nearest(pixels, colours, SURFACE_DISTANCE)
+    names = list(colours)
     surface = [i for i, name in enumerate(names)
                if (i < num_skins and (only_skin is None or name == f"skin:{only_skin}")) or name == "mouth"]
     surface += [names.index(f"{id(world.MARK_COLOURS)}:{k}") for k in world.MARK_COLOURS]
     return np.isin(labels, surface)
+
+
+# Where every head of the world has its cheeks and mouth, whatever its pose (JITTER) and shape: below the glasses
+# of the highest head, inside the chin and cheeks of the smallest; the face's own tone is measured here.
+FACE_CORE = (np.abs(_X - world.CENTRE[0]) <= 4.0) & (_Y >= world.CENTRE[1] + 2.5) & (_Y <= world.CENTRE[1] + 6.5)
+
+
+def fit_head(pixels: np.ndarray) -> tuple[tuple[str, float, float, float], bool]:
+    """``(locate_head's fit, whether the measured tone won)``: the head fitted on the surface read against the world
+    palette and, with ``FIT_MEASURED_TONE``, again with the world's skin tones replaced by the face's own measured
+    tone (the median of ``FACE_CORE``, used when a world skin tone is within ``MAX_COLOUR_DISTANCE`` of it); the fit
+    that matches its ellipse better wins."""
+    palette_fit = locate_head(skin_mask(pixels))
+    if not FIT_MEASURED_TONE:
+        return palette_fit, False
+    tone = np.median(pixels[FACE_CORE], axis=0)
+    if nearest(tone[None], world.SKINS)[0] < 0:
+        return palette_fit, False
+    measured_fit = locate_head(skin_mask(pixels, tone=tone))
+    return (measured_fit, True) if measured_fit[3] > palette_fit[3] else (palette_fit, False)
 
 
 def read_face(image: Image.Image | np.ndarray) -> FaceReading:
@@ -141,15 +172,15 @@ def read_face(image: Image.Image | np.ndarray) -> FaceReading:
 
     skin_names = list(world.SKINS)
     skin_labels = nearest(pixels, world.SKINS, 60.0)
-    shape, cx, cy, iou = locate_head(skin_mask(pixels))
+    (shape, cx, cy, iou), measured_tone = fit_head(pixels)
     head_found = iou >= 0.5
     rx, ry = world.HEAD_SHAPES[shape]
     inside = ((_X - cx) / rx) ** 2 + ((_Y - cy) / ry) ** 2 <= 1.0
     cheeks = inside & (_Y >= cy + LOWER_FROM)  # below the glasses: blurred dark rims pull the skin towards dark
     skin = majority(skin_labels[cheeks], skin_names, 0.5) if head_found else None
-    if skin is not None and REFIT_WITH_FACE_SKIN:
+    if skin is not None and REFIT_WITH_FACE_SKIN and not measured_tone:
         # Where hair meets the background, their blend can be nearest to *a* skin tone (brown on red reads as dark
-        # skin) and drags the fit down; refit on the face's own tone only.
+        # skin) and drags the fit down; refit on the face's own tone only (a fit on the measured tone already is).
         shape, cx, cy, refit_iou = locate_head(skin_mask(pixels, only_skin=skin))
         rx, ry = world.HEAD_SHAPES[shape]
         inside = ((_X - cx) / rx) ** 2 + ((_Y - cy) / ry) ** 2 <= 1.0
@@ -168,6 +199,10 @@ def read_face(image: Image.Image | np.ndarray) -> FaceReading:
         side_palette = {"hair": world.HAIR_COLOURS[hair_colour]}
         if background is not None:
             side_palette["background"] = world.BACKGROUNDS[background]
+        if MEASURED_SIDES:
+            # the hair and background as this image draws them (generated blond on yellow drifts to within ~70 of
+            # the background's palette colour): the fringe's and the border's medians
+            side_palette = {"hair": tuple(np.median(pixels[fringe], axis=0)), "background": tuple(np.median(pixels[border], axis=0))}
         side_hair = nearest(pixels[sides], side_palette) == 0
         hair_style = "long" if side_hair.mean() >= LONG_HAIR_FRACTION else "short"
 
