@@ -92,6 +92,9 @@ class TrainConfig:
                                     default_text="default: the base model's native size, e.g. 512 for SD 1.5, 32 for "
                                     "the shipped toy model")
     batch_size: int | None = option(None, help="photos per step (plus as many class images with --reg-dir)")
+    gradient_accumulation_steps: int = option(1, metavar="N", help="batches whose gradients add up to one optimizer "
+                                              "step: N on one GPU reproduces N GPUs' global batch (and, with "
+                                              "--scale-lr, their rate); --steps counts optimizer steps")
     lr: float | None = option(None, help="rate of the Custom Diffusion weight deltas (cd, cd+cr), before --scale-lr")
     token_lr: float | None = option(None, help="rate of the new token vectors (every method), before --scale-lr")
     scale_lr: bool = option(True, kind="negatable",
@@ -99,6 +102,10 @@ class TrainConfig:
     seed: int = option(0, help="seed of every random draw (photos, noise, timesteps)")
     prior_loss_weight: float = option(1.0, help="weight of the regularisation images' loss")
     cd_scope: str | None = option(None, choices=CD_SCOPES, help="which attention projections Custom Diffusion trains")
+    cd_train_bias: bool = option(True, kind="negatable", help="with --cd-scope kv+q+out, also train the output "
+                                 "projection's bias as the reference does; --no-cd-train-bias keeps it frozen, so an "
+                                 "exported LoRA loses nothing in readers that skip bias deltas (sd-scripts, InvokeAI, "
+                                 "A1111)")
     num_vectors: int | None = option(None, help="embedding vectors of the new token")
     reg_weight: float | None = option(None, help="Cross Initialization's L2 pull of the token towards its start")
     celeb_names: str | None = option(None, help="replace the packaged celebrity-name list (one name per line) of "
@@ -153,7 +160,8 @@ class TrainConfig:
             raise TrainConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise TrainConfigError(f"token must be one word without spaces, got {self.token!r}.")
-        positive = ("steps", "batch_size", "num_vectors", "rescale_variants", "checkpoints_total_limit", "save_rank")
+        positive = ("steps", "batch_size", "gradient_accumulation_steps", "num_vectors", "rescale_variants",
+                    "checkpoints_total_limit", "save_rank")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) < 1:

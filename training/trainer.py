@@ -6,8 +6,10 @@ prediction on the noise (or velocity): ``loss = instance loss + prior_loss_weigh
 loss`` (``subjectgen_training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
 token, so their text encodings are computed once. The optimizer uses the method's scaled rates (``Method.rates``).
 
-All per-step randomness comes from a generator seeded by ``(seed, step, process)``: a resumed run draws exactly
-what an uninterrupted one would. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
+All per-batch randomness comes from a generator seeded by ``(seed, batch, process)``: a resumed run draws exactly
+what an uninterrupted one would. With ``gradient_accumulation_steps`` N, accelerate's ``accumulate`` adds the
+gradients of N batches (each loss divided by N) before one optimizer step; ``steps`` counts optimizer steps, and
+checkpoints fall only between them. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
 of the few trainable tensors; only the main process writes files.
 """
 
@@ -33,6 +35,7 @@ SUMMARY_FILE = "train_summary.json"
 PHOTO_LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
 RECOMMENDED_PHOTOS = 4  # the low end of the 4-20 photos the references and --help ask for
 PATH_FIELDS = ("base", "photos", "reg_dir", "out", "celeb_names")  # recorded by name, never as a local path
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what both references train against; any other is refused
 
 
 def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator, random.Random]:
@@ -66,6 +69,11 @@ def check_inputs(config: TrainConfig, method) -> TrainingData:
         photos += found
         photo_subject += [index] * len(found)
     reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
+    drawn_from = sorted({p.caption for p in reg or [] if p.caption and p.caption != config.class_prompt})
+    if drawn_from:
+        logger.warning("--reg-dir: class images drawn from %s train under the class prompt %r, as in both "
+                       "references; set --class-prompt to the prompt that drew them if that is what you meant",
+                       drawn_from[:3], config.class_prompt)
     method.check_inputs()
     if config.use_8bit_adam:
         import importlib.util
@@ -108,7 +116,8 @@ def format_rates(config: TrainConfig, rates, num_processes: int) -> str:
     """The run-start line: given and effective rates, and why they differ."""
     how = "scaled by the method's rule" if config.scale_lr else "as given (--no-scale-lr)"
     weights = "none trained" if rates.lr is None else f"{config.lr:g} -> effective_lr {rates.lr:g}"
-    return (f"learning rates ({how}; batch {config.batch_size}, processes {num_processes}, prior preservation "
+    return (f"learning rates ({how}; batch {config.batch_size}, gradient accumulation "
+            f"{config.gradient_accumulation_steps}, processes {num_processes}, prior preservation "
             f"{'on' if config.reg_dir else 'off'}): weight deltas {weights}; token rows {config.token_lr:g} -> "
             f"effective_token_lr {rates.token_lr:g}")
 
@@ -139,6 +148,7 @@ class Trainer:
         release_other_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=not torch.cuda.is_available(),
             log_with=config.log_with,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
@@ -155,6 +165,11 @@ class Trainer:
         from subjectgen_training.token_rows import splice_token_rows
 
         config, parts = self.config, self.parts
+        prediction_type = parts.noise_scheduler.config.prediction_type
+        if prediction_type not in PREDICTION_TYPES:
+            raise SubjectgenError(f"the base model's scheduler has prediction_type {prediction_type!r}; training "
+                                  f"supports {list(PREDICTION_TYPES)}, as both references do: use a Stable Diffusion "
+                                  "1.x/2.x base or fix its scheduler_config.json.")
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
         parts.text_encoder.resize_token_embeddings(max(self.token_ids) + 1, mean_resizing=False)
@@ -164,8 +179,10 @@ class Trainer:
         self.method.attach(parts.unet)  # float32 copies, before the cast below: deltas subtract a float32 start
         for module in (parts.text_encoder, parts.vae, parts.unet):
             module.to(self.device)
-        # the VAE stays float32: it encodes once, then leaves the device
-        cast_frozen_weights((parts.text_encoder, parts.unet), weight_dtype)
+        # the VAE stays float32: it encodes once, then leaves the device. Under fp16 the frozen text encoder stays
+        # float32 too, as both references keep it (its fp16 forward runs under autocast)
+        cast_frozen_weights((parts.unet,) if config.mixed_precision == "fp16" else (parts.text_encoder, parts.unet),
+                            weight_dtype)
         if config.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             parts.text_encoder.gradient_checkpointing_enable()
@@ -193,8 +210,8 @@ class Trainer:
         self.reg = None
         if self.data.reg_photos:
             self.reg = encode_regularization(parts.vae, self.data.reg_photos, config.resolution, progress=progress)
-            captions = [p.caption or config.class_prompt for p in self.data.reg_photos]
-            self.reg_captions = [captions[i] for i in self.reg.source]
+            # every class image trains under the class prompt, as in both references (whatever prompt drew it)
+            self.reg_captions = [config.class_prompt for _ in self.reg.source]
             unique = sorted(set(self.reg_captions))
             encoded = self.encode_text(unique, grad=False)
             self.class_states = dict(zip(unique, encoded))
@@ -334,6 +351,25 @@ class Trainer:
             raise RuntimeError(f"trained tensors differ between processes: checksums {gathered.tolist()}")
         return True
 
+    def optimizer_step(self, step: int, params: list[torch.Tensor]) -> dict:
+        """One optimizer step: ``gradient_accumulation_steps`` batches through accelerate's ``accumulate`` (which
+        scales each loss by 1/N and lets the optimizer step only on the last); returns the batches' mean logs."""
+        accelerator, accumulation = self.accelerator, self.config.gradient_accumulation_steps
+        total: dict = {}
+        for batch in range(step * accumulation, (step + 1) * accumulation):
+            with accelerator.accumulate():
+                loss, logs = self.step_loss(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    self._average_gradients(params)
+                    if self.config.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+                self.optimizer.step()  # accelerate's optimizer skips the step until the last batch
+                self.optimizer.zero_grad(set_to_none=True)
+            for key, value in logs.items():
+                total[key] = total.get(key, 0.0) + value / accumulation
+        return total
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -361,13 +397,7 @@ class Trainer:
         began = time.perf_counter()
         logs: dict = {}
         for step in bar:
-            loss, logs = self.step_loss(step)
-            accelerator.backward(loss)
-            self._average_gradients(params)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            logs = self.optimizer_step(step, params)
             done = step + 1
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if config.log_with:

@@ -20,6 +20,19 @@ Every measurement runs in its own process so the peak RSS (``ru_maxrss``) belong
 ``train_bench_results.md``), says which is off, and exits 1 when one is. ``--results FILE`` checks rows already
 measured (a file ``--out`` wrote) instead of measuring again. The ratio, not the absolute time, is compared: both loops
 run on the same machine in the same run, so a loaded machine slows both.
+
+``--memory`` adds, for our trainer, the peak bytes of live tensors in one training step (forward, backward, clipping,
+optimizer step; the AdamW moments made beforehand, as in a long run), with and without gradient checkpointing
+(``--checkpointing both``). It is counted by torch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``), a
+``TorchDispatchMode`` that sees every tensor an operator creates and follows its storage until it is freed, grouped
+as parameters, buffers, gradients, activations, temporaries and optimizer states; the UNet, the text encoder, the
+trainable tensors and the optimizer are registered before the step. The VAE is not counted: it encodes the photos
+once and leaves the device before training. On a CPU these are the bytes a GPU allocator would be asked for, without
+its block rounding, the CUDA context or kernels' workspaces. The seed's step (SD 1.5 shapes, 512 px, 2 photos + 2
+class images, cd+cr; under ``flock /tmp/subjectgen-bigmem.lock``: it needs several GB)::
+
+    python -m subjectgen_training.benchmarks.train_bench --model sd15 --resolutions 512 --methods cd+cr \
+        --batch-size 2 --memory --checkpointing both --mixed-precision bf16 --steps 1 --threads 2
 """
 
 from __future__ import annotations
@@ -72,11 +85,56 @@ def make_folders(root: Path) -> tuple[Path, Path]:
     return photos, reg
 
 
-def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path):
+def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path, batch_size: int = 1,
+               gradient_checkpointing: bool = False, mixed_precision: str = "no"):
     from subjectgen_training.train_config import TrainConfig
 
     return TrainConfig.from_dict(dict(base="benchmark", photos=str(photos), reg_dir=str(reg), method=method, out=str(out),
-                                      resolution=resolution, batch_size=1, steps=steps, use_8bit_adam=False))
+                                      resolution=resolution, batch_size=batch_size, steps=steps, use_8bit_adam=False,
+                                      gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision))
+
+
+def train_step(trainer, step: int, params: list[torch.Tensor]) -> None:
+    """One plain step of our trainer: loss, backward, clipping, AdamW."""
+    loss, _ = trainer.step_loss(step)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def memory_tracker():
+    """torch's ``MemTracker``, taught that frozen parameters take no gradient hook (it assumes every parameter trains)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class NoHook:
+        def remove(self) -> None:
+            pass
+
+    class FrozenAwareMemTracker(MemTracker):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
+            for param in module.parameters():
+                if not param.requires_grad and self._param_to_grad_hook_handles.get(param) is None:
+                    self._param_to_grad_hook_handles[param] = (NoHook(), NoHook())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+    return FrozenAwareMemTracker()
+
+
+def measure_memory(trainer) -> dict:
+    """Peak bytes of live tensors in one step, by kind (see the module docstring). The AdamW moments are made first
+    by a step on zero gradients (as after any real step; no forward pass needed), so they count as in a long run."""
+    params = list(trainer.trainable_tensors().values())
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    tracker = memory_tracker()
+    tracker.track_external(trainer.parts.unet, trainer.parts.text_encoder, trainer.optimizer, *params)
+    with tracker:
+        train_step(trainer, 1, params)
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    return {str(getattr(kind, "value", kind)): int(size) for kind, size in peak.items()}
 
 
 def measure_ours(trainer, steps: int) -> list[float]:
@@ -84,11 +142,7 @@ def measure_ours(trainer, steps: int) -> list[float]:
     times = []
     for step in range(steps + 1):
         began = time.perf_counter()
-        loss, _ = trainer.step_loss(step)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        train_step(trainer, step, params)
         times.append(time.perf_counter() - began)
     return times[1:]  # the first step warms up allocators
 
@@ -195,7 +249,8 @@ def recorded_results(model: str) -> Path:
     return Path(__file__).with_name(f"train_bench_{model}.json")
 
 
-def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int) -> dict:
+def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int,
+            batch_size: int = 1, gradient_checkpointing: bool = False, mixed_precision: str = "no") -> dict:
     from subjectgen_training.model_parts import parts_from_modules
     from subjectgen_training.trainer import Trainer
 
@@ -203,13 +258,50 @@ def run_one(model: str, method: str, resolution: int, implementation: str, steps
     with tempfile.TemporaryDirectory() as tmp:
         photos, reg = make_folders(Path(tmp))
         parts = parts_from_modules(*build_modules(model))
-        trainer = Trainer(config_for(method, resolution, steps, photos, reg, Path(tmp) / "out"), parts=parts)
-        times = (measure_ours if implementation == "ours" else measure_naive)(trainer, steps)
+        config = config_for(method, resolution, steps, photos, reg, Path(tmp) / "out", batch_size,
+                            gradient_checkpointing, mixed_precision)
+        trainer = Trainer(config, parts=parts)
+        if implementation == "memory":
+            began = time.perf_counter()
+            peak = measure_memory(trainer)
+            times = [time.perf_counter() - began]
+        else:
+            peak = None
+            times = (measure_ours if implementation == "ours" else measure_naive)(trainer, steps)
     return {
         "model": model, "method": method, "resolution": resolution, "implementation": implementation,
+        "batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing, "mixed_precision": mixed_precision,
         "steps": steps, "threads": threads, "seconds_per_step": sorted(times)[len(times) // 2], "min_seconds_per_step": min(times),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        **({"peak_live_tensor_bytes": peak} if peak is not None else {}),
     }
+
+
+def _subprocess(args, method: str, resolution: int, implementation: str, checkpointing: bool = False) -> dict:
+    command = [sys.executable, "-m", "subjectgen_training.benchmarks.train_bench", "--model", args.model,
+               "--steps", str(args.steps), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+               "--mixed-precision", args.mixed_precision, "--checkpointing", "on" if checkpointing else "off",
+               "--one", f"{method}/{resolution}", implementation]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def memory_rows(args) -> list[dict]:
+    """``--memory``: one fresh process per configuration and checkpointing setting; prints the peaks in GiB."""
+    rows = []
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
+    for resolution in args.resolutions:
+        for method in args.methods:
+            for checkpointing in settings:
+                row = _subprocess(args, method, resolution, "memory", checkpointing)
+                rows.append(row)
+                peak = row["peak_live_tensor_bytes"]
+                kinds = ", ".join(f"{kind} {size / 2**30:.2f}" for kind, size in peak.items() if kind != "Total")
+                print(f"{args.model:5s} {resolution:4d}px {method:6s} batch {args.batch_size}+{args.batch_size} "
+                      f"{args.mixed_precision:4s} checkpointing {'on ' if checkpointing else 'off'}: peak live tensors "
+                      f"{peak['Total'] / 2**30:.2f} GiB ({kinds}); peak RSS {row['peak_rss_gb']:.2f} GB; "
+                      f"{row['seconds_per_step']:.1f} s/step", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["cd", "cr", "cd+cr"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on a shared CPU)")
+    parser.add_argument("--batch-size", type=int, default=1, help="photos per step (plus as many class images)")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                        help="the trainer's autocast dtype (on a CPU bf16 stands in for fp16: the same bytes)")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure the peak bytes of live tensors in one step of our trainer instead of the timing")
+    parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="off",
+                        help="gradient checkpointing of the UNet and text encoder")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--check", action="store_true", help="compare the ratios with the goal and the recorded "
                         "results; exit 1 when one is off")
@@ -231,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         method, resolution = args.one[0].rsplit("/", 1)
-        print(json.dumps(run_one(args.model, method, int(resolution), args.one[1], args.steps, args.threads)))
+        print(json.dumps(run_one(args.model, method, int(resolution), args.one[1], args.steps, args.threads,
+                                 args.batch_size, args.checkpointing == "on", args.mixed_precision)))
         return 0
     if args.results and not args.check:
         parser.error("--results needs --check")
     if args.results and not Path(args.results).is_file():
         parser.error(f"--results: no file {args.results}; pass a JSON file that --out wrote")
-    rows = json.loads(Path(args.results).read_text()) if args.results else measure(args)
+    if args.results:
+        rows = json.loads(Path(args.results).read_text())
+    else:
+        rows = memory_rows(args) if args.memory else measure(args)
     if args.out and not args.results:
         from subjectgen_diffusers.atomic_io import atomic_write_json
 
@@ -260,10 +363,7 @@ def measure(args) -> list[dict]:
         for method in args.methods:
             pair = {}
             for implementation in ("naive", "ours"):
-                command = [sys.executable, "-m", "subjectgen_training.benchmarks.train_bench", "--model", args.model,
-                           "--steps", str(args.steps), "--threads", str(args.threads), "--one", f"{method}/{resolution}", implementation]
-                result = subprocess.run(command, capture_output=True, text=True, check=True)
-                pair[implementation] = json.loads(result.stdout.strip().splitlines()[-1])
+                pair[implementation] = _subprocess(args, method, resolution, implementation)
                 rows.append(pair[implementation])
             ratio = pair["ours"]["seconds_per_step"] / pair["naive"]["seconds_per_step"]
             print(f"{args.model:5s} {resolution:4d}px {method:6s} naive {pair['naive']['seconds_per_step'] * 1e3:8.1f} ms "

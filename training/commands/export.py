@@ -4,6 +4,8 @@ inversion + Custom Diffusion files, or to an A1111 embedding."""
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from pathlib import Path
 
 HELP = "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"
@@ -25,28 +27,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lora: dtype of the written tensors (default: the subject's)")
     parser.add_argument("--base", default=None,
                         help="base model (folder, Hub id or builtin:NAME) for Custom Diffusion full weights; default: the "
-                        "subject's base_model. With --format lora it is optional, only to size the bias-delta note")
+                        "subject's base_model. With --format lora it is optional: it sizes the bias-delta note and measures "
+                        "what each reader that skips bias deltas leaves out")
     parser.add_argument("--token-only", action="store_true",
                         help="a1111: export only the token vectors of a subject that also has weight deltas")
+
+
+def _base_pipeline(base: str):
+    """The base model as a pipeline (for the bias-delta note and the readers' dropped share); None if it will not load."""
+    from diffusers import StableDiffusionPipeline
+
+    from subjectgen_diffusers.errors import SubjectgenError
+    from subjectgen_training.builtin_models import resolve_model
+
+    try:
+        return StableDiffusionPipeline.from_pretrained(resolve_model(base), safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False)
+    except (OSError, ValueError, SubjectgenError) as error:
+        print(f"note: could not load the base model {base!r} ({error}); the bias-delta note gives ‖Δb‖ alone and the "
+              "readers' dropped share is not measured")
+        return None
 
 
 def _export_lora(args: argparse.Namespace, subject) -> list[Path]:
     import torch
 
-    from subjectgen_diffusers.errors import SubjectgenError
-    from subjectgen_diffusers.export import load_base_unet
+    from subjectgen_diffusers.atomic_io import atomic_write_json
+    from subjectgen_diffusers.export_readers import (DROPPED_SHARE_DEFINITION, bias_effect_share, format_table,
+                                                     reader_table)
     from subjectgen_diffusers.lora_export import export_lora
 
-    base_unet = None
-    if subject.bias_deltas and args.base:
-        try:
-            base_unet = load_base_unet(args.base)
-        except SubjectgenError as error:
-            print(f"note: {error} (the bias-delta note gives ‖Δb‖ alone)")
+    pipe = _base_pipeline(args.base) if subject.bias_deltas and args.base else None
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    result = export_lora(subject, args.out, rank=args.rank, energy=args.energy, dtype=dtype, base_unet=base_unet)
+    result = export_lora(subject, args.out, rank=args.rank, energy=args.energy, dtype=dtype,
+                         base_unet=pipe.unet if pipe is not None else None)
     for note in result.notes:
         print(f"note: {note}")
+    share = bias_effect_share(pipe, subject) if pipe is not None else None
+    readers = reader_table(subject, result, share)
+    print(format_table(readers))
+    report = json.loads(result.report.read_text(encoding="utf-8"))
+    report.update(readers=readers, dropped_share_definition=DROPPED_SHARE_DEFINITION)
+    atomic_write_json(result.report, report)
     return result.written
 
 

@@ -15,7 +15,9 @@ it):
   in `train()` right before the optimizer is built): ``lr x gradient accumulation x batch x processes``; its README runs
   ``--learning_rate 0.000625 --train_batch_size 8 --scale_lr``, i.e. 0.005 on one GPU.
 
-This trainer has no gradient accumulation (one optimizer step per batch), so that factor is 1.
+Gradient accumulation (``gradient_accumulation_steps``, accelerate's ``Accelerator(gradient_accumulation_steps=...)``)
+enters both rules as the references' ``args.gradient_accumulation_steps`` does: N batches per optimizer step on one
+GPU give the global batch, and the scaled rate, of N GPUs.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ class MethodConfigError(SubjectgenError):
     """A training value does not fit the chosen method; the message says what to change."""
 
 
-def custom_diffusion_lr(rate: float, *, batch_size: int, num_processes: int, prior_preservation: bool) -> float:
+def custom_diffusion_lr(rate: float, *, batch_size: int, num_processes: int, prior_preservation: bool,
+                        gradient_accumulation_steps: int = 1) -> float:
     """Custom Diffusion's ``--scale_lr`` rule (see the module docstring)."""
-    return rate * batch_size * num_processes * (2.0 if prior_preservation else 1.0)
+    return rate * gradient_accumulation_steps * batch_size * num_processes * (2.0 if prior_preservation else 1.0)
 
 
-def cross_init_lr(rate: float, *, batch_size: int, num_processes: int) -> float:
+def cross_init_lr(rate: float, *, batch_size: int, num_processes: int, gradient_accumulation_steps: int = 1) -> float:
     """Cross Initialization's ``--scale_lr`` rule (see the module docstring)."""
-    return rate * batch_size * num_processes
+    return rate * gradient_accumulation_steps * batch_size * num_processes
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class CustomDiffusion(Method):
     def __init__(self, config):
         super().__init__(config)
         self.tokens = self.build_tokens(config)
-        self.deltas = CustomDiffusionDeltas(config.cd_scope)
+        self.deltas = CustomDiffusionDeltas(config.cd_scope, train_bias=config.cd_train_bias)
 
     def build_tokens(self, config):
         return WordInitTokens(config.init_word)
@@ -53,7 +53,8 @@ class CustomDiffusion(Method):
     def rates(cls, config, num_processes: int) -> Rates:
         if not config.scale_lr:
             return Rates(config.lr, config.token_lr)
-        scale = dict(batch_size=config.batch_size, num_processes=num_processes, prior_preservation=bool(config.reg_dir))
+        scale = dict(batch_size=config.batch_size, num_processes=num_processes, prior_preservation=bool(config.reg_dir),
+                     gradient_accumulation_steps=config.gradient_accumulation_steps)
         return Rates(custom_diffusion_lr(config.lr, **scale), custom_diffusion_lr(config.token_lr, **scale))
 
     def check_inputs(self) -> None:
@@ -69,7 +70,7 @@ class CustomDiffusion(Method):
 
     def weight_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {f"cd.{layer}.{name}": param for layer, processor in self.deltas.processors.items()
-                for name, param in processor.named_parameters()}
+                for name, param in processor.named_parameters() if param.requires_grad}
 
     def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
         return self.tokens.extra_loss(rows)

@@ -40,6 +40,8 @@ class CustomDiffusionCrossInit(CustomDiffusion):
     def rates(cls, config, num_processes: int) -> Rates:
         if not config.scale_lr:
             return Rates(config.lr, config.token_lr)
+        accumulation = config.gradient_accumulation_steps
         lr = custom_diffusion_lr(config.lr, batch_size=config.batch_size, num_processes=num_processes,
-                                 prior_preservation=bool(config.reg_dir))
-        return Rates(lr, cross_init_lr(config.token_lr, batch_size=config.batch_size, num_processes=num_processes))
+                                 prior_preservation=bool(config.reg_dir), gradient_accumulation_steps=accumulation)
+        return Rates(lr, cross_init_lr(config.token_lr, batch_size=config.batch_size, num_processes=num_processes,
+                                       gradient_accumulation_steps=accumulation))

@@ -53,7 +53,8 @@ class CrossInitialization(Method):
     def rates(cls, config, num_processes: int) -> Rates:
         if not config.scale_lr:
             return Rates(None, config.token_lr)
-        return Rates(None, cross_init_lr(config.token_lr, batch_size=config.batch_size, num_processes=num_processes))
+        return Rates(None, cross_init_lr(config.token_lr, batch_size=config.batch_size, num_processes=num_processes,
+                                         gradient_accumulation_steps=config.gradient_accumulation_steps))
 
     def check_inputs(self) -> None:
         self.tokens.check_inputs()

@@ -38,6 +38,7 @@ class CustomDiffusionDeltas:
     """Installs trainable copies of the scoped projections and turns them back into deltas."""
 
     scope: str
+    train_bias: bool = True  # the to_out bias (scope kv+q+out); frozen, the subject has no bias deltas
     processors: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     starts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -77,8 +78,11 @@ class CustomDiffusionDeltas:
                     start[proj] = source.weight.detach().float().cpu().clone()
                     if proj == "to_out.0" and source.bias is not None:
                         target.bias.copy_(source.bias)
-                        start["to_out.0.bias"] = source.bias.detach().float().cpu().clone()
+                        if self.train_bias:
+                            start["to_out.0.bias"] = source.bias.detach().float().cpu().clone()
             processor.requires_grad_(True)
+            if "to_out.0" in self.projections and not self.train_bias and attn.to_out[0].bias is not None:
+                _submodule(processor, CD_PROCESSOR_WEIGHTS["to_out.0"]).bias.requires_grad_(False)
             processors[processor_name] = processor
             self.processors[name] = processor
             self.starts[name] = start
@@ -86,7 +90,7 @@ class CustomDiffusionDeltas:
         return nn.ModuleDict({name.replace(".", "__"): p for name, p in self.processors.items()})
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for processor in self.processors.values() for p in processor.parameters()]
+        return [p for processor in self.processors.values() for p in processor.parameters() if p.requires_grad]
 
     @torch.no_grad()
     def export(self) -> tuple[list[str], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
@@ -104,4 +108,4 @@ class CustomDiffusionDeltas:
         return sorted(self.processors), deltas, bias_deltas
 
     def describe(self) -> dict:
-        return {"cd_scope": self.scope, "layers": len(self.processors)}
+        return {"cd_scope": self.scope, "layers": len(self.processors), "cd_train_bias": self.train_bias}

@@ -1,15 +1,17 @@
 """Token start from an existing vocabulary entry: Custom Diffusion's modifier token (Kumari et al., CVPR 2023).
 
 The references look the initializer word up as *one vocabulary entry*, not through BPE: diffusers'
-``examples/custom_diffusion/train_custom_diffusion.py`` calls ``tokenizer.encode([initializer_token])`` (a list,
-which the slow CLIP tokenizer of transformers 4 treats as ready-made tokens; the "modifier token" block of ``main()``)
-and refuses a word that is not one entry (issue 10 reads adobe-research/custom-diffusion ``src/diffusers_training.py``
-as hard-coding row 42170 for its default ``ktn``; not re-read here). In SD's CLIP
-vocabulary ``ktn`` is entry 42170 (the piece without ``</w>``); run through BPE the word would become ``k`` + ``tn``.
+``examples/custom_diffusion/train_custom_diffusion.py`` calls ``tokenizer.encode([initializer_token],
+add_special_tokens=False)`` on the slow ``CLIPTokenizer`` (``use_fast=False``), which takes the list as ready-made
+tokens; adobe-research/custom-diffusion hard-codes row 42170 for its default ``ktn`` in ``src/custom_modules.py``. In
+SD's CLIP vocabulary ``ktn`` is entry 42170 (the piece without ``</w>``); run through BPE the word would become
+``k`` + ``tn``. A word that is no entry does not make the diffusers script fail: the slow tokenizer maps it to its
+unknown token, ``<|endoftext|>`` (id 49407), a single id, so its ``len(token_ids) > 1`` check passes and the new token
+silently starts from the end-of-text row.
 
 Here: a word that is one vocabulary entry (exactly as spelled, as the references) starts every vector of the new
-token at that row. Any other word starts from the mean of the rows of its BPE pieces, which is logged; the
-references would refuse it.
+token at that row. Any other word starts from the mean of the rows of its BPE pieces, which is logged, instead of
+the reference's silent ``<|endoftext|>`` start.
 """
 
 from __future__ import annotations
