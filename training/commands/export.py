@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 HELP = "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"
