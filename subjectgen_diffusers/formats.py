@@ -179,8 +179,7 @@ def _token_subject(token: str, vectors: torch.Tensor, source_format: str) -> Sub
 def _rename(subject: Subject, token: str | None) -> Subject:
     if not token or token == subject.config.token:
         return subject
-    config = dataclasses.replace(subject.config, token=token)
-    return Subject(config, subject.token_embeddings, subject.deltas, subject.bias_deltas)
+    return dataclasses.replace(subject, config=dataclasses.replace(subject.config, token=token))
 
 
 def _read_custom_diffusion(

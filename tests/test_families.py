@@ -69,3 +69,72 @@ def test_sdxl_kohya_names_are_what_diffusers_maps_back_to_the_unet(sdxl_pipe):
         .replace("middle_block", "mid_block").replace("output_blocks", "up_blocks"): ours
         for key, ours in mapped.items()}
     assert renamed == {expected: ours for ours, expected in names.items()}
+
+
+# -- a family is one module plus one registration line -----------------------------------------------------------------
+class _WideFamily(__import__("subjectgen_diffusers.families", fromlist=["ModelFamily"]).ModelFamily):
+    """A test-only family, all of it: SD 1.x's layout with a 48-wide text encoder, its own embedding key and kohya
+    prefix (so the exporter is seen asking the family)."""
+
+    from subjectgen_diffusers.families import TextEncoderSlot as _Slot
+
+    name, title, pipeline_class_name, hub_tag, native_resolution = "test-wide", "Test Wide SD", \
+        "StableDiffusionPipeline", "test-wide", 64
+    text_encoders = (_Slot("text_encoder", "tokenizer", "wide_emb"),)
+
+    def unet_conditioning(self, components, input_ids, **sizes):
+        return SD1.unet_conditioning(components, input_ids)
+
+    def matches(self, components, unet_config):
+        return SD1.matches(components, unet_config) and unet_config.get("cross_attention_dim") == 48
+
+    def kohya_module(self, layer, proj, unet_config=None):
+        return "lora_wide_" + f"{layer}.{proj}".replace(".", "_")
+
+
+@pytest.fixture
+def wide_family():
+    from subjectgen_diffusers.families import register_family, unregister_family
+
+    family = register_family(_WideFamily())  # the one registration line
+    yield family
+    unregister_family(family.name)
+
+
+def test_a_test_only_family_loads_refuses_and_exports_through_the_seam(wide_family, tiny_pipe, tmp_path):
+    from _plugin_fixtures import assert_same_state, make_subject, pipeline_state
+    from safetensors.torch import load_file
+
+    from subjectgen_diffusers import SubjectgenError, export_lora, load_subject, unload_subject
+    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+
+    wide = build_tiny_sd_pipeline(seed=0, text_hidden=48)
+    assert family_of_pipeline(wide) is wide_family and family_of_pipeline(tiny_pipe) is SD1
+    subject = make_subject(wide, "<w>", scope="kv")
+    assert subject.config.family == "test-wide"
+    before = pipeline_state(wide)
+    load_subject(wide, subject.save(tmp_path / "w"))
+    unload_subject(wide)
+    assert_same_state(before, pipeline_state(wide))
+    with pytest.raises(SubjectgenError, match=r"Stable Diffusion 1\.x/2\.x \(family `sd1`.*Test Wide SD \(family `test-wide`\)"):
+        load_subject(wide, make_subject(tiny_pipe, "<sd>"))
+    assert_same_state(before, pipeline_state(wide))
+    result = export_lora(subject, tmp_path / "lora")
+    assert set(load_file(str(result.embedding))) == {"wide_emb"}
+    assert all(key.startswith(("lora_wide_", "bundle_emb.w.wide_emb")) for key in load_file(str(result.kohya)))
+
+
+def test_loader_and_exporter_name_no_family():
+    """What differs between families is asked of the family: no family name, encoder, embedding key or block name
+    is written in the loader or the LoRA exporter (docstrings aside)."""
+    from tests.conftest import REPO_ROOT
+    from tests.test_method_registry import _string_literals
+
+    words = {"sd1", "sdxl", "text_encoder_2", "tokenizer_2", "clip_l", "clip_g", "emb_params", "input_blocks",
+             "output_blocks", "middle_block", "lora_unet_", "attn2", "text_time", "StableDiffusionXLPipeline"}
+    for name in ("loader.py", "lora_export.py"):
+        path = REPO_ROOT / "subjectgen_diffusers" / name
+        literals = _string_literals(path)
+        assert not {text for text in literals if any(word in text for word in words)}, name
+        code = path.read_text(encoding="utf-8")
+        assert "import SD1" not in code and "import SDXL" not in code and "families.sd" not in code, name

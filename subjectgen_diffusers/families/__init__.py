@@ -6,18 +6,20 @@ A family is one module defining a ``ModelFamily`` subclass plus one ``register_f
 
 API
 - ``register_family(family) -> family``; ``get_family(name)``; ``families()`` (registration order).
-- ``family_of_pipeline(pipe)``: the family whose components/UNet config match a loaded pipeline.
+- ``family_of_pipeline(pipe)``: the family whose components/UNet config match a loaded pipeline (latest registered
+  asked first).
 - ``family_of_configs(model_index, unet_config)`` and ``family_of_base(base, revision=None)``: the same from a
   diffusers folder or Hub id's ``model_index.json`` + ``unet/config.json``, without loading weights.
 - On a family (class attributes, then methods):
-  ``name`` (``"sd1"``), ``title``, ``pipeline_class_name`` (``pipeline_class()`` imports it), ``native_resolution``,
+  ``name`` (``"sd1"``), ``title``, ``pipeline_class_name`` (``pipeline_class()`` imports it), ``hub_tag`` (model
+  cards), ``native_resolution``,
   ``text_encoders``: a tuple of :class:`TextEncoderSlot` (``encoder``/``tokenizer`` attribute names on a pipeline,
   ``embedding_key`` of its table in A1111/ComfyUI embedding files), in the order the UNet's context concatenates them,
   ``text_widths(components)`` -> ``{encoder attribute: hidden width}`` (``components``: a pipeline, or anything with
   those attributes),
   ``cd_layers(unet)``: names of the attention modules Custom Diffusion trains (the cross-attention ``attn2`` modules;
   which projections is the method's ``cd_scope``),
-  ``kohya_module(layer, proj, unet_config)``: the kohya LoRA module name of ``unet.<layer>.<proj>``,
+  ``kohya_module(layer, proj, unet_config=None)``: the kohya LoRA module name of ``unet.<layer>.<proj>``,
   ``unet_conditioning(components, input_ids, *, original_size=None, crop=(0, 0), target_size=None)``: a
   :class:`UNetConditioning` computed as the family's diffusers pipeline computes it (``input_ids``: one tensor
   ``[B, 77]`` per text encoder, in ``text_encoders`` order; SD1 ignores the sizes),
@@ -63,6 +65,7 @@ class ModelFamily:
     name: ClassVar[str]
     title: ClassVar[str]
     pipeline_class_name: ClassVar[str]
+    hub_tag: ClassVar[str]
     native_resolution: ClassVar[int]
     text_encoders: ClassVar[tuple[TextEncoderSlot, ...]]
     cd_attention: ClassVar[str] = "attn2"  # Custom Diffusion trains the cross-attention modules
@@ -80,8 +83,9 @@ class ModelFamily:
         return sorted(name for name, module in unet.named_modules()
                       if name.endswith(self.cd_attention) and getattr(module, "is_cross_attention", False))
 
-    def kohya_module(self, layer: str, proj: str, unet_config) -> str:
-        """kohya's name of ``unet.<layer>.<proj>``: ``lora_unet_`` + the module path with ``_`` (SD 1.x naming)."""
+    def kohya_module(self, layer: str, proj: str, unet_config=None) -> str:
+        """kohya's name of ``unet.<layer>.<proj>``: ``lora_unet_`` + the module path with ``_`` (SD 1.x naming).
+        ``unet_config``: the base UNet's config where the naming depends on it (None: the family's standard UNet)."""
         return "lora_unet_" + f"{layer}.{proj}".replace(".", "_")
 
     def unet_conditioning(self, components, input_ids, *, original_size=None, crop=(0, 0), target_size=None):
@@ -127,8 +131,9 @@ def _config_dict(config) -> dict[str, Any]:
 
 
 def family_of_configs(components: set[str], unet_config: dict[str, Any]) -> ModelFamily:
-    """The family whose ``matches`` accepts these present components and UNet config (the first registered wins)."""
-    for family in _FAMILIES.values():
+    """The family whose ``matches`` accepts these present components and UNet config; the latest registered is
+    asked first, so a more specific family registered later takes precedence over a built-in one."""
+    for family in reversed(_FAMILIES.values()):
         if family.matches(set(components), unet_config):
             return family
     raise SubjectgenError(f"this model (components {sorted(components)}) is none of the known model families "

@@ -9,6 +9,7 @@ class SD1Family(ModelFamily):
     name = "sd1"
     title = "Stable Diffusion 1.x/2.x"
     pipeline_class_name = "StableDiffusionPipeline"
+    hub_tag = "stable-diffusion"  # the Hub tag of models of this family (model cards)
     native_resolution = 512
     text_encoders = (TextEncoderSlot("text_encoder", "tokenizer", "emb_params"),)
 

@@ -16,15 +16,18 @@ class SDXLFamily(ModelFamily):
     name = "sdxl"
     title = "Stable Diffusion XL"
     pipeline_class_name = "StableDiffusionXLPipeline"
+    hub_tag = "stable-diffusion-xl"  # the Hub tag of models of this family (model cards)
     native_resolution = 1024
     text_encoders = (TextEncoderSlot("text_encoder", "tokenizer", "clip_l"),
                      TextEncoderSlot("text_encoder_2", "tokenizer_2", "clip_g"))
 
-    def kohya_module(self, layer: str, proj: str, unet_config) -> str:
+    layers_per_block = 2  # SDXL base 1.0 and its fine-tunes; a given UNet config overrides it
+
+    def kohya_module(self, layer: str, proj: str, unet_config=None) -> str:
         """The ldm/SGM name SDXL LoRAs use: ``down_blocks.i.attentions.j`` -> ``input_blocks.{1 + i(L+1) + j}.1``,
         ``mid_block.attentions.0`` -> ``middle_block.1``, ``up_blocks.i.attentions.j`` -> ``output_blocks.{i(L+1) +
         j}.1`` (``L`` = layers_per_block; the inverse of diffusers' ``_maybe_map_sgm_blocks_to_diffusers``)."""
-        per_level = int(dict(unet_config)["layers_per_block"]) + 1
+        per_level = int(dict(unet_config or {}).get("layers_per_block", self.layers_per_block)) + 1
         parts = layer.split(".")
         if parts[0] == "down_blocks" and parts[2] == "attentions":
             head, rest = f"input_blocks.{1 + int(parts[1]) * per_level + int(parts[3])}.1", parts[4:]
