@@ -133,3 +133,19 @@ def test_a_version_1_subject_loads_unchanged(tiny_pipe):
         out = tiny_pipe.unet(expected["latents"], 500, encoder_hidden_states=hidden).sample
     torch.testing.assert_close(hidden, expected["text_hidden"], rtol=0, atol=1e-6)
     torch.testing.assert_close(out, expected["unet_out"], rtol=0, atol=1e-6)
+
+
+def test_sdxl_subjects_compress_card_and_refuse_merge(sdxl_pipe, tmp_path):
+    from subjectgen_diffusers import MergeError, compress_subject, merge_subjects, render_subject_card
+
+    subject = make_subject(sdxl_pipe, "<xl>", scope="kv", seed=6)
+    folder = subject.save(tmp_path / "xl")
+    small = Subject.load(compress_subject(folder, tmp_path / "small", rank=64))  # full rank: the same deltas
+    assert torch.equal(small.extra_tables["text_encoder_2"], subject.extra_tables["text_encoder_2"])
+    layer = subject.config.layers[0]
+    torch.testing.assert_close(small.deltas[layer]["to_k"], subject.deltas[layer]["to_k"], rtol=1e-4, atol=1e-5)
+    card = render_subject_card(folder)
+    assert "StableDiffusionXLPipeline.from_pretrained" in card and "stable-diffusion-xl" in card
+    with pytest.raises(MergeError, match=r"merging Stable Diffusion XL subjects is not supported yet"):
+        merge_subjects(sdxl_pipe, [subject, make_subject(sdxl_pipe, "<xl2>", scope="kv", seed=7)],
+                       regularization_captions=["a photo of a person"])
