@@ -66,8 +66,11 @@ class _SubjectPipelineMixin(SubjectLoaderMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, subject=None, subject_scale: float = 1.0, **kwargs):
         """Load the base model, then each subject in ``subject`` (a source or a list of sources)."""
-        family = family_of_base(pretrained_model_name_or_path, kwargs.get("revision"))
-        if not issubclass(cls, family.pipeline_class()):
+        try:
+            family = family_of_base(pretrained_model_name_or_path, kwargs.get("revision"))
+        except SubjectgenError:  # configs not readable up front (e.g. a custom cache_dir): diffusers says what is wrong
+            family = None
+        if family is not None and not issubclass(cls, family.pipeline_class()):
             cls = subject_pipeline_class(family.name)
         pipe = super(_SubjectPipelineMixin, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
         sources = [] if subject is None else subject if isinstance(subject, (list, tuple)) else [subject]
