@@ -103,3 +103,7 @@ def test_diffusers_and_a1111_exports_hold_one_table_per_encoder(stock, tmp_path)
     assert torch.equal(a1111["clip_g"], subject.extra_tables["text_encoder_2"])
     with pytest.raises(Exception, match=r"2 tables \(clip_l, clip_g\).*\.safetensors"):
         export_a1111(subject, tmp_path / "xl.pt")
+    fresh = stock()  # the clip_l/clip_g file is also a subject load_subject reads (both tables)
+    assert load_subject(fresh, tmp_path / "xl.safetensors", token="<xl>") == "<xl>"
+    ids = fresh.tokenizer_2.convert_tokens_to_ids(["<xl>", "<xl>_1"])
+    assert torch.equal(fresh.text_encoder_2.get_input_embeddings().weight[ids], subject.extra_tables["text_encoder_2"])
