@@ -65,7 +65,7 @@ class TrainConfig:
     make the ``subjectgen train`` flag and the web UI's form field. ``cli=False`` fields are config-file keys only.
     """
 
-    base: str = option(help="Stable Diffusion 1.x: a local diffusers folder or a Hub id",
+    base: str = option(help="Stable Diffusion 1.x/2.x or SDXL: a local diffusers folder or a Hub id",
                        default_text="required, here or in --config")
     photos: str | None = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer "
                                 "than 4 trains but warns. Repeat it with one --token each to train several people "
