@@ -9,7 +9,8 @@ token, so their text encodings are computed once. The optimizer uses the method'
 The base model's family (``subjectgen_diffusers.families``) says everything that differs between bases: its text
 encoders (the token gets new rows in each, and only those rows train), how prompts become the UNet's conditioning
 (with any added conditioning, such as a pooled text embedding and size/crop ids, computed as the family's pipeline
-computes it for an image of the training resolution), which attention modules Custom Diffusion trains, and the pipeline of validation images.
+computes it for an image of the training resolution), which attention modules Custom Diffusion trains, and the
+pipeline of validation images.
 
 All per-step randomness comes from a generator seeded by ``(seed, step, process)``: a resumed run draws exactly
 what an uninterrupted one would. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
