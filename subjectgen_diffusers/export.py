@@ -4,8 +4,12 @@
   Custom Diffusion subjects (Kumari et al., CVPR 2023), ``pytorch_custom_diffusion_weights.safetensors`` with the
   *full* trained projections ``W_base + ΔW`` under diffusers' ``{layer}.processor.to_k_custom_diffusion.weight`` keys,
   the layout ``examples/custom_diffusion/train_custom_diffusion.py`` writes (needs the base UNet's weights).
+  A family with several text encoders (SDXL) gets one textual-inversion file per further encoder,
+  ``learned_embeds_<encoder>.safetensors`` (``learned_embeds_text_encoder_2.safetensors``), for
+  ``pipe.load_textual_inversion(folder, weight_name=..., text_encoder=pipe.<encoder>, tokenizer=pipe.<its tokenizer>)``.
 - AUTOMATIC1111: an embedding file, ``{"emb_params": T[n, d]}`` (``.safetensors``) or
-  ``{"string_to_param": {"*": T[n, d]}, ...}`` (``.pt``). An A1111 embedding carries only the token, so exporting a
+  ``{"string_to_param": {"*": T[n, d]}, ...}`` (``.pt``); SDXL: ``{"clip_l": T[n, 768], "clip_g": T[n, 1280]}``
+  (``.safetensors`` only, the keys come from the family). An A1111 embedding carries only the token, so exporting a
   subject with weight deltas there needs ``token_only=True``.
 """
 
@@ -18,7 +22,7 @@ import torch
 from .atomic_io import atomic_save_safetensors, atomic_write
 from .errors import SubjectgenError
 from .methods import CD_PROCESSOR_WEIGHTS
-from .lora_export import file_stem
+from .lora_export import embedding_tables, file_stem
 from .subject_format import Subject
 
 TI_FILE = "learned_embeds.safetensors"
@@ -64,11 +68,15 @@ def export_diffusers(subject: Subject | str | Path, out: str | Path, *, base_une
     out = Path(out)
     rows = subject.config.token_rows()
     written = []
-    for index, (token, _count) in enumerate(subject.config.tokens):
-        # the first token in learned_embeds.safetensors; the further people of a merged subject in their own files
-        name = TI_FILE if index == 0 else f"learned_embeds-{file_stem(token)}.safetensors"
-        written.append(atomic_save_safetensors(out / name, {token: subject.token_embeddings[rows[token]].float()},
-                                               metadata={"format": "pt"}))
+    for position, (encoder, table) in enumerate(subject.token_tables.items()):
+        for index, (token, _count) in enumerate(subject.config.tokens):
+            # the first token in learned_embeds.safetensors; the further people of a merged subject in their own
+            # files; a further text encoder's rows in files named after it
+            name = TI_FILE if index == 0 else f"learned_embeds-{file_stem(token)}.safetensors"
+            if position:
+                name = name.replace("learned_embeds", f"learned_embeds_{encoder}", 1)
+            written.append(atomic_save_safetensors(out / name, {token: table[rows[token]].float()},
+                                                   metadata={"format": "pt"}))
     if subject.deltas or subject.bias_deltas:
         if base_unet is None:
             raise SubjectgenError("this subject has Custom Diffusion deltas: exporting full weights needs the base model (--base).")
@@ -91,11 +99,15 @@ def export_a1111(subject: Subject | str | Path, out_file: str | Path, *, token_o
             "an A1111 embedding holds only token vectors, and this subject also has Custom Diffusion weight deltas; "
             "export with --format diffusers, or pass --token-only to drop the deltas knowingly."
         )
-    vectors = subject.token_embeddings.detach().float().contiguous()
+    tables = embedding_tables(subject, slice(None), torch.float32)
     if out_file.suffix == ".safetensors":
-        return atomic_save_safetensors(out_file, {"emb_params": vectors}, metadata={"format": "pt"})
+        return atomic_save_safetensors(out_file, tables, metadata={"format": "pt"})
     if out_file.suffix != ".pt":
         raise SubjectgenError(f"{out_file}: an A1111 embedding ends in .safetensors or .pt.")
+    if len(tables) > 1:
+        raise SubjectgenError(f"{out_file}: a {subject.config.model_family.title} embedding holds {len(tables)} "
+                              f"tables ({', '.join(tables)}), written as .safetensors only; name the file *.safetensors.")
+    vectors = next(iter(tables.values()))
     data = {
         "string_to_token": {"*": 265},
         "string_to_param": {"*": vectors},

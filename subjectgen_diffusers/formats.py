@@ -116,8 +116,34 @@ def _read_file(path: Path, token: str | None, base_weight: BaseWeight | None) ->
     data = load_tensor_file(path)
     if any(_CD_KEY.match(str(k)) for k in data):
         return _read_custom_diffusion(path.parent, path, token, base_weight, data)
+    tables = _family_tables(path, data, token)
+    if tables is not None:
+        return tables
     name, vectors, source_format = _token_vectors(path, data, token)
     return _token_subject(name, vectors, source_format)
+
+
+def _family_tables(path: Path, data: dict, token: str | None) -> Subject | None:
+    """An embedding holding one table per text encoder of a family (SDXL's ``clip_l`` + ``clip_g``), as a token-only
+    subject of that family; None when the keys are no family's."""
+    from .families import families
+
+    for family in families():
+        keys = [slot.embedding_key for slot in family.text_encoders]
+        if len(keys) < 2 or set(data) != set(keys):
+            continue
+        tables = [_matrix(path, data[key]) for key in keys]
+        if len({t.shape[0] for t in tables}) != 1:
+            raise SubjectFormatError(f"{path}: the tables {keys} hold different numbers of vectors "
+                                     f"{[t.shape[0] for t in tables]}; they must be one token's rows.")
+        config = SubjectConfig(
+            method=CROSS_INITIALIZATION.name, token=_need_token(path, token, None), num_vectors=tables[0].shape[0],
+            text_hidden_size=tables[0].shape[1], training={"source_format": "a1111"}, family=family.name,
+            extra_encoders={slot.encoder: t.shape[1] for slot, t in zip(family.text_encoders[1:], tables[1:])},
+        )
+        return Subject(config, tables[0], extra_tables={slot.encoder: t for slot, t in
+                                                         zip(family.text_encoders[1:], tables[1:])})
+    return None
 
 
 def _token_vectors(path: Path, data: dict, token: str | None) -> tuple[str, torch.Tensor, str]:
@@ -127,8 +153,6 @@ def _token_vectors(path: Path, data: dict, token: str | None) -> tuple[str, torc
         if not isinstance(params, dict) or len(params) != 1:
             raise SubjectFormatError(f"{path}: A1111 `string_to_param` must hold exactly one tensor.")
         return _need_token(path, token, data.get("name")), _matrix(path, next(iter(params.values()))), "a1111"
-    if "clip_l" in data or "clip_g" in data:
-        raise SubjectFormatError(f"{path} is an SDXL embedding (clip_l/clip_g); load it into an SDXL pipeline instead.")
     keys = list(data)
     if not keys or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise SubjectFormatError(f"{path}: unknown format; expected a dict of tensors, got keys {keys[:5]}.")
@@ -179,8 +203,7 @@ def _token_subject(token: str, vectors: torch.Tensor, source_format: str) -> Sub
 def _rename(subject: Subject, token: str | None) -> Subject:
     if not token or token == subject.config.token:
         return subject
-    config = dataclasses.replace(subject.config, token=token)
-    return Subject(config, subject.token_embeddings, subject.deltas, subject.bias_deltas)
+    return dataclasses.replace(subject, config=dataclasses.replace(subject.config, token=token))
 
 
 def _read_custom_diffusion(

@@ -1,14 +1,16 @@
-"""``load_subject`` / ``unload_subject`` / ``set_subject_scale`` for any Stable Diffusion 1.x/2.x pipeline.
+"""``load_subject`` / ``unload_subject`` / ``set_subject_scale`` for a pipeline of any registered model family.
 
-A subject has two parts (Custom Diffusion, Kumari et al. CVPR 2023; Cross Initialization, Pang et al. CVPR 2024):
-token vectors, added to the tokenizer and text encoder in milliseconds by :mod:`~subjectgen_diffusers.token_table`
-(a token with ``n`` vectors expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``), and optional cross-attention
-weight deltas, applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as ``W + scale · ΔW``.
+A subject is made of parts (:mod:`~subjectgen_diffusers.subject_parts`; Custom Diffusion, Kumari et al. CVPR 2023;
+Cross Initialization, Pang et al. CVPR 2024): token vectors for each text encoder of its family, added to that
+encoder's tokenizer and rows in milliseconds by :mod:`~subjectgen_diffusers.token_table` (a token with ``n`` vectors
+expands in prompts to ``<tok> <tok>_1 ... <tok>_{n-1}``, the same words in every tokenizer), and optional
+cross-attention weight deltas, applied by :class:`~subjectgen_diffusers.attention.SubjectAttnProcessor` as
+``W + scale · ΔW``. Which family a pipeline and a subject are is asked of :mod:`~subjectgen_diffusers.families`.
 
-Loads are transactional: everything is read and checked against the pipeline (text width, cross-attention width,
-layer names, projection shapes, token not yet in the vocabulary) before the pipeline is touched, and if applying
-still fails the pipeline is put back as it was. Which subjects are loaded is recorded on the pipeline's UNet (shared
-by pipelines made with ``from_pipe``), never in module globals.
+Loads are transactional: the families must agree, then every part is checked against the pipeline (text widths,
+cross-attention width, layer names, projection shapes, tokens not yet in any vocabulary) before the pipeline is
+touched, and if applying still fails the parts applied so far are removed. Which subjects are loaded is recorded on
+the pipeline's UNet (shared by pipelines made with ``from_pipe``), never in module globals.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .attention import attach_layer_delta, detach_layer_delta, set_layer_scale
 from .errors import SubjectgenError
+from .families import family_of_pipeline, get_family
 from .formats import read_subject
-from .methods import token_strings
-from .subject_format import LowRankDelta, Subject
-from .token_table import add_tokens, remove_tokens, token_taken
+from .subject_format import Subject
+from .subject_parts import AttentionDeltas
+from .subject_parts import base_weight_lookup as _base_weight
+from .subject_parts import subject_token_strings
+
+__all__ = ["load_subject", "unload_subject", "set_subject_scale", "loaded_subjects", "subject_token_strings"]
 
 _REGISTRY_ATTR = "_subjectgen_subjects"
 
@@ -40,6 +43,9 @@ class LoadedSubject:
     method: str
     base_model: str
     tokens: list[str] = dataclasses.field(default_factory=list)  # every prompt token (several for a merged subject)
+    family: str | None = None  # the subject's model family
+    config: object = None  # the SubjectConfig the parts were applied with
+    parts: list = dataclasses.field(default_factory=list, repr=False)  # (part, progress) pairs, in apply order
 
 
 def loaded_subjects(pipe) -> dict[str, LoadedSubject]:
@@ -55,149 +61,66 @@ def _registry(pipe) -> dict[str, LoadedSubject]:
     return getattr(unet, _REGISTRY_ATTR)
 
 
-def _check_pipeline(pipe) -> None:
-    missing = [name for name in ("tokenizer", "text_encoder", "unet") if getattr(pipe, name, None) is None]
+def _check_pipeline(pipe):
+    """The pipeline's family (an error if it is none of the registered ones or cannot take token vectors)."""
+    if getattr(pipe, "unet", None) is None:
+        raise SubjectgenError("load_subject needs a pipeline with a UNet, tokenizers and text encoders.")
+    family = family_of_pipeline(pipe)
+    missing = [name for slot in family.text_encoders for name in (slot.encoder, slot.tokenizer)
+               if getattr(pipe, name, None) is None]
     if missing:
-        raise SubjectgenError(f"load_subject needs a pipeline with a tokenizer, text encoder and UNet; missing {missing}.")
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise SubjectgenError(
-            "subjects are trained for single-text-encoder Stable Diffusion (1.x/2.x); this pipeline has two text "
-            "encoders (SDXL). Load the subject into the SD model it was trained on."
-        )
+        raise SubjectgenError(f"load_subject needs the {family.title} pipeline's text encoders and tokenizers; "
+                              f"missing {missing}.")
     if not hasattr(pipe, "load_textual_inversion"):
         raise SubjectgenError(
-            f"{type(pipe).__name__} has no textual-inversion support; use a StableDiffusionPipeline or SubjectPipeline."
-        )
+            f"{type(pipe).__name__} has no textual-inversion support; use {family.pipeline_class_name} or SubjectPipeline.")
+    return family
 
 
-def _base_weight(unet):
-    def lookup(layer: str, name: str) -> torch.Tensor:
-        is_bias = name.endswith(".bias")
-        proj = name.removesuffix(".bias")
-        linear = _linear(_attention_module(unet, layer), proj, layer)
-        if not is_bias:
-            return linear.weight
-        if linear.bias is None:
-            raise SubjectgenError(f"`{layer}.{proj}` has no bias in this UNet, but the subject changes it.")
-        return linear.bias
-
-    return lookup
-
-
-def _attention_module(unet, layer: str):
-    from diffusers.models.attention_processor import Attention
-
-    try:
-        module = unet.get_submodule(layer)
-    except AttributeError:
-        module = None
-    if not isinstance(module, Attention):
-        examples = [name.removesuffix(".processor") for name in list(unet.attn_processors)[:2]]
+def check_family(pipe, config) -> None:
+    """Refuse a subject of another model family than ``pipe``'s, naming both, before anything is read or changed."""
+    family = _check_pipeline(pipe)
+    if config.family != family.name:
+        theirs = get_family(config.family)
         raise SubjectgenError(
-            f"the subject changes attention layer `{layer}`, which this UNet does not have (its layers look like "
-            f"{examples}); the subject was trained on another base model: load it into that model."
-        )
-    return module
-
-
-def _linear(module, proj: str, layer: str) -> torch.nn.Linear:
-    """The projection's ``nn.Linear``: the layer itself, or the base layer a peft LoRA wraps (a loaded style LoRA)."""
-    linear = module.to_out[0] if proj == "to_out.0" else getattr(module, proj)
-    linear = getattr(linear, "base_layer", linear)
-    if not isinstance(linear, torch.nn.Linear):
-        raise SubjectgenError(
-            f"`{layer}.{proj}` is a {type(linear).__name__}, not a Linear layer (or a LoRA around one); a subject's "
-            "weight deltas apply to the linear projections of Stable Diffusion's attention."
-        )
-    return linear
-
-
-def _tensors(delta) -> tuple[torch.Tensor, ...]:
-    return (delta.up, delta.down) if isinstance(delta, LowRankDelta) else (delta,)
+            f"subject `{config.token}` was trained for {theirs.title} (family `{theirs.name}`, base "
+            f"{config.base_model!r}) and this pipeline is {family.title} (family `{family.name}`); load it into a "
+            f"{theirs.title} pipeline such as {theirs.pipeline_class_name}. Nothing was changed.")
 
 
 def validate_subject(pipe, subject: Subject) -> None:
     """Raise a :class:`SubjectgenError` naming the mismatch if ``subject`` cannot be loaded into ``pipe``."""
     config = subject.config
-    token = config.token
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    if subject.token_embeddings.shape[1] != width:
+    check_family(pipe, config)
+    if config.token in loaded_subjects(pipe):
         raise SubjectgenError(
-            f"subject `{token}` has {subject.token_embeddings.shape[1]}-d token vectors but this pipeline's text encoder "
-            f"is {width}-d (base {config.base_model!r}); load it into the model family it was trained on."
-        )
-    if not torch.isfinite(subject.token_embeddings).all():
-        raise SubjectgenError(f"subject `{token}` has NaN/inf token vectors; the file is corrupt or training diverged.")
-    if token in loaded_subjects(pipe):
-        raise SubjectgenError(f"subject `{token}` is already loaded; unload_subject(pipe, {token!r}) first or pass token=.")
-    taken = [t for t in subject_token_strings(config) if token_taken(pipe.tokenizer, t)]
-    if taken:
-        raise SubjectgenError(
-            f"token {taken[0]!r} is already in the tokenizer's vocabulary; pick a new word with token='<something>'."
-        )
-    unet_cross = pipe.unet.config.cross_attention_dim
-    if subject.deltas and config.cross_attention_dim is not None and config.cross_attention_dim != unet_cross:
-        raise SubjectgenError(
-            f"subject `{token}` was trained for cross-attention width {config.cross_attention_dim}, this UNet has "
-            f"{unet_cross}; load it into the base model {config.base_model!r}."
-        )
-    lookup = _base_weight(pipe.unet)
-    for layer, projs in subject.deltas.items():
-        for proj, delta in projs.items():
-            base = lookup(layer, proj)
-            if tuple(delta.shape) != tuple(base.shape):
-                raise SubjectgenError(
-                    f"subject `{token}`: delta for `{layer}.{proj}` has shape {tuple(delta.shape)}, the UNet's weight "
-                    f"is {tuple(base.shape)}; the subject was trained on another base model."
-                )
-            if not all(torch.isfinite(t.sum(dtype=torch.float32)) for t in _tensors(delta)):  # NaN/inf propagate
-                raise SubjectgenError(f"subject `{token}`: delta `{layer}.{proj}` holds NaN/inf; the file is corrupt.")
-    for layer, bias in subject.bias_deltas.items():
-        base = lookup(layer, "to_out.0.bias")
-        if tuple(bias.shape) != tuple(base.shape):
-            raise SubjectgenError(f"subject `{token}`: bias delta of `{layer}` has shape {tuple(bias.shape)}, expected {tuple(base.shape)}.")
+            f"subject `{config.token}` is already loaded; unload_subject(pipe, {config.token!r}) first or pass token=.")
+    for part in subject.parts():
+        part.check(pipe, config)
 
 
 def apply_subject(pipe, subject: Subject, scale: float = 1.0) -> str:
     """Put a validated in-memory ``subject`` on ``pipe``; on any failure undo what was done and re-raise."""
-    _check_pipeline(pipe)
     validate_subject(pipe, subject)
-    token = subject.config.token
-    added = subject_token_strings(subject.config)
-    attached: list[str] = []
-    tokens_loaded = False
+    config = subject.config
+    applied: list[tuple[object, list]] = []
     try:
-        add_tokens(pipe.tokenizer, pipe.text_encoder, added, subject.token_embeddings.detach())
-        tokens_loaded = True
-        layers = sorted(set(subject.deltas) | set(subject.bias_deltas))
-        for layer in layers:
-            weights = {proj: delta if isinstance(delta, LowRankDelta) else delta.detach()
-                       for proj, delta in subject.deltas.get(layer, {}).items()}
-            bias = subject.bias_deltas.get(layer)
-            attach_layer_delta(pipe.unet, layer, token, weights, None if bias is None else bias.detach(), scale)
-            attached.append(layer)
+        for part in subject.parts():
+            applied.append((part, []))
+            part.apply(pipe, config, scale, applied[-1][1])
     except Exception as error:
-        for layer in attached:
-            detach_layer_delta(pipe.unet, layer, token)
-        if tokens_loaded or any(token_taken(pipe.tokenizer, t) for t in added):
-            _unload_tokens(pipe, added)
+        for part, done in reversed(applied):
+            part.remove(pipe, config, done)
         if isinstance(error, SubjectgenError):
             raise
-        raise SubjectgenError(f"could not load subject `{token}` ({error}); the pipeline was left unchanged.") from error
-    _registry(pipe)[token] = LoadedSubject(
-        token, added, attached, float(scale), subject.config.method, subject.config.base_model,
-        [name for name, _ in subject.config.tokens],
+        raise SubjectgenError(
+            f"could not load subject `{config.token}` ({error}); the pipeline was left unchanged.") from error
+    layers = [layer for part, done in applied if isinstance(part, AttentionDeltas) for layer in done]
+    _registry(pipe)[config.token] = LoadedSubject(
+        config.token, subject_token_strings(config), layers, float(scale), config.method, config.base_model,
+        [name for name, _ in config.tokens], config.family, config, applied,
     )
-    return token
-
-
-def subject_token_strings(config) -> list[str]:
-    """Every vocabulary entry a subject adds: each of its tokens in diffusers' multi-vector spelling."""
-    return [name for token, count in config.tokens for name in token_strings(token, count)]
-
-
-def _unload_tokens(pipe, tokens: list[str]) -> None:
-    remove_tokens(pipe.tokenizer, pipe.text_encoder, tokens)
+    return config.token
 
 
 def load_subject(
@@ -224,15 +147,16 @@ def load_subject(
     if isinstance(source, Subject):
         subject = source
         if token and token != source.config.token:
-            config = dataclasses.replace(source.config, token=token)
-            subject = Subject(config, source.token_embeddings, source.deltas, source.bias_deltas)
+            subject = dataclasses.replace(source, config=dataclasses.replace(source.config, token=token))
     else:
         from .hub import resolve_source
         from .subject_check import check_subject_files
 
         path = resolve_source(source, weight_name=weight_name, revision=revision, cache_dir=cache_dir,
                               local_files_only=local_files_only)
-        check_subject_files(path)  # a damaged or incomplete file: a clear error naming it, before it is read
+        found = check_subject_files(path)  # a damaged or incomplete file: a clear error naming it, before it is read
+        if found is not None:
+            check_family(pipe, found[0])
         subject = read_subject(path, token=token, weight_name=weight_name if path.is_dir() else None,
                                base_weight=_base_weight(pipe.unet), low_rank=True)
     return apply_subject(pipe, subject, scale)
@@ -249,9 +173,8 @@ def unload_subject(pipe, token: str | None = None) -> None:
         raise SubjectgenError(f"no subject `{token}` is loaded; loaded: {sorted(registry) or 'none'}.")
     for name in tokens:
         entry = registry.pop(name)
-        for layer in entry.layers:
-            detach_layer_delta(pipe.unet, layer, name)
-        _unload_tokens(pipe, entry.added_tokens)
+        for part, done in reversed(entry.parts):
+            part.remove(pipe, entry.config, done)
 
 
 def set_subject_scale(pipe, token: str, scale: float) -> None:
@@ -260,6 +183,6 @@ def set_subject_scale(pipe, token: str, scale: float) -> None:
     if token not in registry:
         raise SubjectgenError(f"no subject `{token}` is loaded; loaded: {sorted(registry) or 'none'}.")
     entry = registry[token]
-    for layer in entry.layers:
-        set_layer_scale(pipe.unet, layer, token, scale)
+    for part, done in entry.parts:
+        part.set_scale(pipe, entry.config, done, scale)
     entry.scale = float(scale)

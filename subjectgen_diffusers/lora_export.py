@@ -2,16 +2,21 @@
 
 A Custom Diffusion delta (Kumari et al., CVPR 2023) ``ΔW`` of ``to_q/to_k/to_v/to_out.0`` is a LoRA once factored as
 ``ΔW = up @ down`` (:mod:`subjectgen_diffusers.compress`: exact full-rank SVD by default, or ``rank`` / ``energy``).
-Files written into a new folder (``<name>`` is the token without its brackets, e.g. ``s1`` for ``<s1>``):
+Names and keys that differ between model families come from the subject's family
+(:mod:`subjectgen_diffusers.families`): the kohya module names (SD 1.x/2.x: the diffusers module path; SDXL: the
+ldm/SGM block names SDXL LoRAs use, ``input_blocks.4.1...``) and the embedding keys (one per text encoder: SD 1.x/2.x
+``emb_params``; SDXL ``clip_l`` and ``clip_g``). Files written into a new folder (``<name>`` is the token without its
+brackets, e.g. ``s1`` for ``<s1>``):
 
-- ``<name>_lora.safetensors`` — kohya naming: ``lora_unet_<module path with _>.lora_down.weight`` ``[r, in]``,
+- ``<name>_lora.safetensors`` — kohya naming: ``lora_unet_<module name with _>.lora_down.weight`` ``[r, in]``,
   ``.lora_up.weight`` ``[out, r]`` and ``.alpha`` (``= r``, so the scale ``alpha / r`` is 1); the ``to_out`` bias delta
-  as ``lora_unet_<...>_to_out_0.diff_b``; the token vectors bundled as ``bundle_emb.<name>.emb_params`` (how the
+  as ``lora_unet_<...>_to_out_0.diff_b``; the token vectors bundled as ``bundle_emb.<name>.<embedding key>`` (how the
   A1111/Forge Lora extension carries an embedding inside a LoRA). For A1111/Forge (``models/Lora``) and ComfyUI
   (``models/loras``).
-- ``<name>.safetensors`` — the token vectors as an A1111 embedding, ``{"emb_params": T[n, d]}``, read by A1111/Forge
-  (``embeddings/``), ComfyUI (``models/embeddings``, prompt ``embedding:<name>``) and
-  ``pipe.load_textual_inversion(path, token=...)``.
+- ``<name>.safetensors`` — the token vectors as an A1111 embedding, ``{"emb_params": T[n, d]}`` (SDXL:
+  ``{"clip_l": T[n, 768], "clip_g": T[n, 1280]}``), read by A1111/Forge (``embeddings/``), ComfyUI
+  (``models/embeddings``, prompt ``embedding:<name>``) and ``pipe.load_textual_inversion`` (SDXL: once per encoder,
+  ``clip_l`` with ``text_encoder``/``tokenizer``, ``clip_g`` with ``text_encoder_2``/``tokenizer_2``).
 - ``pytorch_lora_weights.safetensors`` — the same factors in diffusers' peft keys (``unet.<path>.lora_A.weight``,
   ``.lora_B.weight`` and, for the bias delta, ``.lora_B.bias``), for ``pipe.load_lora_weights(folder,
   weight_name=...)``: diffusers 0.42 refuses the kohya file's ``bundle_emb`` keys ("all LoRA param names contain
@@ -35,7 +40,6 @@ from .subject_format import Subject
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 EXPORT_REPORT = "export.json"
-KOHYA_UNET_PREFIX = "lora_unet_"
 BUNDLE_PREFIX = "bundle_emb"
 
 
@@ -45,9 +49,12 @@ def file_stem(token: str) -> str:
     return re.sub(r"[^\w-]+", "", token) or "subject"
 
 
-def kohya_module(layer: str, proj: str) -> str:
-    """``down_blocks.0.attentions.0.transformer_blocks.0.attn2`` + ``to_out.0`` -> ``lora_unet_down_blocks_0_..._to_out_0``."""
-    return KOHYA_UNET_PREFIX + f"{layer}.{proj}".replace(".", "_")
+def embedding_tables(subject: Subject, rows: slice, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One token's rows of every token table, under the family's embedding-file keys (``emb_params``; SDXL:
+    ``clip_l``, ``clip_g``)."""
+    tables = subject.token_tables
+    return {slot.embedding_key: tables[slot.encoder][rows].detach().to(dtype).contiguous()
+            for slot in subject.config.model_family.text_encoders}
 
 
 @dataclass
@@ -107,13 +114,14 @@ def export_lora(
     if dtype is None:
         dtype = getattr(torch, subject.config.dtype, torch.float32)
     name = file_stem(subject.config.token)
+    family = subject.config.model_family
+    unet_config = None if base_unet is None else base_unet.config
     rows = subject.config.token_rows()
-    vectors = subject.token_embeddings[rows[subject.config.token]].detach().to(dtype).contiguous()
+    vectors = embedding_tables(subject, rows[subject.config.token], dtype)
     # a subject holding several people (merge, joint training): one embedding file per further token, beside the first
-    extra = {token: subject.token_embeddings[rows[token]].detach().to(dtype).contiguous()
-             for token in subject.config.extra_tokens}
+    extra = {token: embedding_tables(subject, rows[token], dtype) for token in subject.config.extra_tokens}
     if not subject.deltas:
-        result = LoraExport(out, atomic_save_safetensors(out / f"{name}.safetensors", {"emb_params": vectors},
+        result = LoraExport(out, atomic_save_safetensors(out / f"{name}.safetensors", vectors,
                                                          metadata={"format": "pt"}))
         result.notes.append(
             f"subject `{subject.config.token}` is a `{subject.config.method}` subject: it has only token vectors and "
@@ -128,7 +136,7 @@ def export_lora(
     kohya: dict[str, torch.Tensor] = {}
     peft: dict[str, torch.Tensor] = {}
     for (layer, proj), factored in factors.items():
-        module = kohya_module(layer, proj)
+        module = family.kohya_module(layer, proj, unet_config)
         up, down = factored.up.to(dtype), factored.down.to(dtype)
         kohya[f"{module}.lora_down.weight"] = down
         kohya[f"{module}.lora_up.weight"] = up
@@ -136,7 +144,7 @@ def export_lora(
         peft[f"unet.{layer}.{proj}.lora_A.weight"] = down
         peft[f"unet.{layer}.{proj}.lora_B.weight"] = up
     for layer, bias in sorted(subject.bias_deltas.items()):
-        kohya[f"{kohya_module(layer, 'to_out.0')}.diff_b"] = bias.detach().to(dtype)
+        kohya[f"{family.kohya_module(layer, 'to_out.0', unet_config)}.diff_b"] = bias.detach().to(dtype)
     if subject.bias_deltas:
         # diffusers turns on peft's lora_bias for every module once one lora_B.bias is present, and leaves a missing one
         # on the meta device (the forward then fails): give each module its bias delta, zero where there is none.
@@ -144,19 +152,20 @@ def export_lora(
             bias = subject.bias_deltas.get(layer) if proj == "to_out.0" else None
             zero = torch.zeros(factored.up.shape[0], dtype=dtype)
             peft[f"unet.{layer}.{proj}.lora_B.bias"] = zero if bias is None else bias.detach().to(dtype)
-    kohya[f"{BUNDLE_PREFIX}.{name}.emb_params"] = vectors
-    for token, rows_of_token in extra.items():
-        kohya[f"{BUNDLE_PREFIX}.{file_stem(token)}.emb_params"] = rows_of_token
-    metadata = {"format": "pt", "subjectgen_token": subject.config.token, "subjectgen_method": subject.config.method}
+    for stem, tables in ((name, vectors), *((file_stem(token), t) for token, t in extra.items())):
+        for key, table in tables.items():
+            kohya[f"{BUNDLE_PREFIX}.{stem}.{key}"] = table
+    metadata = {"format": "pt", "subjectgen_token": subject.config.token, "subjectgen_method": subject.config.method,
+                "subjectgen_family": subject.config.family}
     result = LoraExport(
         out,
-        embedding=atomic_save_safetensors(out / f"{name}.safetensors", {"emb_params": vectors}, metadata={"format": "pt"}),
+        embedding=atomic_save_safetensors(out / f"{name}.safetensors", vectors, metadata={"format": "pt"}),
         kohya=atomic_save_safetensors(out / f"{name}_lora.safetensors", kohya, metadata=metadata),
         diffusers=atomic_save_safetensors(out / DIFFUSERS_LORA_FILE, peft, metadata={"format": "pt"}),
     )
     for token, rows_of_token in extra.items():
         result.extra_embeddings.append(atomic_save_safetensors(
-            out / f"{file_stem(token)}.safetensors", {"emb_params": rows_of_token}, metadata={"format": "pt"}))
+            out / f"{file_stem(token)}.safetensors", rows_of_token, metadata={"format": "pt"}))
     bias_stats = None
     if subject.bias_deltas:
         note, bias_stats = _bias_note(subject, base_unet)
@@ -170,6 +179,7 @@ def _report(subject: Subject, name: str, choice: RankChoice, factors: dict, resu
         "token": subject.config.token,
         "prompt_word_a1111_comfyui": name,
         "method": subject.config.method,
+        "family": subject.config.family,
         "cd_scope": subject.config.cd_scope,
         "rank": choice.rank,
         "energy": choice.energy,

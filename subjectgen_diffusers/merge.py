@@ -84,6 +84,16 @@ def check_mergeable(sources: list[MergeSource]) -> None:
         listed = ", ".join(f"{s.name}: {s.subject.config.base_model!r}" for s in sources)
         raise MergeError(f"the subjects were trained on different base models ({listed}); merge only subjects of "
                          "one base model (retrain the others on it).")
+    families = {s.subject.config.family for s in sources}
+    if len(families) > 1:
+        listed = ", ".join(f"{s.name}: {s.subject.config.model_family.title}" for s in sources)
+        raise MergeError(f"the subjects are of different model families ({listed}); merge only subjects of one base.")
+    family = sources[0].subject.config.model_family
+    if len(family.text_encoders) > 1:
+        raise MergeError(
+            f"merging {family.title} subjects is not supported yet: its cross-attention reads the features of "
+            f"{len(family.text_encoders)} text encoders side by side, and the constrained solve here reads one; load "
+            "the subjects together with load_subject instead (each keeps its own token and deltas).")
     widths = {s.subject.config.text_hidden_size for s in sources}
     if len(widths) > 1:
         raise MergeError(f"the subjects' token vectors have different widths {sorted(widths)}; they come from "

@@ -3,17 +3,21 @@
 The mixin follows diffusers' loader-mixin pattern (``TextualInversionLoaderMixin``): ``load_subject``,
 ``unload_subject``, ``set_subject_scale`` and ``push_subject_to_hub`` as pipeline methods over the functions in
 :mod:`subjectgen_diffusers.loader` and :mod:`subjectgen_diffusers.hub`. ``SubjectPipeline`` also fills ``{}`` in a
-prompt with the loaded subject's token: ``pipe("a photo of {} at the beach")``.
+prompt with the loaded subject's token: ``pipe("a photo of {} at the beach")``. ``SubjectPipeline.from_pretrained``
+returns the subject pipeline of the base's model family (:mod:`.families`, read from its configs): a
+``StableDiffusionPipeline`` for SD 1.x/2.x, a ``StableDiffusionXLPipeline`` subclass for SDXL.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
 from . import hub, loader
 from .errors import SubjectgenError
+from .families import family_of_base, get_family
 
 
 class SubjectLoaderMixin:
@@ -56,13 +60,19 @@ class SubjectLoaderMixin:
         return hub.push_subject_to_hub(folder, repo_id, **kwargs)
 
 
-class SubjectPipeline(StableDiffusionPipeline, SubjectLoaderMixin):
-    """A ``StableDiffusionPipeline`` that loads subjects at construction and fills ``{}`` in prompts."""
+class _SubjectPipelineMixin(SubjectLoaderMixin):
+    """``from_pretrained(base, subject=...)`` of the base's family, and ``{}`` in prompts filled with the token."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, subject=None, subject_scale: float = 1.0, **kwargs):
         """Load the base model, then each subject in ``subject`` (a source or a list of sources)."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        try:
+            family = family_of_base(pretrained_model_name_or_path, kwargs.get("revision"))
+        except SubjectgenError:  # configs not readable up front (e.g. a custom cache_dir): diffusers says what is wrong
+            family = None
+        if family is not None and not issubclass(cls, family.pipeline_class()):
+            cls = subject_pipeline_class(family.name)
+        pipe = super(_SubjectPipelineMixin, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
         sources = [] if subject is None else subject if isinstance(subject, (list, tuple)) else [subject]
         for source in sources:
             pipe.load_subject(source, scale=subject_scale)
@@ -70,3 +80,18 @@ class SubjectPipeline(StableDiffusionPipeline, SubjectLoaderMixin):
 
     def __call__(self, prompt=None, *args, **kwargs):
         return super().__call__(self.fill_subject_prompt(prompt), *args, **kwargs)
+
+
+class SubjectPipeline(_SubjectPipelineMixin, StableDiffusionPipeline):
+    """A ``StableDiffusionPipeline`` that loads subjects at construction and fills ``{}`` in prompts
+    (``from_pretrained`` of another family's base returns that family's subject pipeline)."""
+
+
+@functools.cache
+def subject_pipeline_class(family_name: str) -> type:
+    """The subject pipeline of a family: its diffusers pipeline class with the subject methods (made once)."""
+    family = get_family(family_name)
+    base = family.pipeline_class()
+    if base is StableDiffusionPipeline:
+        return SubjectPipeline
+    return type(f"Subject{base.__name__}", (_SubjectPipelineMixin, base), {"__module__": __name__})

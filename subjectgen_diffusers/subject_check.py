@@ -4,7 +4,7 @@ Two checks, both reading only small files:
 
 - :func:`check_subject_files`: ``subject_config.json`` parses and ``subject.safetensors`` is complete (safetensors
   refuses a header whose tensors do not exactly cover the file, which catches truncation), with exactly the tensor
-  names and shapes the config promises (``[num_vectors, text_hidden_size]`` token rows; one delta, or a pair of
+  names and shapes the config promises (``[num_vectors, width]`` token rows per text encoder; one delta, or a pair of
   low-rank factors, per projection of ``cd_scope`` for every listed layer, an output bias delta allowed with ``kv+q+out``).
 - :func:`check_subject_fits_base`: the subject's widths against the base model's ``text_encoder/config.json`` and
   ``unet/config.json`` (``subjectgen_diffusers.base_configs``; no weights): token width = the text encoder's
@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .errors import SubjectgenError
 from .methods import CD_SCOPES
-from .subject_format import CONFIG_NAME, TOKEN_KEY, WEIGHTS_NAME, SubjectConfig
+from .subject_format import CONFIG_NAME, WEIGHTS_NAME, SubjectConfig
+from .subject_parts import table_key
 
 _LAYER = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$|"
                     r"^mid_block\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$")
@@ -50,7 +51,8 @@ def _delta_forms(layer: str, proj: str) -> tuple[set[str], set[str]]:
 
 def missing_and_unexpected(config: SubjectConfig, names: set[str]) -> tuple[list[str], list[str]]:
     """Tensor names ``config`` promises that ``names`` lacks, and names it holds that ``config`` does not explain."""
-    explained, missing = {TOKEN_KEY}, [] if TOKEN_KEY in names else [TOKEN_KEY]
+    tables = table_shapes(config)
+    explained, missing = set(tables), [key for key in tables if key not in names]
     if config.has_deltas:
         for layer in config.layers:
             for proj in CD_SCOPES[config.cd_scope]:
@@ -85,11 +87,17 @@ def check_subject_files(folder: str | Path) -> tuple[SubjectConfig, dict[str, tu
                                              f"unexpected {extra[:3]}" if extra else "") if part)
         raise SubjectCheckError(f"{weights_path} does not hold the tensors {config_path.name} promises ({listed}); the "
                                 f"two files are from different subjects or damaged: copy the subject folder again.")
-    token_shape = (config.total_vectors, config.text_hidden_size)
-    if shapes[TOKEN_KEY] != token_shape:
-        raise SubjectCheckError(f"{weights_path}: `{TOKEN_KEY}` has shape {shapes[TOKEN_KEY]}, {config_path.name} "
-                                f"promises {token_shape}; the files are from different subjects or damaged.")
+    for key, token_shape in table_shapes(config).items():
+        if shapes[key] != token_shape:
+            raise SubjectCheckError(f"{weights_path}: `{key}` has shape {shapes[key]}, {config_path.name} "
+                                    f"promises {token_shape}; the files are from different subjects or damaged.")
     return config, shapes
+
+
+def table_shapes(config: SubjectConfig) -> dict[str, tuple[int, int]]:
+    """The safetensors key and shape of each token table the config promises (one per text encoder of its family)."""
+    return {table_key(encoder, index == 0): (config.total_vectors, width)
+            for index, (encoder, width) in enumerate(config.table_widths().items())}
 
 
 def _layer_width(unet: dict, layer: str) -> int | None:
@@ -124,10 +132,18 @@ def check_subject_fits_base(folder: str | Path, base: str | Path, config: Subjec
             f"subject {folder} was made for base model {config.base_model!r}, not for {str(base)!r}: {what}. Pass the "
             f"base it was trained on (--base), or train the subject again on {str(base)!r}.")
 
-    text = read_component_config(base, "text_encoder", revision)
-    width = text.get("hidden_size") or text.get("d_model")
-    if width is not None and width != config.text_hidden_size:
-        raise refuse(f"its token vectors are {config.text_hidden_size}-d, the base's text encoder is {width}-d")
+    from .families import family_of_base
+
+    family = family_of_base(base, revision)
+    if family.name != config.family:
+        raise refuse(f"it is a {config.model_family.title} subject (family `{config.family}`), the base is "
+                     f"{family.title} (family `{family.name}`)")
+    for encoder, wanted_width in config.table_widths().items():
+        text = read_component_config(base, encoder, revision)
+        width = text.get("hidden_size") or text.get("d_model")
+        if width is not None and width != wanted_width:
+            where = "text encoder" if encoder == family.text_encoders[0].encoder else f"`{encoder}`"
+            raise refuse(f"its token vectors are {wanted_width}-d, the base's {where} is {width}-d")
     if not config.has_deltas:
         return
     unet = read_component_config(base, "unet", revision)

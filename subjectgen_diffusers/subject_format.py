@@ -1,7 +1,15 @@
 """The subject file format: ``subject_config.json`` + ``subject.safetensors`` (safetensors only).
 
+A subject records its model family (``family``: ``sd1`` for SD 1.x/2.x, ``sdxl``; see
+:mod:`subjectgen_diffusers.families`) and is made of parts (:mod:`.subject_parts`): one token table per text encoder
+of the family and the attention deltas. Format version 2 added ``family`` and ``extra_encoders``; a version-1 file
+(no such keys) is an ``sd1`` subject and loads unchanged.
+
 Tensors
-- ``token_embeddings``: ``[num_vectors, text_hidden_size]``, the new token's vectors in prompt order. A subject that
+- ``token_embeddings``: ``[num_vectors, text_hidden_size]``, the new token's vectors in prompt order, for the family's
+  first text encoder (``text_encoder``).
+- ``token_embeddings.<encoder>``: the same token's vectors for each further encoder of the family, ``[num_vectors,
+  extra_encoders[encoder]]`` (SDXL: ``token_embeddings.text_encoder_2``, 1280 wide). A subject that
   holds several people (``subjectgen merge``, joint training) lists its further tokens in ``extra_tokens``
   (``{token: num_vectors}``, in order); their rows follow the first token's, so the tensor is
   ``[total_vectors, text_hidden_size]``.
@@ -28,7 +36,7 @@ from .errors import SubjectgenError
 from .methods import CD_SCOPES, METHODS, PROJECTIONS, method_info  # noqa: F401 - re-exported for old imports
 from .strict_config import check_known_keys
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `family` and `extra_encoders` (token tables of further text encoders)
 CONFIG_NAME = "subject_config.json"
 WEIGHTS_NAME = "subject.safetensors"
 TOKEN_KEY = "token_embeddings"
@@ -75,6 +83,8 @@ class SubjectConfig:
     format_version: int = FORMAT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
     extra_tokens: dict[str, int] = field(default_factory=dict)  # further people in the same subject: token -> vectors
+    family: str = "sd1"  # the model family (subjectgen_diffusers.families); version-1 files are sd1
+    extra_encoders: dict[str, int] = field(default_factory=dict)  # the family's further text encoders -> token width
 
     def __post_init__(self) -> None:
         if self.format_version > FORMAT_VERSION:
@@ -93,6 +103,11 @@ class SubjectConfig:
                 raise SubjectFormatError(f"extra_tokens: {token!r} must be a new word without spaces, unlike `token`.")
             if not isinstance(count, int) or count < 1:
                 raise SubjectFormatError(f"extra_tokens: {token!r} needs a vector count >= 1, got {count!r}.")
+        encoders = [slot.encoder for slot in self.model_family.text_encoders]
+        if list(self.extra_encoders) != encoders[1:]:
+            raise SubjectFormatError(
+                f"a `{self.family}` subject has token tables for {encoders}: `extra_encoders` must list the widths of "
+                f"{encoders[1:]}, got {sorted(self.extra_encoders)}.")
         if self.has_deltas:
             if self.cd_scope not in CD_SCOPES:
                 raise SubjectFormatError(f"cd_scope must be one of {sorted(CD_SCOPES)}, got {self.cd_scope!r}.")
@@ -102,6 +117,20 @@ class SubjectConfig:
     @property
     def has_deltas(self) -> bool:
         return method_info(self.method).has_deltas
+
+    @property
+    def model_family(self):
+        from .families import get_family
+
+        try:
+            return get_family(self.family)
+        except SubjectgenError as error:
+            raise SubjectFormatError(f"{CONFIG_NAME}: {error}") from None
+
+    def table_widths(self) -> dict[str, int]:
+        """Every text encoder's token width, in the family's order: ``{"text_encoder": 768, "text_encoder_2": 1280}``."""
+        first = self.model_family.text_encoders[0].encoder
+        return {first: self.text_hidden_size, **self.extra_encoders}
 
     @property
     def tokens(self) -> list[tuple[str, int]]:
@@ -131,20 +160,46 @@ class SubjectConfig:
 
 @dataclass
 class Subject:
-    """A subject in memory: its config, token vectors and per-layer Custom Diffusion deltas."""
+    """A subject in memory: its config, token vectors per text encoder and per-layer Custom Diffusion deltas.
+
+    ``token_embeddings`` is the family's first encoder's table (as in version 1); ``extra_tables`` holds the others
+    (SDXL: ``{"text_encoder_2": T[n, 1280]}``); :attr:`token_tables` gives all of them by encoder."""
 
     config: SubjectConfig
     token_embeddings: torch.Tensor
     deltas: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     bias_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_tables: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        shape = tuple(self.token_embeddings.shape)
-        expected = (self.config.total_vectors, self.config.text_hidden_size)
-        if shape != expected:
-            raise SubjectFormatError(f"token_embeddings has shape {shape}, the config says {expected}.")
+        widths = self.config.table_widths()
+        tables = self.token_tables
+        if list(tables) != list(widths):
+            raise SubjectFormatError(f"a `{self.config.family}` subject needs token tables for {list(widths)}, "
+                                     f"got {list(tables)}.")
+        for encoder, table in tables.items():
+            shape, expected = tuple(table.shape), (self.config.total_vectors, widths[encoder])
+            if shape != expected:
+                name = "token_embeddings" if encoder == next(iter(widths)) else f"the token table of {encoder}"
+                raise SubjectFormatError(f"{name} has shape {shape}, the config says {expected}.")
         if set(self.deltas) != set(self.config.layers if self.config.has_deltas else []):
             raise SubjectFormatError("the delta layers do not match the `layers` listed in the config.")
+
+    @property
+    def token_tables(self) -> dict[str, torch.Tensor]:
+        first = self.config.model_family.text_encoders[0].encoder
+        return {first: self.token_embeddings, **self.extra_tables}
+
+    def parts(self) -> list:
+        """The subject's parts (:mod:`.subject_parts`): a token table per text encoder, then the attention deltas."""
+        from .subject_parts import AttentionDeltas, TokenTable
+
+        tables = self.token_tables
+        parts: list = [TokenTable(slot.encoder, slot.tokenizer, tables[slot.encoder], index == 0)
+                       for index, slot in enumerate(self.config.model_family.text_encoders)]
+        if self.deltas or self.bias_deltas:
+            parts.append(AttentionDeltas(self.deltas, self.bias_deltas))
+        return parts
 
     # -- tensors <-> files -------------------------------------------------------------------------------------
     def state_dict(
@@ -152,51 +207,22 @@ class Subject:
     ) -> dict[str, torch.Tensor]:
         """Flatten to safetensors keys; ``rank`` stores each delta as truncated-SVD factors, ``factors`` as the given
         ``(up, down)`` pair per ``(layer, proj)`` (ranks may differ per delta, see :mod:`.compress`)."""
-        tensors = {TOKEN_KEY: self.token_embeddings}
-        for layer, projs in self.deltas.items():
-            for proj, delta in projs.items():
-                if factors is not None:
-                    tensors[f"{layer}.{proj}.delta_up"], tensors[f"{layer}.{proj}.delta_down"] = factors[(layer, proj)]
-                elif rank is None:
-                    tensors[f"{layer}.{proj}.delta"] = delta
-                else:
-                    up, down = low_rank_factors(delta, rank)
-                    tensors[f"{layer}.{proj}.delta_up"] = up
-                    tensors[f"{layer}.{proj}.delta_down"] = down
-        for layer, bias in self.bias_deltas.items():
-            tensors[f"{layer}.to_out.0.bias_delta"] = bias
+        tensors = {}
+        for part in self.parts():
+            tensors.update(part.state_dict(rank, factors))
         return tensors
 
     @classmethod
     def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor], low_rank: bool = False) -> Subject:
         """Build a subject from its safetensors tensors; ``low_rank`` keeps factor pairs as :class:`LowRankDelta`."""
-        if TOKEN_KEY not in tensors:
-            raise SubjectFormatError(f"{WEIGHTS_NAME} has no `{TOKEN_KEY}` tensor.")
-        deltas: dict[str, dict[str, torch.Tensor]] = {}
-        bias_deltas: dict[str, torch.Tensor] = {}
-        factors: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            if key == TOKEN_KEY:
-                continue
-            if key.endswith(".to_out.0.bias_delta"):
-                bias_deltas[key[: -len(".to_out.0.bias_delta")]] = tensor
-                continue
-            stem, _, kind = key.rpartition(".")
-            layer, proj = _split_layer_proj(stem, key)
-            if kind == "delta":
-                deltas.setdefault(layer, {})[proj] = tensor
-            elif kind in ("delta_up", "delta_down"):
-                factors.setdefault((layer, proj), {})[kind] = tensor
-            else:
-                raise SubjectFormatError(f"unexpected tensor `{key}` in {WEIGHTS_NAME}.")
-        for (layer, proj), pair in factors.items():
-            if set(pair) != {"delta_up", "delta_down"}:
-                raise SubjectFormatError(f"{layer}.{proj}: low-rank delta needs both delta_up and delta_down.")
-            if tuple(pair["delta_up"].shape[1:]) != tuple(pair["delta_down"].shape[:1]):
-                raise SubjectFormatError(f"{layer}.{proj}: delta_up and delta_down have mismatched ranks.")
-            factored = LowRankDelta(pair["delta_up"], pair["delta_down"])
-            deltas.setdefault(layer, {})[proj] = factored if low_rank else factored.dense()
-        return cls(config, tensors[TOKEN_KEY], deltas, bias_deltas)
+        from .subject_parts import AttentionDeltas, TokenTable
+
+        tables = [TokenTable.from_state_dict(slot, tensors, index == 0)
+                  for index, slot in enumerate(config.model_family.text_encoders)]
+        rest = {key: tensor for key, tensor in tensors.items() if key not in {table.key for table in tables}}
+        attention = AttentionDeltas.from_state_dict(rest, low_rank)
+        return cls(config, tables[0].vectors, attention.deltas, attention.bias_deltas,
+                   {table.encoder: table.vectors for table in tables[1:]})
 
     def save(
         self,
@@ -215,7 +241,7 @@ class Subject:
         if dtype is not None:
             tensors = {k: v.to(dtype) for k, v in tensors.items()}
         stored_dtype = str(next(iter(tensors.values())).dtype).replace("torch.", "")
-        config = dataclasses.replace(self.config, delta_rank=rank, dtype=stored_dtype)
+        config = dataclasses.replace(self.config, delta_rank=rank, dtype=stored_dtype, format_version=FORMAT_VERSION)
         atomic_save_safetensors(folder / WEIGHTS_NAME, tensors, metadata={"format": "pt", "subjectgen": "1"})
         atomic_write_json(folder / CONFIG_NAME, config.to_dict())
         return folder

@@ -30,11 +30,18 @@ def make_subject(
     vectors: torch.Tensor | None = None,
     zero: bool = False,
 ) -> Subject:
-    """A random Custom Diffusion (+token) subject shaped for ``pipe``; ``scope=None`` gives a token-only subject."""
+    """A random Custom Diffusion (+token) subject shaped for ``pipe`` (of its model family: one token table per text
+    encoder, all random but the first when ``vectors`` is given); ``scope=None`` gives a token-only subject."""
+    from subjectgen_diffusers.families import family_of_pipeline
+
     generator = torch.Generator().manual_seed(seed)
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    family = family_of_pipeline(pipe)
+    widths = family.text_widths(pipe)
+    width = widths[family.text_encoders[0].encoder]
     if vectors is None:
         vectors = torch.randn(2, width, generator=generator) * 0.02
+    extra_tables = {encoder: torch.randn(vectors.shape[0], w, generator=generator) * 0.02
+                    for encoder, w in list(widths.items())[1:]}
     layers = cross_attention_layers(pipe.unet) if scope else []
     projs = {"kv": ("to_k", "to_v"), "kv+q+out": ("to_q", "to_k", "to_v", "to_out.0")}.get(scope, ())
     deltas, bias_deltas = {}, {}
@@ -53,13 +60,15 @@ def make_subject(
         token=token,
         num_vectors=vectors.shape[0],
         text_hidden_size=width,
-        base_model="tiny-sd",
+        base_model="tiny-sd" if family.name == "sd1" else f"tiny-{family.name}",
         cross_attention_dim=pipe.unet.config.cross_attention_dim if scope else None,
         layers=layers,
         cd_scope=scope,
         training={"steps": 10, "lr": 1e-5},
+        family=family.name,
+        extra_encoders={encoder: table.shape[1] for encoder, table in extra_tables.items()},
     )
-    return Subject(config, vectors, deltas, bias_deltas)
+    return Subject(config, vectors, deltas, bias_deltas, extra_tables)
 
 
 def encode(pipe, prompt: str) -> torch.Tensor:
@@ -87,8 +96,14 @@ def patch_weights(pipe, subject: Subject, scale: float = 1.0) -> None:
 
 
 def pipeline_state(pipe) -> dict:
-    """Everything a subject load may touch, copied, to compare before/after."""
-    return {
+    """Everything a subject load may touch, copied, to compare before/after (both encoders of an SDXL pipeline)."""
+    second = {}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        second = {"vocab_2": dict(pipe.tokenizer_2.get_vocab()), "tokenizer_2_len": len(pipe.tokenizer_2),
+                  "text_encoder_2": {k: v.clone() for k, v in pipe.text_encoder_2.state_dict().items()}}
+    return {**second,
+        "tokenizer_len": len(pipe.tokenizer),
+        "text_encoder": {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()},
         "vocab": dict(pipe.tokenizer.get_vocab()),
         "embeddings": pipe.text_encoder.get_input_embeddings().weight.detach().clone(),
         "vocab_size": pipe.text_encoder.config.vocab_size,
@@ -99,6 +114,13 @@ def pipeline_state(pipe) -> dict:
 
 
 def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in before:
+            assert before[name].keys() == after[name].keys()
+            assert all(torch.equal(before[name][k], after[name][k]) for k in before[name]), name
+    for name in ("vocab_2", "tokenizer_len", "tokenizer_2_len"):
+        assert before.get(name) == after.get(name), name
     assert before["vocab"] == after["vocab"]
     assert before["vocab_size"] == after["vocab_size"]
     assert torch.equal(before["embeddings"], after["embeddings"])

@@ -9,7 +9,7 @@ import torch
 from _plugin_fixtures import assert_same_state, make_subject, pipeline_state, unet_out
 from safetensors.torch import save_file
 
-import subjectgen_diffusers.loader as loader_module
+import subjectgen_diffusers.subject_parts as parts_module
 from subjectgen_diffusers import SubjectgenError, load_subject, loaded_subjects, set_subject_scale, unload_subject
 
 
@@ -112,7 +112,7 @@ def test_pickle_with_anything_but_tensors_is_refused_without_running_it(tmp_path
 def test_failure_while_applying_rolls_everything_back(loaded_pipe, monkeypatch):
     subject = make_subject(loaded_pipe, "<s1>", scope="kv+q+out", seed=2)
     calls = []
-    original = loader_module.attach_layer_delta
+    original = parts_module.attach_layer_delta
 
     def fail_on_third_layer(unet, layer, *args):
         calls.append(layer)
@@ -120,7 +120,7 @@ def test_failure_while_applying_rolls_everything_back(loaded_pipe, monkeypatch):
             raise RuntimeError("simulated out-of-memory")
         return original(unet, layer, *args)
 
-    monkeypatch.setattr(loader_module, "attach_layer_delta", fail_on_third_layer)
+    monkeypatch.setattr(parts_module, "attach_layer_delta", fail_on_third_layer)
     _fails_cleanly(loaded_pipe, subject, r"could not load subject `<s1>` \(simulated out-of-memory\).*unchanged")
     assert len(calls) == 3
     assert set(loaded_subjects(loaded_pipe)) == {"<cd>"}
@@ -140,11 +140,3 @@ def test_non_finite_and_corrupt_subjects(tmp_path, loaded_pipe):
     folder = make_subject(loaded_pipe, "<s2>", scope=None).save(tmp_path / "s")
     (folder / "subject_config.json").write_text('{"method": "cr", "token": "<s2>", "num_vectors": 2, "text_hidden_size": 32, "lr": 1}')
     _fails_cleanly(loaded_pipe, folder, r"unknown keys \['lr'\]")
-
-
-def test_sdxl_pipelines_are_refused_with_a_reason():
-    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
-
-    pipe = build_tiny_sdxl_pipeline()
-    with pytest.raises(SubjectgenError, match="two text encoders"):
-        load_subject(pipe, "someone/any-subject")

@@ -113,11 +113,18 @@ def build_views(photos, resolution: int, *, random_rescale: bool, variants: int,
     return torch.stack(images), torch.stack(masks), faces_out, sources, prefixes, flipped, plain
 
 
+ENCODE_PIXELS = 8 * 512 * 512  # pixels per VAE batch: 8 images at 512 px, 2 at 1024 px (SDXL)
+
+
 @torch.no_grad()
-def encode_images(vae, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE-encode ``[N, 3, R, R]`` in [-1, 1]; return the scaled latent mean and std (float32, on the CPU)."""
+def encode_images(vae, images: torch.Tensor, batch_size: int | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE-encode ``[N, 3, R, R]`` in [-1, 1]; return the scaled latent mean and std (float32, on the CPU).
+
+    ``batch_size`` defaults to :data:`ENCODE_PIXELS` worth of images: the float32 encoder's activations grow with the
+    pixels, and the UNet is already on the device while the cache is built."""
     from tqdm.auto import tqdm
 
+    batch_size = batch_size or max(1, ENCODE_PIXELS // (images.shape[-1] * images.shape[-2]))
     device, dtype = vae.device, vae.dtype
     factor = vae.config.scaling_factor
     means, stds = [], []

@@ -99,24 +99,48 @@ def build_tiny_sd_pipeline(seed: int = 0, text_hidden: int = TEXT_HIDDEN) -> Sta
     )
 
 
-def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
-    """A random tiny SDXL pipeline: two text encoders and the added time/text embeddings."""
-    torch.manual_seed(seed)
-    unet = tiny_unet(
-        cross_attention_dim=64,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-        transformer_layers_per_block=(1, 1),
+SDXL_TEXT_HIDDEN = (32, 48)  # text_encoder (CLIP-L's place, 768 in SDXL), text_encoder_2 (OpenCLIP-G's, 1280)
+SDXL_TIME_EMBED = 8  # addition_time_embed_dim (256 in SDXL); 6 time ids: original size, crop top-left, target size
+
+
+def tiny_sdxl_unet() -> UNet2DConditionModel:
+    """SDXL's UNet layout at toy size: no attention in the first level, two resnets per level (so the ldm/SGM block
+    numbering of SDXL LoRAs is the real one), two transformer blocks in the attention level, and the "text_time"
+    added conditioning fed by encoder 2's pooled output plus the six size/crop ids."""
+    hidden_1, hidden_2 = SDXL_TEXT_HIDDEN
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=hidden_1 + hidden_2,
+        attention_head_dim=8,
+        norm_num_groups=8,
         use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_embed_type_num_heads=8,
+        addition_time_embed_dim=SDXL_TIME_EMBED,
+        projection_class_embeddings_input_dim=hidden_2 + 6 * SDXL_TIME_EMBED,
     )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A random tiny SDXL pipeline: two text encoders of different widths (32 and 48, so that mixing them up fails
+    loudly), both with the real CLIP tokenizer, the UNet's cross-attention fed their concatenation (80) and its added
+    conditioning encoder 2's pooled output (48) plus 6 time ids x 8."""
+    torch.manual_seed(seed)
+    hidden_1, hidden_2 = SDXL_TEXT_HIDDEN
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
-        text_encoder=tiny_text_encoder(32),
-        text_encoder_2=tiny_text_encoder(32, projection=True),
+        text_encoder=tiny_text_encoder(hidden_1),
+        text_encoder_2=tiny_text_encoder(hidden_2, projection=True),
         tokenizer=build_clip_tokenizer(),
         tokenizer_2=build_clip_tokenizer(),
-        unet=unet,
+        unet=tiny_sdxl_unet(),
         scheduler=tiny_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
@@ -130,6 +154,7 @@ def save_tiny_sd(path: str | Path, seed: int = 0, **kwargs) -> Path:
 
 
 def save_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SDXL pipeline as a stock ``StableDiffusionXLPipeline`` folder and return it."""
     path = Path(path)
     build_tiny_sdxl_pipeline(seed).save_pretrained(path)
     return path

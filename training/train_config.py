@@ -69,7 +69,7 @@ class TrainConfig:
     make the ``subjectgen train`` flag and the web UI's form field. ``cli=False`` fields are config-file keys only.
     """
 
-    base: str = option(help="Stable Diffusion 1.x: a local diffusers folder, a Hub id or builtin:NAME (`subjectgen "
+    base: str = option(help="Stable Diffusion 1.x/2.x or SDXL: a local diffusers folder, a Hub id or builtin:NAME (`subjectgen "
                        "models`; on builtin:toy-base the defaults are the toy world's recipe, printed at the start)",
                        default_text="required, here or in --config")
     photos: str | None = option(help="folder of 4-20 photos of the person (or a `subjectgen prepare` output); fewer "

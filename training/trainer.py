@@ -1,10 +1,16 @@
 """The training loop shared by every registered method (``subjectgen_training.methods``); it never branches on a method's name.
 
-Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoder (with
+Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoders (with
 grad: the new token rows train), add noise at a random timestep (DDPM forward process) and regress the UNet's
 prediction on the noise (or velocity): ``loss = instance loss + prior_loss_weight * prior loss + the method's extra
 loss`` (``subjectgen_training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
 token, so their text encodings are computed once. The optimizer uses the method's scaled rates (``Method.rates``).
+
+The base model's family (``subjectgen_diffusers.families``) says everything that differs between bases: its text
+encoders (the token gets new rows in each, and only those rows train), how prompts become the UNet's conditioning
+(with any added conditioning, such as a pooled text embedding and size/crop ids, computed as the family's pipeline
+computes it for an image of the training resolution), which attention modules Custom Diffusion trains, and the
+pipeline of validation images.
 
 All per-batch randomness comes from a generator seeded by ``(seed, batch, process)``: a resumed run draws exactly
 what an uninterrupted one would. With ``gradient_accumulation_steps`` N, accelerate's ``accumulate`` adds the
@@ -15,6 +21,7 @@ of the few trainable tensors; only the main process writes files.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -28,6 +35,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.public_names import public_name, without_local_paths
 from subjectgen_training.losses import instance_loss, prior_loss
 from subjectgen_training.methods import build_method
+from subjectgen_training.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
 from subjectgen_training.train_config import CONFIG_FILE_NAME, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -131,7 +139,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from subjectgen_training.model_parts import load_model_parts, load_tokenizer
+        from subjectgen_training.model_parts import load_model_parts, load_tokenizers
         from subjectgen_training.token_rows import add_token_to_tokenizer
 
         self.config = config = config.resolved().sized()
@@ -139,10 +147,15 @@ class Trainer:
         self.on_step = on_step
         self.method = build_method(config)
         self.data = check_inputs(config, self.method)
-        tokenizer = parts.tokenizer if parts is not None else load_tokenizer(config.base, config.revision)
-        # one group of consecutive ids per person (a joint run has several), all added before the model loads
-        self.token_groups = [add_token_to_tokenizer(tokenizer, person.token, config.num_vectors)
-                             for person in config.people()]
+        family, tokenizers = ((parts.family, parts.tokenizers) if parts is not None
+                              else load_tokenizers(config.base, config.revision))
+        # per text encoder, one group of consecutive ids per person (a joint run has several), all added before the
+        # model loads; every encoder's tokenizer gets the same token strings
+        self.encoder_token_groups = {
+            slot.encoder: [add_token_to_tokenizer(tokenizers[slot.tokenizer], person.token, config.num_vectors)
+                           for person in config.people()]
+            for slot in family.text_encoders}
+        self.token_groups = next(iter(self.encoder_token_groups.values()))  # the first encoder's
         self.token_ids = [token_id for group in self.token_groups for token_id in group]
 
         release_other_precision(config.mixed_precision)
@@ -155,13 +168,14 @@ class Trainer:
         )
         self.device = self.accelerator.device
         self.rates = config.effective_rates(self.accelerator.num_processes)
-        self.parts = parts if parts is not None else load_model_parts(config.base, tokenizer, config.revision)
+        self.parts = parts if parts is not None else load_model_parts(config.base, family, tokenizers, config.revision)
         self._build_trainable()
         self._build_caches()
         self._build_optimizer()
 
     # -- setup -------------------------------------------------------------------------------------------------
     def _build_trainable(self) -> None:
+        from subjectgen_training.text_features import encoder_views
         from subjectgen_training.token_rows import splice_token_rows
 
         config, parts = self.config, self.parts
@@ -172,25 +186,38 @@ class Trainer:
                                   "1.x/2.x base or fix its scheduler_config.json.")
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
-        parts.text_encoder.resize_token_embeddings(max(self.token_ids) + 1, mean_resizing=False)
-        initial = torch.cat([self.method.initial_rows(parts.tokenizer, parts.text_encoder, group)
-                             for group in self.token_groups])
-        self.rows = splice_token_rows(parts.text_encoder, self.token_ids, initial)
-        self.method.attach(parts.unet)  # float32 copies, before the cast below: deltas subtract a float32 start
-        for module in (parts.text_encoder, parts.vae, parts.unet):
+        views = encoder_views(parts)
+        for view in views:
+            ids = [i for group in self.encoder_token_groups[view.name] for i in group]
+            view.text_encoder.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        # every start is computed before any splice: a start may read another encoder's features (of an empty prompt)
+        initial = {view.name: torch.cat([self.method.initial_rows_for(view, group)
+                                         for group in self.encoder_token_groups[view.name]]) for view in views}
+        self.token_rows = {view.name: splice_token_rows(
+            view.text_encoder, [i for group in self.encoder_token_groups[view.name] for i in group], initial[view.name])
+            for view in views}
+        self.rows = next(iter(self.token_rows.values()))  # the first encoder's (the only one on SD 1.x)
+        # float32 copies, before the cast below: deltas subtract a float32 start
+        self.method.attach(parts.unet, parts.family.cd_layers(parts.unet))
+        text_encoders = list(parts.text_encoders.values())
+        for module in (*text_encoders, parts.vae, parts.unet):
             module.to(self.device)
-        # the VAE stays float32: it encodes once, then leaves the device. Under fp16 the frozen text encoder stays
-        # float32 too, as both references keep it (its fp16 forward runs under autocast)
-        cast_frozen_weights((parts.unet,) if config.mixed_precision == "fp16" else (parts.text_encoder, parts.unet),
+        # the VAE stays float32: it encodes once, then leaves the device. Under fp16 the frozen text encoders stay
+        # float32 too, as both references keep them (their fp16 forward runs under autocast)
+        cast_frozen_weights((parts.unet,) if config.mixed_precision == "fp16" else (*text_encoders, parts.unet),
                             weight_dtype)
         if config.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
-            parts.text_encoder.gradient_checkpointing_enable()
             parts.unet.train()
-            parts.text_encoder.train()
+            for text_encoder in text_encoders:
+                text_encoder.gradient_checkpointing_enable()
+                text_encoder.train()
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
-        return {"token_rows": self.rows.rows, **self.method.weight_parameters()}
+        """By a stable name (checkpoints): ``token_rows`` (the first encoder's), ``token_rows.<encoder>`` for the
+        others, then the method's weights."""
+        rows = {("token_rows" if i == 0 else f"token_rows.{name}"): r.rows for i, (name, r) in enumerate(self.token_rows.items())}
+        return {**rows, **self.method.weight_parameters()}
 
     def _build_caches(self) -> None:
         from subjectgen_training.captions import CaptionMaker
@@ -213,14 +240,14 @@ class Trainer:
             # every class image trains under the class prompt, as in both references (whatever prompt drew it)
             self.reg_captions = [config.class_prompt for _ in self.reg.source]
             unique = sorted(set(self.reg_captions))
-            encoded = self.encode_text(unique, grad=False)
+            encoded = conditioning_rows(self.encode_text(unique, grad=False))
             self.class_states = dict(zip(unique, encoded))
         parts.vae.to("cpu")  # the VAE is not needed again (validation images move it back)
 
     def _build_optimizer(self) -> None:
         """AdamW (betas 0.9/0.999, eps 1e-8, weight decay 1e-2 as both references), one group per rate."""
         config = self.config
-        groups = [{"params": [self.rows.rows], "lr": self.rates.token_lr}]
+        groups = [{"params": [r.rows for r in self.token_rows.values()], "lr": self.rates.token_lr}]
         weights = list(self.method.weight_parameters().values())
         if weights:
             groups.append({"params": weights, "lr": self.rates.lr})
@@ -240,15 +267,17 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return self.accelerator.autocast()
 
-    def encode_text(self, prompts: list[str], grad: bool) -> torch.Tensor:
-        tokenizer = self.parts.tokenizer
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(self.device)
+    def encode_text(self, prompts: list[str], grad: bool):
+        """The UNet conditioning of ``prompts`` as the family's pipeline computes it when sampling a ``resolution``
+        sized image: original size = target size = the training resolution, crop (0, 0) (families without size
+        conditioning ignore them)."""
+        parts, size = self.parts, (self.config.resolution, self.config.resolution)
+        ids = [tokenize(tokenizer, prompts).to(self.device) for _, tokenizer, _ in parts.slots()]
         with torch.set_grad_enabled(grad), self.autocast():
-            return self.parts.text_encoder(ids)[0]
+            return parts.family.unet_conditioning(parts, ids, original_size=size, crop=(0, 0), target_size=size)
 
     def predict(self, latents, states, generator, timesteps=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prediction, target)`` of the UNet at random (or given) timesteps."""
+        """``(prediction, target)`` of the UNet at random (or given) timesteps; ``states``: the family's conditioning."""
         scheduler = self.parts.noise_scheduler
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         if timesteps is None:
@@ -261,7 +290,8 @@ class Trainer:
         else:
             target = noise
         with self.autocast():
-            prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, states.to(self.weight_dtype)).sample
+            states = cast_conditioning(states, self.weight_dtype)
+            prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, **states.unet_kwargs()).sample
         return prediction, target
 
     def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
@@ -278,7 +308,7 @@ class Trainer:
             reg_index = torch.randint(0, len(self.reg), (config.batch_size,), generator=generator)
             latents = torch.cat([latents, self.reg.sample(reg_index, generator)])
             weight = torch.cat([weight, self.reg.weight[reg_index]])
-            states = torch.cat([states, torch.stack([self.class_states[self.reg_captions[i]] for i in reg_index.tolist()])])
+            states = concat_conditioning([states, *(self.class_states[self.reg_captions[i]] for i in reg_index.tolist())])
         prediction, target = self.predict(latents, states, generator)
         n = config.batch_size
         instance = instance_loss(prediction[:n], target[:n], weight[:n].to(self.device),
@@ -289,8 +319,9 @@ class Trainer:
             prior = prior_loss(prediction[n:], target[n:])
             loss = loss + config.prior_loss_weight * prior
             logs["prior"] = float(prior.detach())
-        extra = self.method.extra_loss(self.rows.rows)
-        if extra is not None:
+        extras = [e for e in (self.method.extra_loss(r.rows, name) for name, r in self.token_rows.items()) if e is not None]
+        if extras:
+            extra = torch.stack(extras).sum()
             loss = loss + extra
             logs["reg"] = float(extra.detach())
         return loss, logs
@@ -445,10 +476,14 @@ class Trainer:
         config, unet = self.config, self.parts.unet
         part = self.method.subject_parts()
         people = config.people()
+        tables = {name: rows.rows.detach().float().cpu().clone() for name, rows in self.token_rows.items()}
+        first = next(iter(tables))
         subject_config = SubjectConfig(
             method=config.method, token=people[0].token, num_vectors=config.num_vectors,
             extra_tokens={person.token: config.num_vectors for person in people[1:]},
             text_hidden_size=self.rows.embedding_dim, base_model=public_name(config.base),
+            family=self.parts.family.name,
+            extra_encoders={name: rows.embedding_dim for name, rows in self.token_rows.items() if name != first},
             cross_attention_dim=unet.config.cross_attention_dim if part.layers else None, layers=part.layers,
             cd_scope=part.cd_scope if part.layers else None,
             training=without_local_paths({
@@ -460,7 +495,7 @@ class Trainer:
                                   "class_prompt": p.class_prompt or config.class_prompt} for p in people]}
                    if config.subjects else {})}),
         )
-        return Subject(subject_config, self.rows.rows.detach().float().cpu().clone(), part.deltas, part.bias_deltas)
+        return Subject(subject_config, tables.pop(first), part.deltas, part.bias_deltas, extra_tables=tables)
 
     def save_subject(self) -> Path:
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)
@@ -472,17 +507,20 @@ class Trainer:
 
     @torch.no_grad()
     def save_validation_image(self, step: int) -> Path:
-        from diffusers import StableDiffusionPipeline
-
         from subjectgen_diffusers.atomic_io import atomic_save_image
         from subjectgen_training.token_rows import prompt_with_token
 
         parts, config = self.parts, self.config
         parts.vae.to(self.device)
-        pipe = StableDiffusionPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-            scheduler=parts.sample_scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        pipeline_class = parts.family.pipeline_class()
+        known = {"vae": parts.vae, "unet": parts.unet, "scheduler": parts.sample_scheduler, **parts.tokenizers,
+                 **parts.text_encoders, "requires_safety_checker": False}
+        required = [name for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
+                    if name != "self" and p.default is inspect.Parameter.empty]
+        # the family's pipeline from these parts; any other module it requires (safety checker, ...) is left out
+        pipe = pipeline_class(**{name: known.get(name) for name in required},
+                              **{name: value for name, value in known.items() if name not in required
+                                 and name in inspect.signature(pipeline_class.__init__).parameters})
         pipe.set_progress_bar_config(disable=True)
         prompt = prompt_with_token(config.validation_prompt, config.token, config.num_vectors)
         with self.autocast():

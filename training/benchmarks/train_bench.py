@@ -6,14 +6,24 @@ embedding matrix with AdamW and zero the other rows' gradients. Ours: latents en
 variants included), class-prompt encodings cached, only the new rows as parameters. Same UNet (SDPA, Custom
 Diffusion processors), same batch (1 photo + 1 class image), same method and resolution.
 
-Models: ``tiny`` (training/tiny_models.py) or ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
-built offline from configs: UNet 860 M, VAE 84 M, text encoder 123 M parameters).
+Models: ``tiny`` (training/tiny_models.py), ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
+built offline from configs: UNet 860 M, VAE 84 M, text encoder 123 M parameters) or ``sdxl`` (SDXL base 1.0's real
+shapes, likewise: UNet 2.57 B, VAE 84 M, CLIP-L 123 M and OpenCLIP-bigG 695 M parameters; ~14 GB in float32, so run
+it under ``flock /tmp/subjectgen-bigmem.lock`` on a shared machine).
 
     python -m subjectgen_training.benchmarks.train_bench --model tiny --resolutions 64 128 256 --steps 10
     python -m subjectgen_training.benchmarks.train_bench --model sd15 --resolutions 256 --methods cd --steps 3
     python -m subjectgen_training.benchmarks.train_bench --model sd15 --resolutions 256 --methods cd --steps 3 --check
+    python -m subjectgen_training.benchmarks.train_bench --model sdxl --resolutions 128 --methods cr --steps 2
 
 Every measurement runs in its own process so the peak RSS (``ru_maxrss``) belongs to that configuration alone.
+``--broadcast-weights`` replaces every frozen weight by one random value broadcast to its shape (zero strides, 4
+bytes): the shapes, operations and activations are the real ones while SDXL's 14 GB of weights are not held (each
+operation copies its weight transiently, so steps are slower) -- for measuring activations on a small machine.
+``live_peak_gb`` is the largest amount of memory held by allocations (glibc ``mallinfo2``, sampled after every torch
+operation of the measured steps: a CPU counterpart of ``torch.cuda.max_memory_allocated``) and ``live_start_gb`` what
+was held before the first measured step (weights, caches, optimizer state); their difference is what one step adds
+(activations, gradients, temporaries).
 
 ``--check`` (for people to run, never a timed CI test) compares each measured ratio ours/naive with the goal
 (:data:`GOALS`) and with the last recorded results (``train_bench_<model>.json`` beside this module, the raw rows of
@@ -49,25 +59,71 @@ from pathlib import Path
 import torch
 
 
-def build_modules(model: str):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(width: int, layers: int, heads: int, act: str):
+    from transformers import CLIPTextConfig
 
+    return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                          num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=width,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def sdxl_unet_config() -> dict:
+    """``unet/config.json`` of stabilityai/stable-diffusion-xl-base-1.0 (the keys that shape it)."""
+    return dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+
+
+def broadcast_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter becomes one random value broadcast to its shape (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                value = torch.randn(1, generator=generator) * 0.02
+                sub._parameters[name] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
+        for name, buffer in list(sub._buffers.items()):  # built on the meta device: CLIP's position ids
+            if buffer is not None and buffer.is_meta:
+                if name != "position_ids":
+                    raise ValueError(f"cannot materialise buffer {name!r}")
+                sub._buffers[name] = torch.arange(buffer.shape[-1]).expand(buffer.shape)
+    return module
+
+
+def build_modules(model: str, broadcast: bool = False):
+    """``(family, tokenizers, text_encoders, vae, unet, scheduler_config)`` of a benchmark model, random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from subjectgen_diffusers.families import get_family
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
     from subjectgen_training import tiny_models
 
     torch.manual_seed(0)
+    schedule = tiny_models.tiny_scheduler().config
     if model == "tiny":
-        return (build_clip_tokenizer(), tiny_models.tiny_text_encoder(), tiny_models.tiny_vae(), tiny_models.tiny_unet(),
-                tiny_models.tiny_scheduler().config)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+        return (get_family("sd1"), {"tokenizer": build_clip_tokenizer()}, {"text_encoder": tiny_models.tiny_text_encoder()},
+                tiny_models.tiny_vae(), tiny_models.tiny_unet(), schedule)
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512)
+    if model == "sdxl":
+        vae.register_to_config(scaling_factor=0.13025, sample_size=1024)
+        with torch.device("meta" if broadcast else "cpu"):  # broadcast: the real weights need never exist
+            encoders = {"text_encoder": CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu")),
+                        "text_encoder_2": CLIPTextModelWithProjection(clip_text_config(1280, 32, 20, "gelu"))}
+            unet = UNet2DConditionModel(**sdxl_unet_config())
+        if broadcast:
+            for module in (*encoders.values(), unet):
+                broadcast_weights(module)
+        return (get_family("sdxl"), {"tokenizer": build_clip_tokenizer(), "tokenizer_2": build_clip_tokenizer()},
+                encoders, vae, unet, schedule)
+    text = CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu"))
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
                                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    return build_clip_tokenizer(), text, vae, unet, tiny_models.tiny_scheduler().config
+    return get_family("sd1"), {"tokenizer": build_clip_tokenizer()}, {"text_encoder": text}, vae, unet, schedule
 
 
 def make_folders(root: Path) -> tuple[Path, Path]:
@@ -85,13 +141,13 @@ def make_folders(root: Path) -> tuple[Path, Path]:
     return photos, reg
 
 
-def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path, batch_size: int = 1,
-               gradient_checkpointing: bool = False, mixed_precision: str = "no"):
+def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path, **extra):
+    """The benchmark's training config; ``extra`` holds further TrainConfig fields (batch_size, cd_scope, ...)."""
     from subjectgen_training.train_config import TrainConfig
 
-    return TrainConfig.from_dict(dict(base="benchmark", photos=str(photos), reg_dir=str(reg), method=method, out=str(out),
-                                      resolution=resolution, batch_size=batch_size, steps=steps, use_8bit_adam=False,
-                                      gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision))
+    return TrainConfig.from_dict({"base": "benchmark", "photos": str(photos), "reg_dir": str(reg), "method": method,
+                                  "out": str(out), "resolution": resolution, "batch_size": 1, "steps": steps,
+                                  "use_8bit_adam": False, **extra})
 
 
 def train_step(trainer, step: int, params: list[torch.Tensor]) -> None:
@@ -130,45 +186,99 @@ def measure_memory(trainer) -> dict:
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     tracker = memory_tracker()
-    tracker.track_external(trainer.parts.unet, trainer.parts.text_encoder, trainer.optimizer, *params)
+    tracker.track_external(trainer.parts.unet, *trainer.parts.text_encoders.values(), trainer.optimizer, *params)
     with tracker:
         train_step(trainer, 1, params)
     peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
     return {str(getattr(kind, "value", kind)): int(size) for kind, size in peak.items()}
 
 
-def measure_ours(trainer, steps: int) -> list[float]:
+def live_bytes() -> int:
+    """Bytes held by malloc'ed blocks now (glibc ``mallinfo2``: in-use arena bytes + mmap'ed blocks)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class LivePeak:
+    """Samples :func:`live_bytes` after every torch operation inside the ``with`` block; ``peak`` is the largest."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Sampler(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker.peak = max(tracker.peak, live_bytes())
+                return out
+
+        self.peak = live_bytes()
+        self.mode = Sampler()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def measure_ours(trainer, steps: int) -> tuple[list[float], dict]:
+    """Timed steps after a warm-up step, then one more step under :class:`LivePeak` (its sampling is slow, so it is
+    never timed)."""
     params = list(trainer.trainable_tensors().values())
-    times = []
-    for step in range(steps + 1):
+
+    def one_step(step: int) -> float:
         began = time.perf_counter()
         train_step(trainer, step, params)
-        times.append(time.perf_counter() - began)
-    return times[1:]  # the first step warms up allocators
+        return time.perf_counter() - began
+
+    times = [one_step(step) for step in range(steps + 1)]  # the first step warms up allocators, creates Adam's state
+    memory = {"live_start_gb": live_bytes() / 1024**3}
+    with LivePeak() as tracker:
+        one_step(steps + 1)
+    memory["live_peak_gb"] = tracker.peak / 1024**3
+    return times[1:], memory
 
 
-def measure_naive(trainer, steps: int) -> list[float]:
-    """The example scripts' step on the same modules: encode everything every step, whole embedding matrix trained."""
+def measure_naive(trainer, steps: int) -> tuple[list[float], dict]:
+    """The example scripts' step on the same modules: encode everything every step, whole embedding matrices trained."""
     import random
 
     from subjectgen_training.latent_cache import rescale, square_resize, to_tensor
+    from subjectgen_training.text_features import tokenize
     from subjectgen_training.token_rows import prompt_with_token
 
     config, parts = trainer.config, trainer.parts
-    text_encoder, vae, unet = parts.text_encoder, parts.vae.to(trainer.device), parts.unet
-    # Undo our splice: the example optimises the full (resized) embedding matrix.
-    text_encoder.set_input_embeddings(trainer.rows.base)
-    embedding = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        embedding[trainer.token_ids] = trainer.rows.rows.detach().to(embedding.dtype)
-    embedding.requires_grad_(True)
-    params = [embedding] + (trainer.method.deltas.parameters() if trainer.method.deltas else [])
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
+    vae, unet = parts.vae.to(trainer.device), parts.unet
+    # Undo our splice: the example optimises each encoder's full (resized) embedding matrix.
+    embeddings, new_ids = {}, {}
+    for name, rows in trainer.token_rows.items():
+        text_encoder = parts.text_encoders[name]
+        text_encoder.set_input_embeddings(rows.base)
+        embedding = text_encoder.get_input_embeddings().weight
+        new_ids[name] = [i for group in trainer.encoder_token_groups[name] for i in group]
+        with torch.no_grad():
+            embedding[new_ids[name]] = rows.rows.detach().to(embedding.dtype)
+        embedding.requires_grad_(True)
+        embeddings[name] = embedding
+    params = list(embeddings.values()) + [p for p in trainer.method.weight_parameters().values()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr or config.token_lr, weight_decay=config.adam_weight_decay)
     photos, regs = trainer.data.photos, trainer.data.reg_photos
     instance_prompt = prompt_with_token(config.prompt, config.token, config.num_vectors)
-    keep = torch.ones(embedding.shape[0], dtype=torch.bool)
-    keep[trainer.token_ids] = False
+    keep = {}
+    for name, embedding in embeddings.items():
+        keep[name] = torch.ones(embedding.shape[0], dtype=torch.bool)
+        keep[name][new_ids[name]] = False
     scheduler = parts.noise_scheduler
+    size = (config.resolution, config.resolution)
     times = []
     for step in range(steps + 1):
         began = time.perf_counter()
@@ -183,25 +293,27 @@ def measure_naive(trainer, steps: int) -> list[float]:
         batch = torch.cat([pixels[None], reg_pixels]).to(trainer.device)
         with torch.no_grad():
             latents = vae.encode(batch).latent_dist.sample() * vae.config.scaling_factor
-        ids = parts.tokenizer([instance_prompt, config.class_prompt], padding="max_length", truncation=True,
-                              max_length=77, return_tensors="pt").input_ids.to(trainer.device)
-        states = text_encoder(ids)[0]
+        ids = [tokenize(tokenizer, [instance_prompt, config.class_prompt]).to(trainer.device)
+               for _, tokenizer, _ in parts.slots()]
+        states = parts.family.unet_conditioning(parts, ids, original_size=size, target_size=size)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2,), device=latents.device)
-        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample
+        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, **states.unet_kwargs()).sample
         mask = torch.nn.functional.interpolate(mask[None], size=latents.shape[-2:]).to(latents.device)
         instance = (((prediction[:1] - noise[:1]) ** 2) * mask).sum() / (mask.sum() * 4)
         loss = instance + config.prior_loss_weight * torch.nn.functional.mse_loss(prediction[1:], noise[1:])
-        extra = trainer.method.tokens.extra_loss(embedding[trainer.token_ids])
-        if extra is not None:
-            loss = loss + extra
+        for name, embedding in embeddings.items():
+            extra = trainer.method.extra_loss(embedding[new_ids[name]], name)
+            if extra is not None:
+                loss = loss + extra
         loss.backward()
-        embedding.grad[keep] = 0  # the example's way of "training only the new rows"
+        for name, embedding in embeddings.items():
+            embedding.grad[keep[name]] = 0  # the example's way of "training only the new rows"
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - began)
-    return times[1:]
+    return times[1:], {}
 
 
 # (model, method) -> the most ours/naive may be (issue 29: at SD 1.5's shapes our Custom Diffusion step costs at most
@@ -250,37 +362,43 @@ def recorded_results(model: str) -> Path:
 
 
 def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int,
-            batch_size: int = 1, gradient_checkpointing: bool = False, mixed_precision: str = "no") -> dict:
+            extra: dict | None = None, broadcast: bool = False) -> dict:
     from subjectgen_training.model_parts import parts_from_modules
     from subjectgen_training.trainer import Trainer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         photos, reg = make_folders(Path(tmp))
-        parts = parts_from_modules(*build_modules(model))
-        config = config_for(method, resolution, steps, photos, reg, Path(tmp) / "out", batch_size,
-                            gradient_checkpointing, mixed_precision)
-        trainer = Trainer(config, parts=parts)
+        parts = parts_from_modules(*build_modules(model, broadcast))
+        trainer = Trainer(config_for(method, resolution, steps, photos, reg, Path(tmp) / "out", **(extra or {})),
+                          parts=parts)
         if implementation == "memory":
             began = time.perf_counter()
-            peak = measure_memory(trainer)
+            memory = {"peak_live_tensor_bytes": measure_memory(trainer)}
             times = [time.perf_counter() - began]
         else:
-            peak = None
-            times = (measure_ours if implementation == "ours" else measure_naive)(trainer, steps)
+            times, memory = (measure_ours if implementation == "ours" else measure_naive)(trainer, steps)
     return {
         "model": model, "method": method, "resolution": resolution, "implementation": implementation,
-        "batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing, "mixed_precision": mixed_precision,
         "steps": steps, "threads": threads, "seconds_per_step": sorted(times)[len(times) // 2], "min_seconds_per_step": min(times),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        **({"peak_live_tensor_bytes": peak} if peak is not None else {}),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, **(extra or {}), **memory,
+        **({"broadcast_weights": True} if broadcast else {}),
     }
 
 
-def _subprocess(args, method: str, resolution: int, implementation: str, checkpointing: bool = False) -> dict:
+def extra_fields(args, checkpointing: bool) -> dict:
+    """The TrainConfig fields the flags set beyond the benchmark's defaults."""
+    return {"batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
+            "gradient_checkpointing": checkpointing, **({"cd_scope": args.cd_scope} if args.cd_scope else {})}
+
+
+def _subprocess(args, method: str, resolution: int, implementation: str, checkpointing: bool | None = None) -> dict:
+    checkpointing = args.checkpointing == "on" if checkpointing is None else checkpointing
     command = [sys.executable, "-m", "subjectgen_training.benchmarks.train_bench", "--model", args.model,
                "--steps", str(args.steps), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                "--mixed-precision", args.mixed_precision, "--checkpointing", "on" if checkpointing else "off",
+               *(["--cd-scope", args.cd_scope] if args.cd_scope else []),
+               *(["--broadcast-weights"] if args.broadcast_weights else []),
                "--one", f"{method}/{resolution}", implementation]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -306,7 +424,7 @@ def memory_rows(args) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "sd15", "sdxl"], default="tiny")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--methods", nargs="+", default=["cd", "cr", "cd+cr"])
     parser.add_argument("--steps", type=int, default=10)
@@ -326,12 +444,15 @@ def main(argv: list[str] | None = None) -> int:
                         "train_bench_<model>.json beside this module)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="with --check: how far above the recorded ratio counts as slower (0.15 = 15%%)")
+    parser.add_argument("--cd-scope", choices=["kv", "kv+q+out"], help="Custom Diffusion's scope (default: the recipe's)")
+    parser.add_argument("--implementations", nargs="+", default=["naive", "ours"], choices=["naive", "ours"])
+    parser.add_argument("--broadcast-weights", action="store_true", help="hold no real weights (module docstring)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD/RES", "IMPLEMENTATION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         method, resolution = args.one[0].rsplit("/", 1)
         print(json.dumps(run_one(args.model, method, int(resolution), args.one[1], args.steps, args.threads,
-                                 args.batch_size, args.checkpointing == "on", args.mixed_precision)))
+                                 extra_fields(args, args.checkpointing == "on"), args.broadcast_weights)))
         return 0
     if args.results and not args.check:
         parser.error("--results needs --check")
@@ -362,13 +483,14 @@ def measure(args) -> list[dict]:
     for resolution in args.resolutions:
         for method in args.methods:
             pair = {}
-            for implementation in ("naive", "ours"):
+            for implementation in args.implementations:
                 pair[implementation] = _subprocess(args, method, resolution, implementation)
                 rows.append(pair[implementation])
-            ratio = pair["ours"]["seconds_per_step"] / pair["naive"]["seconds_per_step"]
-            print(f"{args.model:5s} {resolution:4d}px {method:6s} naive {pair['naive']['seconds_per_step'] * 1e3:8.1f} ms "
-                  f"{pair['naive']['peak_rss_gb']:.2f} GB | ours {pair['ours']['seconds_per_step'] * 1e3:8.1f} ms "
-                  f"{pair['ours']['peak_rss_gb']:.2f} GB | ratio {ratio:.2f}", flush=True)
+            line = " | ".join(f"{name} {row['seconds_per_step'] * 1e3:8.1f} ms {row['peak_rss_gb']:.2f} GB"
+                              for name, row in pair.items())
+            if len(pair) == 2:
+                line += f" | ratio {pair['ours']['seconds_per_step'] / pair['naive']['seconds_per_step']:.2f}"
+            print(f"{args.model:5s} {resolution:4d}px {method:6s} {line}", flush=True)
     return rows
 
 

@@ -105,14 +105,23 @@ class Method:
     def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
         raise NotImplementedError
 
-    def attach(self, unet) -> None:
-        """Install what the method trains inside the UNet (nothing for token-only methods)."""
+    def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
+        """The start of ``token_ids`` in one text encoder (``view``: a
+        :class:`subjectgen_training.text_features.EncoderView`; called once per encoder of the base). By default
+        :meth:`initial_rows` with that encoder's tokenizer and module; a method whose start needs the features the
+        pipeline feeds the UNet reads ``view.features``."""
+        return self.initial_rows(view.tokenizer, view.text_encoder, token_ids)
+
+    def attach(self, unet, layers: list[str]) -> None:
+        """Install what the method trains inside the UNet (nothing for token-only methods); ``layers``: the attention
+        modules the model family says Custom Diffusion trains."""
 
     def weight_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Trainable tensors besides the token rows, by a stable name (checkpoints use the names)."""
         return {}
 
-    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(self, rows: torch.Tensor, encoder: str | None = None) -> torch.Tensor | None:
+        """A loss on one encoder's token rows (``encoder``: its pipeline attribute; None: the first)."""
         return None
 
     # -- outputs -----------------------------------------------------------------------------------------------

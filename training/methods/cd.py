@@ -62,18 +62,18 @@ class CustomDiffusion(Method):
         if check is not None:
             check()
 
-    def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
-        return self.tokens.initial_rows(tokenizer, text_encoder, token_ids)
+    def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
+        return self.tokens.initial_rows_for(view, token_ids)
 
-    def attach(self, unet) -> None:
-        self.deltas.attach(unet)
+    def attach(self, unet, layers: list[str]) -> None:
+        self.deltas.attach(unet, layers)
 
     def weight_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {f"cd.{layer}.{name}": param for layer, processor in self.deltas.processors.items()
                 for name, param in processor.named_parameters() if param.requires_grad}
 
-    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return self.tokens.extra_loss(rows)
+    def extra_loss(self, rows: torch.Tensor, encoder: str | None = None) -> torch.Tensor | None:
+        return self.tokens.extra_loss(rows, encoder)
 
     def subject_parts(self) -> SubjectParts:
         layers, deltas, bias_deltas = self.deltas.export()

@@ -59,11 +59,11 @@ class CrossInitialization(Method):
     def check_inputs(self) -> None:
         self.tokens.check_inputs()
 
-    def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
-        return self.tokens.initial_rows(tokenizer, text_encoder, token_ids)
+    def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
+        return self.tokens.initial_rows_for(view, token_ids)
 
-    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return self.tokens.extra_loss(rows)
+    def extra_loss(self, rows: torch.Tensor, encoder: str | None = None) -> torch.Tensor | None:
+        return self.tokens.extra_loss(rows, encoder)
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name(), **self.tokens.describe()}

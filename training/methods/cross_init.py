@@ -3,11 +3,18 @@ CVPR 2024).
 
 Start: tokenize every celebrity name (no padding), take the raw token-embedding rows, drop start/end, put the i-th
 sub-token in column i (i < n) and average each column over all names; then run ``[bos, m_0 .. m_{n-1}, eos,
-pad x (75 - n)]`` through the whole text encoder (position embeddings, every layer with its causal mask, the final
-layer norm). The outputs at positions 1..n are the initial vectors ``init_i`` and the regulariser's fixed target.
+pad x (75 - n)]`` through the text encoder and take the features the pipeline feeds the UNet at positions 1..n
+(``subjectgen_training.text_features``): for SD 1.x the whole encoder with its final layer norm, as the reference.
+Those are the initial vectors ``init_i`` and the regulariser's fixed target.
+
+Several text encoders (SDXL): each encoder's new rows start the same way from *that* encoder's own table, tokenizer
+and features (SDXL: its penultimate hidden states, the part of the UNet's context it gives), and each is pulled back
+to its own start. The pooled text embedding SDXL also feeds the UNet (encoder 2's projected output at the end token)
+gets no start of its own: it follows from the rows through the encoder.
 
 Loss: ``MSE + reg_weight * mean_i ||e_i - init_i||_2`` (plain L2 norm, not squared), as ``train_cross_init.py`` of
-lyuPang/CrossInitialization (the mean pairwise L2 distance to the start, times ``--reg_weight``, added in the training step).
+lyuPang/CrossInitialization (the mean pairwise L2 distance to the start, times ``--reg_weight``, added in the training
+step); with several encoders the pulls of the encoders add up.
 """
 
 from __future__ import annotations
@@ -58,8 +65,9 @@ def column_means(tokenizer, embedding: torch.Tensor, names: list[str], num_vecto
 
 
 @torch.no_grad()
-def encode_rows(tokenizer, text_encoder, token_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """Text-encoder outputs at positions 1..n for the input ``[bos, rows, eos, pad...]`` (77 positions)."""
+def encode_rows(view, token_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """An encoder's UNet features at positions 1..n for the input ``[bos, rows, eos, pad...]`` (77 positions)."""
+    tokenizer, text_encoder = view.tokenizer, view.text_encoder
     n = len(token_ids)
     length = tokenizer.model_max_length
     input_ids = [tokenizer.bos_token_id, *token_ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (length - n - 2)
@@ -67,7 +75,7 @@ def encode_rows(tokenizer, text_encoder, token_ids: list[int], rows: torch.Tenso
     device = original.weight.device
     text_encoder.set_input_embeddings(TokenRows(original, token_ids, rows.to(device)))
     try:
-        hidden = text_encoder(torch.tensor([input_ids], device=device)).last_hidden_state
+        hidden = view.features(torch.tensor([input_ids], device=device))
     finally:
         text_encoder.set_input_embeddings(original)
     return hidden[0, 1 : n + 1].float().clone()
@@ -79,31 +87,40 @@ class CrossInitTokens:
 
     reg_weight: float
     names_file: str | None = None
-    # each token's start, by its first id: a joint run (several people) starts every token the same way
-    starts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    # each token's start, by encoder and first id: a joint run (several people) starts every token the same way
+    starts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def target_of(self, encoder: str | None = None) -> torch.Tensor | None:
+        """The start of every token row of ``encoder`` (default: the first one started) in id order."""
+        if not self.starts:
+            return None
+        encoder = encoder or next(iter(self.starts))[0]
+        return torch.cat([self.starts[key] for key in sorted(k for k in self.starts if k[0] == encoder)])
 
     @property
     def target(self) -> torch.Tensor | None:
-        """The start of every token row in id order (what the L2 pull draws the rows back to)."""
-        return torch.cat([self.starts[k] for k in sorted(self.starts)]) if self.starts else None
+        """The first encoder's start (the only one on SD 1.x)."""
+        return self.target_of()
 
     def check_inputs(self) -> None:
         read_celeb_names(self.names_file)
 
-    def initial_rows(self, tokenizer, text_encoder, token_ids: list[int]) -> torch.Tensor:
+    def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
+        """The start of ``token_ids`` in the encoder of ``view`` (a :class:`subjectgen_training.text_features.EncoderView`)."""
         names = read_celeb_names(self.names_file)
-        embedding = text_encoder.get_input_embeddings().weight
-        means = column_means(tokenizer, embedding, names, len(token_ids))
-        start = encode_rows(tokenizer, text_encoder, token_ids, means)
-        self.starts[int(token_ids[0])] = start
+        embedding = view.text_encoder.get_input_embeddings().weight
+        means = column_means(view.tokenizer, embedding, names, len(token_ids))
+        start = encode_rows(view, token_ids, means)
+        self.starts[(view.name, int(token_ids[0]))] = start
         return start.clone()
 
-    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
-        if self.target is None:
-            raise RuntimeError("initial_rows must run before extra_loss")
+    def extra_loss(self, rows: torch.Tensor, encoder: str | None = None) -> torch.Tensor | None:
+        target = self.target_of(encoder)
+        if target is None:
+            raise RuntimeError("initial_rows_for must run before extra_loss")
         if self.reg_weight == 0:
             return None
-        target = self.target.to(device=rows.device, dtype=rows.dtype)
+        target = target.to(device=rows.device, dtype=rows.dtype)
         return self.reg_weight * (rows - target).norm(dim=-1).mean()
 
     def describe(self) -> dict:

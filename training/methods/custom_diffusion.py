@@ -18,15 +18,6 @@ from torch import nn
 from subjectgen_diffusers.methods import CD_PROCESSOR_WEIGHTS, CD_SCOPES
 
 
-def cross_attention_layers(unet) -> dict[str, nn.Module]:
-    """``name -> Attention`` for every cross-attention module (``attn2``) of a UNet."""
-    return {
-        name: module
-        for name, module in unet.named_modules()
-        if name.endswith("attn2") and getattr(module, "is_cross_attention", False)
-    }
-
-
 def _submodule(module: nn.Module, dotted: str) -> nn.Module:
     for part in dotted.split("."):
         module = module[int(part)] if part.isdigit() else getattr(module, part)
@@ -46,11 +37,12 @@ class CustomDiffusionDeltas:
     def projections(self) -> tuple[str, ...]:
         return CD_SCOPES[self.scope]
 
-    def attach(self, unet) -> nn.ModuleDict:
-        """Give every cross-attention layer a Custom Diffusion processor; return the trainable modules by layer."""
+    def attach(self, unet, layers: list[str]) -> nn.ModuleDict:
+        """Give each of ``layers`` (the attention modules the model family names) a Custom Diffusion processor;
+        return the trainable modules by layer."""
         from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
 
-        layers = cross_attention_layers(unet)
+        layers = set(layers)
         if not layers:
             raise ValueError("this UNet has no cross-attention layers to train")
         train_q_out = "to_q" in self.projections

@@ -55,7 +55,11 @@ class WordInitTokens:
         row = table[self.ids].float().mean(dim=0)
         return row.unsqueeze(0).repeat(len(token_ids), 1).clone()
 
-    def extra_loss(self, rows: torch.Tensor) -> torch.Tensor | None:
+    def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
+        """The same start in any text encoder: the word's row of that encoder's own table."""
+        return self.initial_rows(view.tokenizer, view.text_encoder, token_ids)
+
+    def extra_loss(self, rows: torch.Tensor, encoder: str | None = None) -> torch.Tensor | None:
         return None
 
     def describe(self) -> dict:
