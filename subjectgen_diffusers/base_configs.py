@@ -14,30 +14,42 @@ from typing import Any
 from .errors import SubjectgenError
 
 
-def read_component_config(base: str | Path, component: str, revision: str | None = None) -> dict[str, Any]:
-    """``<base>/<component>/config.json`` as a dict; a :class:`SubjectgenError` saying what to do when unreadable."""
+def read_base_json(base: str | Path, filename: str, missing: str, revision: str | None = None) -> dict[str, Any]:
+    """``<base>/<filename>`` (a local folder or a Hub id) as a dict; ``missing`` says what a local folder without
+    the file is not. Any failure is a :class:`SubjectgenError` saying what to do."""
     folder = Path(base).expanduser()
     if folder.is_dir():
-        path = folder / component / "config.json"
+        path = folder / filename
         if not path.is_file():
-            raise SubjectgenError(f"{folder} has no {component}/config.json: it is not a diffusers Stable Diffusion "
-                                  f"folder (model_index.json with unet/, vae/, text_encoder/ ...).")
+            raise SubjectgenError(f"{folder} has no {filename}: {missing}")
     else:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+        subfolder, _, name = filename.rpartition("/")
         try:
-            path = Path(hf_hub_download(str(base), "config.json", subfolder=component, revision=revision,
+            path = Path(hf_hub_download(str(base), name, subfolder=subfolder or None, revision=revision,
                                         library_name="subjectgen-diffusers"))
         except LocalEntryNotFoundError as error:
             raise SubjectgenError(f"{base!r} is neither a local folder nor in the Hugging Face cache, and the Hub "
                                   f"cannot be reached (offline?). Check the name, or go online once.") from error
         except (HfHubHTTPError, ValueError) as error:
-            raise SubjectgenError(f"could not read {component}/config.json of {base!r} from the Hub: {error}") from error
+            raise SubjectgenError(f"could not read {filename} of {base!r} from the Hub: {error}") from error
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SubjectgenError(f"{path} is not readable JSON ({error}); re-download the base model.") from error
+
+
+def read_component_config(base: str | Path, component: str, revision: str | None = None) -> dict[str, Any]:
+    """``<base>/<component>/config.json`` as a dict; a :class:`SubjectgenError` saying what to do when unreadable."""
+    return read_base_json(base, f"{component}/config.json", "it is not a diffusers Stable Diffusion folder "
+                          "(model_index.json with unet/, vae/, text_encoder/ ...).", revision)
+
+
+def read_model_index(base: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """``model_index.json`` of a diffusers folder or Hub id, without loading weights."""
+    return read_base_json(base, "model_index.json", "it is not a diffusers pipeline folder.", revision)
 
 
 def native_resolution(base: str | Path, revision: str | None = None) -> int:

@@ -45,7 +45,7 @@ class ModelParts:
 
 
 def _model_index(base: str, revision: str | None) -> dict:
-    from subjectgen_diffusers.families import read_model_index
+    from subjectgen_diffusers.base_configs import read_model_index
 
     return read_model_index(base, revision)
 

@@ -28,7 +28,6 @@ API
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,34 +148,9 @@ def family_of_pipeline(pipe) -> ModelFamily:
     return family_of_configs(components, _config_dict(getattr(unet, "config", None)))
 
 
-def read_model_index(base: str | Path, revision: str | None = None) -> dict[str, Any]:
-    """``model_index.json`` of a diffusers folder or Hub id, without loading weights."""
-    folder = Path(base).expanduser()
-    if folder.is_dir():
-        path = folder / "model_index.json"
-        if not path.is_file():
-            raise SubjectgenError(f"{folder} has no model_index.json: it is not a diffusers pipeline folder.")
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            path = Path(hf_hub_download(str(base), "model_index.json", revision=revision,
-                                        library_name="subjectgen-diffusers"))
-        except LocalEntryNotFoundError as error:
-            raise SubjectgenError(f"{base!r} is neither a local folder nor in the Hugging Face cache, and the Hub "
-                                  f"cannot be reached (offline?). Check the name, or go online once.") from error
-        except (HfHubHTTPError, ValueError) as error:
-            raise SubjectgenError(f"could not read model_index.json of {base!r} from the Hub: {error}") from error
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SubjectgenError(f"{path} is not readable JSON ({error}); re-download the base model.") from error
-
-
 def family_of_base(base: str | Path, revision: str | None = None) -> ModelFamily:
     """The family of a diffusers folder or Hub id, from ``model_index.json`` and ``unet/config.json`` alone."""
-    from ..base_configs import read_component_config
+    from ..base_configs import read_component_config, read_model_index
 
     index = read_model_index(base, revision)
     components = {name for name, value in index.items()
