@@ -115,7 +115,7 @@ def test_identity_on_real_photos_separates_the_astronaut_from_grace_hopper(refer
     assert overall["count"] == 4 and overall["face_detection_rate"] == 0.75
     per_prompt = results["summary"]["per_prompt"]
     assert per_prompt["a photo of {} in uniform"]["face_detection_rate"] == 0.5
-    assert "identity 0" in results["protocol"] and results["settings"]["references_with_face"] == 3
+    assert "likeness (identity) 0" in results["protocol"] and results["settings"]["references_with_face"] == 3
     assert "dlib" in results["settings"]["identity_measure"] and "mean over the reference" in results["settings"]["identity_measure"]
 
 
@@ -151,7 +151,7 @@ def test_evaluate_cli_writes_results_with_clip_scores(reference_dir, generated_d
     proc = run_cli("evaluate", "--images", str(generated_dir), "--reference", str(reference_dir), "--out", str(out),
                    "--clip-model", str(tiny_clip_dir))
     assert proc.returncode == 0, proc.stderr
-    assert "identity 0" in proc.stdout and "face detection 75%" in proc.stdout
+    assert "likeness (identity) 0" in proc.stdout and "face detection 75%" in proc.stdout
     results = json.loads(out.read_text())
     for entry in results["images"]:
         assert -1.0 <= entry["clip_text"] <= 1.0 and -1.0 <= entry["clip_image"] <= 1.0

@@ -112,7 +112,7 @@ def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert [run["setup"] for run in summary["runs"]] == ["baseline", *FIVE_SETUPS]
-    assert len(summary["prompts"]) == 3 and "identity 0" in summary["protocol"]
+    assert len(summary["prompts"]) == 3 and "likeness (identity) 0" in summary["protocol"]
     assert {name: stats["count"] for name, stats in summary["per_setup"].items()} == dict.fromkeys(["baseline", *FIVE_SETUPS], 6)
     for run in summary["runs"]:
         results = json.loads((out / run["results"]).read_text())

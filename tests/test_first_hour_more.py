@@ -364,6 +364,8 @@ def test_load_subject_names_a_truncated_file(saved_subject, tiny_pipe):
 
 
 def test_export_and_push_refuse_a_truncated_subject(saved_subject, tmp_path):
+    from _plugin_fixtures import autospec_api
+
     from subjectgen_diffusers.hub import push_subject_to_hub
     from subjectgen_diffusers.subject_check import SubjectCheckError
 
