@@ -31,9 +31,12 @@ def test_demo_runs_offline_and_says_where_to_look(tmp_path):
     assert len(summary["subjects"][0]["reference"]) >= 4
     report = (out / "report.html").read_text()
     assert report.count("<img") == len(summary["subjects"][0]["reference"]) + 2 * 8
+    # each picture is held in the page (a data: URI) and links to its full image beside the report
     sources = re.findall(r'<img src="([^"]+)"', report)
-    missing = [src for src in sources if not (out / src).is_file()]
-    assert sources and not missing, f"report.html links to missing images: {missing[:3]}"
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    links = re.findall(r'<a href="([^"]+)"><img', report)
+    missing = [href for href in links if not (out / href).is_file()]
+    assert len(links) == len(sources) and not missing, f"report.html links to missing images: {missing[:3]}"
 
 
 def test_demo_names_scikit_image_when_it_is_missing(tmp_path):
@@ -70,4 +73,6 @@ def test_default_demo_learns_the_toy_subject_and_says_where_to_look(tmp_path):
     report = (out / "report.html").read_text()
     sources = re.findall(r'<img[^>]* src="([^"]+)"', report)
     assert len(sources) == 6 + 2 * 4 * 2  # the six photos, two images per prompt per row
-    assert all((out / src).is_file() for src in sources)
+    assert all(src.startswith("data:image/png;base64,") for src in sources)  # the page holds its pictures
+    links = re.findall(r'<a href="([^"]+)"><img', report)
+    assert len(links) == len(sources) and all((out / href).is_file() for href in links)

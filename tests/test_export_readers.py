@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from _plugin_fixtures import make_subject
-from conftest import run_cli
+from _cli import run_cli
 from diffusers import StableDiffusionPipeline
 
 from subjectgen_diffusers.export_readers import READERS, bias_effect_share

@@ -127,14 +127,14 @@ def test_a_test_only_family_loads_refuses_and_exports_through_the_seam(wide_fami
 def test_loader_and_exporter_name_no_family():
     """What differs between families is asked of the family: no family name, encoder, embedding key or block name
     is written in the loader or the LoRA exporter (docstrings aside)."""
-    from tests.conftest import REPO_ROOT
-    from tests.test_method_registry import _string_literals
+    from _cli import REPO_ROOT
+    from _source import string_literals
 
     words = {"sd1", "sdxl", "text_encoder_2", "tokenizer_2", "clip_l", "clip_g", "emb_params", "input_blocks",
              "output_blocks", "middle_block", "lora_unet_", "attn2", "text_time", "StableDiffusionXLPipeline"}
     for name in ("loader.py", "lora_export.py"):
         path = REPO_ROOT / "subjectgen_diffusers" / name
-        literals = _string_literals(path)
+        literals = string_literals(path)
         assert not {text for text in literals if any(word in text for word in words)}, name
         code = path.read_text(encoding="utf-8")
         assert "import SD1" not in code and "import SDXL" not in code and "families.sd" not in code, name

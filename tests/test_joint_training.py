@@ -71,7 +71,8 @@ def test_joint_run_trains_one_token_per_person_and_both_load(tiny_sd_dir, two_pe
     # start (the same for both), the pull is zero there and grows with the distance of any one row from its start
     start = trainer.rows.rows.detach().clone()
     tokens = trainer.method.tokens
-    assert sorted(tokens.starts) == [group[0] for group in trainer.token_groups]  # one start per person, by first id
+    # one start per person, keyed by the encoder and the person's first token id
+    assert sorted(tokens.starts) == [("text_encoder", group[0]) for group in trainer.token_groups]
     assert tokens.target.shape == start.shape == (4, start.shape[1])
     torch.testing.assert_close(tokens.target, start, rtol=0, atol=0)
     torch.testing.assert_close(start[:2], start[2:], rtol=0, atol=0)

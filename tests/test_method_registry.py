@@ -4,28 +4,19 @@ trained, saved, validated and carded without touching anything else."""
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 
 from subjectgen_diffusers import methods as format_table
 from _cli import REPO_ROOT
+from _source import string_literals
 from subjectgen_training import methods as registry
-
-
-def _string_literals(path: Path) -> set[str]:
-    """Every string constant of a module (f-string pieces included), docstrings and other bare strings left out."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    bare = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
-    return {node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare}
 
 
 def test_the_trainer_contains_no_method_name():
     source = (REPO_ROOT / "training" / "trainer.py").read_text(encoding="utf-8")
-    literals = _string_literals(REPO_ROOT / "training" / "trainer.py")
+    literals = string_literals(REPO_ROOT / "training" / "trainer.py")
     assert not set(registry.method_names()) & literals
     for word in ("cross_init", "custom_diffusion", "CrossInit", "CustomDiffusion", "cross_initialised", "method.deltas", "method.tokens"):
         assert word not in source, word
@@ -38,7 +29,7 @@ def test_the_shared_tables_are_written_once():
         for path in (REPO_ROOT / folder).rglob("*.py"):
             if path.name == "methods.py" and path.parent.name == "subjectgen_diffusers":
                 continue
-            literals = _string_literals(path)
+            literals = string_literals(path)
             if any("_custom_diffusion" in text and "pytorch_custom_diffusion_weights" not in text for text in literals):
                 offenders.append(f"{path}: a Custom Diffusion weight name")
             if any(text.startswith("_") and text != "_" and "{i}" in text for text in literals) or \

@@ -104,6 +104,7 @@ def test_a_run_that_trains_nothing_saves_the_ktn_row_and_zero_deltas(tiny_sd_dir
 def test_deltas_subtract_the_float32_start_when_the_base_is_cast(dtype):
     """The trainer casts the frozen UNet to the compute dtype after attaching the trainable copies; an untrained
     copy must still export zero deltas."""
+    from subjectgen_diffusers.families import get_family
     from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
     from subjectgen_training.tiny_models import tiny_unet
     from subjectgen_training.trainer import cast_frozen_weights
@@ -112,7 +113,7 @@ def test_deltas_subtract_the_float32_start_when_the_base_is_cast(dtype):
     unet = tiny_unet()
     unet.requires_grad_(False)
     deltas = CustomDiffusionDeltas("kv+q+out")
-    deltas.attach(unet)
+    deltas.attach(unet, get_family("sd1").cd_layers(unet))
     cast_frozen_weights([unet], dtype)
     layer = next(iter(deltas.processors))
     base = unet.get_submodule(layer).to_k.weight

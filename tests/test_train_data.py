@@ -74,11 +74,12 @@ def test_encode_images_batches_match(tiny_pipe):
 
 def test_start_token_key_value_take_no_gradient(tiny_pipe):
     """Custom Diffusion detaches K/V at the start token: the text states at position 0 get no gradient."""
+    from subjectgen_diffusers.families import get_family
     from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
 
     tiny_pipe.unet.requires_grad_(False)
     deltas = CustomDiffusionDeltas("kv+q+out")
-    deltas.attach(tiny_pipe.unet)
+    deltas.attach(tiny_pipe.unet, get_family("sd1").cd_layers(tiny_pipe.unet))
     states = torch.randn(2, 77, 32, requires_grad=True)
     out = tiny_pipe.unet(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), states).sample
     out.square().mean().backward()

@@ -324,9 +324,8 @@ def _image_grid(summary: dict[str, Any], runs: list[dict[str, Any]], root: Path,
             entries = by_prompt.get(prompt, [])
             for entry in entries[:per_cell]:
                 likeness = "–" if entry.get("identity") is None else f"{entry['identity']:.2f}"
-                path = images_dir / entry["file"]
-                path = path if path.is_absolute() else root / path
-                thumbs.append(f'<a href="{_rel(path, root)}"><img src="{_thumbnail(path)}" width="{THUMB}" '
+                image = images_dir / entry["file"]  # relative paths are relative to the report's folder
+                thumbs.append(f'<a href="{_rel(image, root)}"><img src="{_thumbnail(image if image.is_absolute() else root / image)}" width="{THUMB}" '
                               f'height="{THUMB}" title="{LIKENESS} {likeness}" '
                               f'alt="{html.escape(entry["file"], quote=True)}"></a>')
             shown = (f'<div class="shown">{min(per_cell, len(entries))} of {len(entries)} images shown</div>'
