@@ -221,6 +221,7 @@ def test_worst_pair_bars_take_the_worst_two_subject_mean():
 
 @pytest.mark.slow
 @needs_weights
+@pytest.mark.long(minutes=9)
 def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     population = load_experiment_config("five_setups_toy_population")
     test_subjects = [dataclasses.asdict(s) for s in population.subjects if s.group == "test"][:2]
