@@ -21,6 +21,14 @@ def test_ratios_pair_ours_with_naive_of_the_same_configuration():
     assert measured == {("sd15", "cd", 256): 0.45, ("sd15", "cr", 256): 0.75}
 
 
+def test_cpu_clock_pairs_the_cpu_seconds_and_skips_rows_without_them():
+    timed = rows(40.0, 30.0)
+    timed[0]["cpu_seconds_per_step"], timed[1]["cpu_seconds_per_step"] = 20.0, 9.0  # a loaded wall, a steady CPU
+    assert ratios(timed, "cpu") == {("sd15", "cd", 256): 0.45}
+    assert ratios(timed) == {("sd15", "cd", 256): 0.75}
+    assert ratios(rows(40.0, 18.0), "cpu") == {}  # recorded before CPU time was kept: nothing to compare
+
+
 def test_check_names_which_bar_is_off():
     recorded = {("sd15", "cd", 256): 0.40, ("sd15", "cr", 256): 0.60}
     ok, lines = check_ratios({("sd15", "cd", 256): 0.44, ("sd15", "cr", 256): 0.65}, recorded, GOALS, 0.15)

@@ -33,6 +33,7 @@ import torch
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.public_names import public_name, without_local_paths
+from subjectgen_training.cpu_kernels import small_map_convolutions
 from subjectgen_training.losses import instance_loss, prior_loss
 from subjectgen_training.methods import build_method
 from subjectgen_training.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
@@ -289,7 +290,7 @@ class Trainer:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        with self.autocast():
+        with self.autocast(), small_map_convolutions(self.device):  # CPU kernel choice only (cpu_kernels)
             states = cast_conditioning(states, self.weight_dtype)
             prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, **states.unet_kwargs()).sample
         return prediction, target

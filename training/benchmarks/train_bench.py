@@ -3,8 +3,14 @@
 The naive loop (what ``train_custom_diffusion.py`` / ``textual_inversion.py`` do every step): VAE-encode the pixel
 batch (photos and class images), text-encode every prompt (class prompts included), optimise the whole token
 embedding matrix with AdamW and zero the other rows' gradients. Ours: latents encoded once (flips and rescale
-variants included), class-prompt encodings cached, only the new rows as parameters. Same UNet (SDPA, Custom
-Diffusion processors), same batch (1 photo + 1 class image), same method and resolution.
+variants included), class-prompt encodings cached, only the new rows as parameters, and on a CPU the im2col kernel
+for the large 3x3 convolutions on small maps (``subjectgen_training.cpu_kernels``; the naive loop keeps PyTorch's
+default kernels, as the examples do). Same UNet (SDPA, Custom Diffusion processors), same batch (1 photo + 1 class
+image), same method and resolution.
+
+Each row holds the median and minimum step in wall-clock seconds (``seconds_per_step``) and in the process's CPU
+seconds (``cpu_seconds_per_step``; one torch thread, so that is the step's own work: on a shared machine other jobs
+stretch the wall time of whichever loop they overlap, not its CPU time), and the load average when it finished.
 
 Models: ``tiny`` (training/tiny_models.py), ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
 built offline from configs: UNet 860 M, VAE 84 M, text encoder 123 M parameters) or ``sdxl`` (SDXL base 1.0's real
@@ -29,7 +35,8 @@ was held before the first measured step (weights, caches, optimizer state); thei
 (:data:`GOALS`) and with the last recorded results (``train_bench_<model>.json`` beside this module, the raw rows of
 ``train_bench_results.md``), says which is off, and exits 1 when one is. ``--results FILE`` checks rows already
 measured (a file ``--out`` wrote) instead of measuring again. The ratio, not the absolute time, is compared: both loops
-run on the same machine in the same run, so a loaded machine slows both.
+run on the same machine in the same run, so a loaded machine slows both. ``--clock cpu`` compares the CPU-time ratio
+instead (against recorded rows that have it): the steadier figure when other jobs share the cores.
 
 ``--memory`` adds, for our trainer, the peak bytes of live tensors in one training step (forward, backward, clipping,
 optimizer step; the AdamW moments made beforehand, as in a long run), with and without gradient checkpointing
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -230,15 +238,15 @@ class LivePeak:
         self.mode.__exit__(*exc)
 
 
-def measure_ours(trainer, steps: int) -> tuple[list[float], dict]:
-    """Timed steps after a warm-up step, then one more step under :class:`LivePeak` (its sampling is slow, so it is
-    never timed)."""
+def measure_ours(trainer, steps: int) -> tuple[list[tuple[float, float]], dict]:
+    """``(wall, CPU)`` seconds of timed steps after a warm-up step, then one more step under :class:`LivePeak` (its
+    sampling is slow, so it is never timed)."""
     params = list(trainer.trainable_tensors().values())
 
-    def one_step(step: int) -> float:
-        began = time.perf_counter()
+    def one_step(step: int) -> tuple[float, float]:
+        began, cpu = time.perf_counter(), time.process_time()
         train_step(trainer, step, params)
-        return time.perf_counter() - began
+        return time.perf_counter() - began, time.process_time() - cpu
 
     times = [one_step(step) for step in range(steps + 1)]  # the first step warms up allocators, creates Adam's state
     memory = {"live_start_gb": live_bytes() / 1024**3}
@@ -248,7 +256,7 @@ def measure_ours(trainer, steps: int) -> tuple[list[float], dict]:
     return times[1:], memory
 
 
-def measure_naive(trainer, steps: int) -> tuple[list[float], dict]:
+def measure_naive(trainer, steps: int) -> tuple[list[tuple[float, float]], dict]:
     """The example scripts' step on the same modules: encode everything every step, whole embedding matrices trained."""
     import random
 
@@ -281,7 +289,7 @@ def measure_naive(trainer, steps: int) -> tuple[list[float], dict]:
     size = (config.resolution, config.resolution)
     times = []
     for step in range(steps + 1):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         # Per-step pixel work as the example's dataset does (rescale/flip), then the VAE on photo + class image.
         rng = random.Random(step)
         pixels = to_tensor(square_resize(photos[step % len(photos)].image, config.resolution))
@@ -312,7 +320,7 @@ def measure_naive(trainer, steps: int) -> tuple[list[float], dict]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - began)
+        times.append((time.perf_counter() - began, time.process_time() - cpu))
     return times[1:], {}
 
 
@@ -324,9 +332,15 @@ GOALS = {("sd15", "cd"): 0.5}
 DEFAULT_TOLERANCE = 0.15
 
 
-def ratios(rows: list[dict]) -> dict[tuple, float]:
-    """``(model, method, resolution) -> ours / naive`` (median step times) for every pair present in ``rows``."""
-    times = {(r["model"], r["method"], r["resolution"], r["implementation"]): r["seconds_per_step"] for r in rows}
+CLOCKS = {"wall": "seconds_per_step", "cpu": "cpu_seconds_per_step"}
+
+
+def ratios(rows: list[dict], clock: str = "wall") -> dict[tuple, float]:
+    """``(model, method, resolution) -> ours / naive`` (median step times by ``clock``: ``wall`` seconds, or ``cpu``
+    seconds of the process, which a loaded machine's time slicing does not stretch) for every pair present in
+    ``rows`` that has that clock."""
+    key = CLOCKS[clock]
+    times = {(r["model"], r["method"], r["resolution"], r["implementation"]): r[key] for r in rows if key in r}
     return {key[:3]: times[key] / times[(*key[:3], "naive")]
             for key in times if key[3] == "ours" and (*key[:3], "naive") in times}
 
@@ -373,14 +387,17 @@ def run_one(model: str, method: str, resolution: int, implementation: str, steps
         trainer = Trainer(config_for(method, resolution, steps, photos, reg, Path(tmp) / "out", **(extra or {})),
                           parts=parts)
         if implementation == "memory":
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             memory = {"peak_live_tensor_bytes": measure_memory(trainer)}
-            times = [time.perf_counter() - began]
+            times = [(time.perf_counter() - began, time.process_time() - cpu)]
         else:
             times, memory = (measure_ours if implementation == "ours" else measure_naive)(trainer, steps)
+    wall, cpu = sorted(t[0] for t in times), sorted(t[1] for t in times)
     return {
         "model": model, "method": method, "resolution": resolution, "implementation": implementation,
-        "steps": steps, "threads": threads, "seconds_per_step": sorted(times)[len(times) // 2], "min_seconds_per_step": min(times),
+        "steps": steps, "threads": threads, "seconds_per_step": wall[len(wall) // 2], "min_seconds_per_step": wall[0],
+        "cpu_seconds_per_step": cpu[len(cpu) // 2], "min_cpu_seconds_per_step": cpu[0],
+        "load_average": list(os.getloadavg()),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, **(extra or {}), **memory,
         **({"broadcast_weights": True} if broadcast else {}),
     }
@@ -442,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", help="with --check: check these rows (a file --out wrote) instead of measuring")
     parser.add_argument("--recorded", help="with --check: the recorded rows to compare with (default: "
                         "train_bench_<model>.json beside this module)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="with --check: compare wall-clock step times, or the process's CPU time per step (steadier "
+                        "on a shared machine: another job's share of the cores does not count)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="with --check: how far above the recorded ratio counts as slower (0.15 = 15%%)")
     parser.add_argument("--cd-scope", choices=["kv", "kv+q+out"], help="Custom Diffusion's scope (default: the recipe's)")
@@ -469,11 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         return 0
     recorded_path = Path(args.recorded) if args.recorded else recorded_results(args.model)
-    recorded = ratios(json.loads(recorded_path.read_text())) if recorded_path.is_file() else {}
-    ok, lines = check_ratios(ratios(rows), recorded, GOALS, args.tolerance)
+    recorded = ratios(json.loads(recorded_path.read_text()), args.clock) if recorded_path.is_file() else {}
+    ok, lines = check_ratios(ratios(rows, args.clock), recorded, GOALS, args.tolerance)
     for line in lines:
         print(line)
-    print(f"check: {'ok' if ok else 'OFF'} (recorded: {recorded_path.name if recorded else 'none'})")
+    print(f"check: {'ok' if ok else 'OFF'} ({args.clock} time; recorded: {recorded_path.name if recorded else 'none'})")
     return 0 if ok else 1
 
 
@@ -486,10 +506,12 @@ def measure(args) -> list[dict]:
             for implementation in args.implementations:
                 pair[implementation] = _subprocess(args, method, resolution, implementation)
                 rows.append(pair[implementation])
-            line = " | ".join(f"{name} {row['seconds_per_step'] * 1e3:8.1f} ms {row['peak_rss_gb']:.2f} GB"
-                              for name, row in pair.items())
+            line = " | ".join(f"{name} {row['seconds_per_step'] * 1e3:8.1f} ms (CPU {row['cpu_seconds_per_step'] * 1e3:8.1f}) "
+                              f"{row['peak_rss_gb']:.2f} GB" for name, row in pair.items())
             if len(pair) == 2:
-                line += f" | ratio {pair['ours']['seconds_per_step'] / pair['naive']['seconds_per_step']:.2f}"
+                line += (f" | ratio {pair['ours']['seconds_per_step'] / pair['naive']['seconds_per_step']:.2f}"
+                         f" (CPU {pair['ours']['cpu_seconds_per_step'] / pair['naive']['cpu_seconds_per_step']:.2f})")
+            line += " | load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
             print(f"{args.model:5s} {resolution:4d}px {method:6s} {line}", flush=True)
     return rows
 
