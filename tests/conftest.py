@@ -29,6 +29,17 @@ def pytest_sessionstart(session):
                         returncode=4)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``long`` (a minute or more each; ``long(minutes=N)`` for the longest) go first, longest first:
+    ``pytest -n 2`` hands tests out in order, so a long one started late keeps one worker busy after the other has
+    finished everything else."""
+    def minutes(item) -> float:
+        marker = item.get_closest_marker("long")
+        return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1))
+
+    items.sort(key=lambda item: -minutes(item))  # stable: the same order on every worker
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """A tiny SD 1.x pipeline saved in diffusers format (shared, read-only)."""
@@ -69,3 +80,21 @@ def grace_hopper_image():
 
     with cbook.get_sample_data("grace_hopper.jpg") as handle:
         return Image.open(handle).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory, astronaut_image) -> Path:
+    """Four overlapping crops of one real person's photo: the training photos the trainer tests share (read-only)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for i, box in enumerate([(0, 0, 400, 400), (50, 0, 450, 400), (0, 30, 420, 450), (80, 20, 480, 420)]):
+        astronaut_image.crop(box).save(folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reg_dir(tmp_path_factory, grace_hopper_image) -> Path:
+    """Two class images of another real person (read-only)."""
+    folder = tmp_path_factory.mktemp("reg")
+    for i in range(2):
+        grace_hopper_image.rotate(5 * i).save(folder / f"reg{i}.png")
+    return folder

@@ -84,6 +84,7 @@ def _markers(out):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_tiny_five_setups_end_to_end_survives_a_stop_and_resumes(tmp_path):
     out = tmp_path / "exp"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}

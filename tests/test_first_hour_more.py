@@ -20,7 +20,7 @@ TOY_BASE = REPO_ROOT / "training" / "toy" / "weights" / "toy-base"
 
 
 @pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory, astronaut_image):
+def alice_photo_dir(tmp_path_factory, astronaut_image):
     folder = tmp_path_factory.mktemp("photos") / "alice-photos"
     folder.mkdir()
     for i, box in enumerate([(0, 0, 400, 400), (60, 0, 460, 400), (0, 40, 420, 460), (30, 30, 430, 430)]):
@@ -28,11 +28,11 @@ def photo_dir(tmp_path_factory, astronaut_image):
     return folder
 
 
-def _train(tiny_sd_dir, photo_dir, out: Path, **extra):
+def _train(tiny_sd_dir, alice_photo_dir, out: Path, **extra):
     from subjectgen_training.train_config import TrainConfig
     from subjectgen_training.trainer import train
 
-    config = {**dict(base=str(tiny_sd_dir), photos=str(photo_dir), method="cd+cr", out=str(out), resolution=64,
+    config = {**dict(base=str(tiny_sd_dir), photos=str(alice_photo_dir), method="cd+cr", out=str(out), resolution=64,
                      batch_size=1, steps=2, checkpoint_every=1), **extra}
     return train(TrainConfig.from_dict(config))
 
@@ -40,10 +40,10 @@ def _train(tiny_sd_dir, photo_dir, out: Path, **extra):
 # -- item 4: no private paths, checkpoints beside the subject, push uploads the subject only ------------------------
 
 @pytest.mark.slow
-def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, photo_dir, tmp_path):
+def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, alice_photo_dir, tmp_path):
     from subjectgen_diffusers.public_names import local_paths_in
 
-    out = _train(tiny_sd_dir, photo_dir, tmp_path / "subjects" / "alice")
+    out = _train(tiny_sd_dir, alice_photo_dir, tmp_path / "subjects" / "alice")
     subject_config = json.loads((out / "subject_config.json").read_text())
     train_config = json.loads((out / "train_config.json").read_text())
     assert subject_config["base_model"] == tiny_sd_dir.name == "model"
@@ -55,17 +55,17 @@ def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, photo_dir,
 
 
 @pytest.mark.slow
-def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, photo_dir, tmp_path):
+def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, alice_photo_dir, tmp_path):
     from subjectgen_training.checkpoints import checkpoint_dir
 
-    dropped = _train(tiny_sd_dir, photo_dir, tmp_path / "dropped")
+    dropped = _train(tiny_sd_dir, alice_photo_dir, tmp_path / "dropped")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dropped"]  # no dropped.checkpoints left
     assert sorted(p.name for p in dropped.iterdir()) == [
         "subject.safetensors", "subject_config.json", "train_config.json", "train_summary.json"]
 
     previous = os.umask(0o027)
     try:
-        kept = _train(tiny_sd_dir, photo_dir, tmp_path / "kept", keep_checkpoints=True, steps=3)
+        kept = _train(tiny_sd_dir, alice_photo_dir, tmp_path / "kept", keep_checkpoints=True, steps=3)
     finally:
         os.umask(previous)
     assert checkpoint_dir(kept) == tmp_path / "kept.checkpoints"
@@ -138,15 +138,15 @@ def test_public_names(tmp_path, monkeypatch):
 
 # -- item 10: --out naming a file, two runs into one folder ------------------------------------------------------------
 
-def _toy_train_args(photo_dir, out: Path, *more: str) -> list[str]:
-    return ["train", "--base", str(TOY_BASE), "--photos", str(photo_dir), "--method", "cd", "--out", str(out),
+def _toy_train_args(alice_photo_dir, out: Path, *more: str) -> list[str]:
+    return ["train", "--base", str(TOY_BASE), "--photos", str(alice_photo_dir), "--method", "cd", "--out", str(out),
             "--resolution", "32", "--batch-size", "1", "--threads", "1", *more]
 
 
-def test_train_out_naming_an_existing_file_is_refused(photo_dir, tmp_path):
+def test_train_out_naming_an_existing_file_is_refused(alice_photo_dir, tmp_path):
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
-    result = run_cli(*_toy_train_args(photo_dir, taken, "--steps", "1"), timeout=300)
+    result = run_cli(*_toy_train_args(alice_photo_dir, taken, "--steps", "1"), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --out {taken} is an existing file, not a folder")
     assert taken.read_text() == "mine"
@@ -173,7 +173,7 @@ def _lock_record(path: Path):
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_not_stick(photo_dir, tmp_path):
+def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_not_stick(alice_photo_dir, tmp_path):
     import socket
     import subprocess
     import sys
@@ -183,12 +183,12 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_n
     out = tmp_path / "alice"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-m", "subjectgen_training",
-                              *_toy_train_args(photo_dir, out, "--steps", "100000", "--checkpoint-every", "1")],
+                              *_toy_train_args(alice_photo_dir, out, "--steps", "100000", "--checkpoint-every", "1")],
                              cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         record = _wait_for(lambda: _lock_record(out / "train.lock"), "the first run's lock", first)
         assert record["pid"] == first.pid and record["host"] == socket.gethostname()
-        second = run_cli(*_toy_train_args(photo_dir, out, "--steps", "2"), timeout=300)
+        second = run_cli(*_toy_train_args(alice_photo_dir, out, "--steps", "2"), timeout=300)
         assert second.returncode == 2, second.stderr[-2000:]
         assert (f"is being written by another training run: process {first.pid} on host {socket.gethostname()}"
                 in second.stderr.strip().splitlines()[-1])
@@ -198,7 +198,7 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_n
         first.wait()
     assert _lock_record(out / "train.lock")["pid"] == first.pid  # the dead run's file is still there
     reached = int(list_checkpoints(out)[-1].name.split("-")[1])
-    resumed = run_cli(*_toy_train_args(photo_dir, out, "--steps", str(reached + 1), "--resume"), timeout=300)
+    resumed = run_cli(*_toy_train_args(alice_photo_dir, out, "--steps", str(reached + 1), "--resume"), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "train_summary.json").read_text())["resumed_from"] == reached
     assert not (out / "train.lock").exists()
@@ -209,13 +209,13 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_n
 RULE = "--resolution must be a positive multiple of 8 (the image side in pixels, e.g. 512), got {}."
 
 
-def test_train_shares_the_resolution_rule(photo_dir, tmp_path):
+def test_train_shares_the_resolution_rule(alice_photo_dir, tmp_path):
     from subjectgen_training.train_config import TrainConfig, TrainConfigError
 
     for bad in (0, -8, 12):
         with pytest.raises(TrainConfigError, match=RULE.format(bad).replace("(", r"\(").replace(")", r"\)")):
             TrainConfig.from_dict(dict(base="b", photos="p", method="cd", out="o", resolution=bad))
-    result = run_cli(*_toy_train_args(photo_dir, tmp_path / "o", "--steps", "1", "--resolution", "0"), timeout=300)
+    result = run_cli(*_toy_train_args(alice_photo_dir, tmp_path / "o", "--steps", "1", "--resolution", "0"), timeout=300)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "error: " + RULE.format(0)
     assert not (tmp_path / "o").exists()
 
@@ -235,7 +235,7 @@ def test_train_defaults_to_the_base_models_native_size(tiny_sd_dir):
                                                        out="o")).sized().resolution == 32
 
 
-def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
+def test_fewer_than_four_photos_warn(tiny_sd_dir, alice_photo_dir, tmp_path, caplog):
     import logging
     import shutil
 
@@ -253,12 +253,12 @@ def test_fewer_than_four_photos_warn(tiny_sd_dir, photo_dir, tmp_path, caplog):
 
     few = tmp_path / "few"
     few.mkdir()
-    for photo in sorted(photo_dir.iterdir())[:3]:
+    for photo in sorted(alice_photo_dir.iterdir())[:3]:
         shutil.copy(photo, few / photo.name)
     assert warnings_for(few) == ["--photos: only 3 usable photo(s) in few; the methods are made for 4-20 photos of "
                                  "the person (varied poses and backgrounds): with fewer, the subject tends to copy "
                                  "them"]
-    assert warnings_for(photo_dir) == []  # 4 photos: the low end of the range, no warning
+    assert warnings_for(alice_photo_dir) == []  # 4 photos: the low end of the range, no warning
 
 
 # -- item 8: the --resume line only when --resume was asked for -------------------------------------------------------
@@ -271,19 +271,19 @@ def _train_command(*args: str) -> int:
 
 
 @pytest.mark.slow
-def test_the_resume_line_only_when_resume_was_asked(photo_dir, tmp_path, caplog):
+def test_the_resume_line_only_when_resume_was_asked(alice_photo_dir, tmp_path, caplog):
     import logging
 
     from subjectgen_training.train_config import TrainConfig
     from subjectgen_training.trainer import train
 
-    common = dict(base=str(TOY_BASE), photos=str(photo_dir), method="cd", resolution=32, batch_size=1, steps=1)
+    common = dict(base=str(TOY_BASE), photos=str(alice_photo_dir), method="cd", resolution=32, batch_size=1, steps=1)
     with caplog.at_level(logging.INFO):
         train(TrainConfig.from_dict({**common, "out": str(tmp_path / "runner"), "resume": True}))  # a resumable job
     assert not [r for r in caplog.records if "--resume" in r.getMessage()]
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert _train_command(*_toy_train_args(photo_dir, tmp_path / "asked", "--steps", "1", "--resume")[1:]) == 0
+        assert _train_command(*_toy_train_args(alice_photo_dir, tmp_path / "asked", "--steps", "1", "--resume")[1:]) == 0
     said = [r.getMessage() for r in caplog.records if "--resume" in r.getMessage()]
     assert said == [f"--resume: no checkpoint in {tmp_path / 'asked.checkpoints'}; starting from step 0"]
 

@@ -175,6 +175,7 @@ def test_a_flag_overrides_the_toy_recipe_and_a_real_base_keeps_the_method_recipe
 # -- item 3: Ctrl-C says --resume, the same command refuses to start over, --resume continues ------------------------
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_an_interrupted_run_says_resume_and_never_starts_over_silently(work, monkeypatch, capsys):
     out = work / "stopped"
     command = ["train", "--base", TOY, "--photos", str(work / "photos"), "--out", str(out), "--steps", "4",
@@ -376,6 +377,12 @@ README_SKIPPED = {
         "builds a venv and trains 150 steps (~60 s CPU): tests/test_demo.py runs the demo, tests/test_wheel.py from a "
         "fresh venv; its photos are written here as the demo writes them",
     "subjectgen ui": "a web server: tests/test_ui.py drives it in a browser",
+    # The two experiment lines run the whole toy comparison (five trainings, 160 images, ~5 CPU-minutes): the suite
+    # runs the same runner on the same settings (test_toy_experiment.py checks five_setups_toy's settings equal the
+    # population config's and runs that on two held-out faces), its Ray executor (test_scale_out.py, killed and rerun),
+    # and test_readme_experiment_lines_name_a_shipped_config_and_real_flags below parses these lines as written.
+    "subjectgen experiment five_setups_toy --out runs/toy": "the toy comparison: see above",
+    "subjectgen experiment five_setups_toy --out runs/toy --executor ray": "the toy comparison on Ray: see above",
 }
 STEPS_OF_A_README_TRAIN = ["--steps", "2"]  # the line as written, 2 steps instead of the recipe's 150 (measured by hand)
 
@@ -426,3 +433,21 @@ def test_the_readmes_toy_model_lines_run_as_written(tmp_path):
         result = run_cli(*args, "--threads", "1", cwd=tmp_path, env=ONE_THREAD)
         assert result.returncode == 0, (words, result.stderr[-3000:])
     assert json.loads((tmp_path / "toy_subject" / "subject_config.json").read_text())["base_model"] == TOY
+
+
+def test_readme_experiment_lines_name_a_shipped_config_and_real_flags():
+    """The README's experiment lines (not run above: see README_SKIPPED) name a config that resolves and flags the
+    command's own parser accepts, with the values the README says."""
+    import shlex
+
+    from subjectgen_training.cli import build_parser
+    from subjectgen_training.experiment import load_experiment_config
+
+    lines = [shlex.split(line, comments=True) for line in readme_shell_lines((REPO_ROOT / "README.md").read_text("utf-8"))
+             if line.startswith("subjectgen experiment five_setups_toy")]
+    assert len(lines) == 2, lines
+    parser = build_parser("experiment")
+    for words in lines:
+        args = parser.parse_args(words[1:])
+        assert load_experiment_config(args.config).name == "five_setups_toy"
+        assert args.out == "runs/toy" and args.executor == ("ray" if "ray" in words else "local")

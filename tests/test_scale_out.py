@@ -71,8 +71,10 @@ def _safetensors(path):
 
 
 @pytest.mark.slow
+@pytest.mark.long(minutes=2)
 def test_ray_killed_and_rerun_gives_the_local_results_without_redoing_finished_stages(tmp_path, ray_address):
-    config = toy_experiment(tmp_path / "exp.yaml", {"a": "toy:seed=100", "b": "toy:seed=101"})
+    # One subject: photos, train, generate, evaluate (4 stages); the driver is killed once the training is done.
+    config = toy_experiment(tmp_path / "exp.yaml", {"a": "toy:seed=100"})
     local, out = tmp_path / "local", tmp_path / "ray"
     serial = run_cli("--threads", "1", "experiment", str(config), "--out", str(local))  # Ray stages: 1 CPU, 1 thread
     assert serial.returncode == 0, serial.stderr[-3000:]
@@ -87,20 +89,20 @@ def test_ray_killed_and_rerun_gives_the_local_results_without_redoing_finished_s
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = _markers(out)
-    assert 0 < len(before) < 8 and not (out / "summary.json").exists()  # stopped midway
+    assert 0 < len(before) < 4 and not (out / "summary.json").exists()  # stopped midway
 
     rerun = subprocess.run(cli_command(args), cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = _markers(out)
     assert {name: after[name] for name in before} == before  # no finished stage was redone
-    done = int(re.search(r"(\d+) of 8 stages already done", rerun.stderr).group(1))
-    assert len(before) <= done < 8 and f"submitted {8 - done} stage(s) to Ray" in rerun.stderr
+    done = int(re.search(r"(\d+) of 4 stages already done", rerun.stderr).group(1))
+    assert len(before) <= done < 4 and f"submitted {4 - done} stage(s) to Ray" in rerun.stderr
 
     one, two = (json.loads((root / "summary.json").read_text()) for root in (local, out))
     assert _numbers(one) == _numbers(two) and set(_markers(local)) == set(after)
     files = sorted(p.relative_to(local) for p in (local / "runs").rglob("*") if p.suffix in (".safetensors", ".png"))
-    assert [p.suffix for p in files].count(".safetensors") == 2 and [p.suffix for p in files].count(".png") == 4
+    assert [p.suffix for p in files].count(".safetensors") == 1 and [p.suffix for p in files].count(".png") == 2
     for name in files:
         if name.suffix == ".png":
             assert (local / name).read_bytes() == (out / name).read_bytes(), name
@@ -109,6 +111,7 @@ def test_ray_killed_and_rerun_gives_the_local_results_without_redoing_finished_s
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_failing_stage_is_reported_by_name_while_the_others_finish(tmp_path, ray_address):
     from subjectgen_training.experiment import load_experiment_config, run_experiment
     from subjectgen_training.experiment.executors import ExecutorSpec
@@ -127,6 +130,7 @@ def test_a_failing_stage_is_reported_by_name_while_the_others_finish(tmp_path, r
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_batch_trains_three_people_then_only_the_fourth(tmp_path, ray_address):
     people = {"ana": "toy:seed=100", "bo": "toy:seed=101", "cy": "toy:seed=102"}
     out = tmp_path / "batch"

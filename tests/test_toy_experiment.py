@@ -1,8 +1,9 @@
 """The toy experiments are configs for the one runner; the population run's claims hold on held-out subjects.
 
-The slow test is the CI-sized population run: two test subjects drawn from a seed (never the shipped face, never a
-tuning subject), the shipped training, run through `subjectgen experiment`. Its thresholds are read from the shipped
-population run's numbers for the same two subjects (half of each effect: see ``ci_claims``), never from this run.
+The slow test is the CI-sized population run: the population's first test subject, drawn from a seed (never the
+shipped face, never a tuning subject), the shipped training, run through `subjectgen experiment`. Its thresholds are
+read from the shipped population run's numbers for the same subject (half of each effect: see ``ci_claims``), never
+from this run.
 """
 
 from __future__ import annotations
@@ -91,9 +92,13 @@ def _overall(summary, subject, setup):
 
 
 POPULATION_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "toy_population" / "summary.json"
-CI_SUBJECTS = ("test-100", "test-101")  # the population config's first two test subjects
+# The population config's first test subject. Until issue 25's second pass the CI run took the first two; the second,
+# test-101, is the population's weakest face for the CD rows (shipped run: cd+cr-reg likeness gain -0.005, hats kept
+# 0-25 %), so the pair's bars were test-100's effects diluted by half (a run could lose 87.5 % of the hats and pass).
+# One face, with bars at half of its own effects, is the stricter gate at half the cost (~4.5 CPU-minutes less).
+CI_SUBJECTS = ("test-100",)
 MARK_ROWS = ("cd-reg-base", "cd-reg-alt", "cd+cr-reg")  # the rows the README says draw the unnamed mark
-KEPT = 0.5  # a CI run must keep more than this share of every effect the population run measured for its pair
+KEPT = 0.5  # a CI run must keep more than this share of every effect the population run measured for its subjects
 
 
 def _mean(summary: dict, setup: str, key: str, part: str | None = None) -> float:
@@ -107,19 +112,19 @@ def _gain(summary: dict, setup: str, key: str, part: str | None = None) -> float
 
 def ci_claims(population: dict) -> list[tuple[str, callable, float]]:
     """Every claim the CI run must meet, each with its bar derived from the shipped population run's numbers for the
-    same two subjects (which the CI run reproduces on this CPU; another CPU's float differences may flip an image or
-    two). The bar is KEPT (half) of the effect the pair reached there, so a run that loses most of an effect fails:
+    same subjects (which the CI run reproduces on this CPU; another CPU's float differences may flip an image or
+    two). The bar is KEPT (half) of the effect the subjects reached there, so a run that loses most of an effect fails:
     - learning (likeness and traits gain over the baseline, every setup; the hidden mark of the regularised CD rows
-      and CD+CR above the baseline's): gain >= half the pair's gain (each of which must be positive there);
+      and CD+CR above the baseline's): gain >= half the subjects' gain (each of which must be positive there);
     - keeping what the prompt asks (prompt-following, the hat, every setup; CR's glasses; each subject's new
-      backgrounds): rate >= half the pair's rate;
+      backgrounds): rate >= half the subjects' rate;
     - CR's tokens alone do not draw the mark: CR's mark gain <= half the regularised CD rows' mark gain.
     Each claim is (name, measure(summary) -> float, bar); "<=" claims are stored negated so every check is >=."""
     claims = []
     for setup in SETUPS:
         for key, part in (("identity", None), ("identity_parts", "traits")):
             effect = _gain(population, setup, key, part)
-            assert effect > 0, (setup, key, part, effect)  # the population run learned it on this pair
+            assert effect > 0, (setup, key, part, effect)  # the population run learned it on these subjects
             claims.append((f"{setup} {part or key} gain", lambda s, a=(setup, key, part): _gain(s, *a), KEPT * effect))
         for key, part in (("prompt_following", None), ("prompt_checks", "hat")):
             claims.append((f"{setup} {part or key} rate", lambda s, a=(setup, key, part): _mean(s, *a),
@@ -147,14 +152,14 @@ def failed_claims(summary: dict, population: dict) -> list[str]:
 
 
 def test_ci_bars_come_from_the_shipped_population_run_and_fail_when_most_of_an_effect_is_lost():
-    """The bars are read from the shipped summary (no hand-typed numbers); the pair's own population numbers pass
+    """The bars are read from the shipped summary (no hand-typed numbers); the CI subjects' own population numbers pass
     them, and for every claim a copy of those numbers with the effect cut to 40 % of itself fails that claim."""
     import copy
 
     population = json.loads(POPULATION_SUMMARY.read_text())
     assert population["experiment"] == "five_setups_toy_population"
     tests = [s["name"] for s in population["subjects"] if s["group"] == "test"]
-    assert tuple(tests[:2]) == CI_SUBJECTS  # the subjects the CI run draws, held out in that run
+    assert tuple(tests[:len(CI_SUBJECTS)]) == CI_SUBJECTS  # the subjects the CI run draws, held out in that run
     assert failed_claims(population, population) == []
     claims = ci_claims(population)
     for name, measure, bar in claims:
@@ -221,9 +226,10 @@ def test_worst_pair_bars_take_the_worst_two_subject_mean():
 
 @pytest.mark.slow
 @needs_weights
+@pytest.mark.long(minutes=5)
 def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     population = load_experiment_config("five_setups_toy_population")
-    test_subjects = [dataclasses.asdict(s) for s in population.subjects if s.group == "test"][:2]
+    test_subjects = [dataclasses.asdict(s) for s in population.subjects if s.group == "test"][:len(CI_SUBJECTS)]
     config_file = tmp_path / "toy_ci.yaml"
     config_file.write_text(yaml.safe_dump(ci_sized(CONFIGS / "five_setups_toy_population.yaml", test_subjects)))
     out = tmp_path / "toy"
@@ -231,11 +237,11 @@ def test_every_setup_learns_held_out_subjects_and_keeps_new_scenes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(out / "summary.json") in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["source"] for s in summary["subjects"]] == ["toy:seed=100", "toy:seed=101"]
+    assert [s["source"] for s in summary["subjects"]] == ["toy:seed=100"]
     print(json.dumps({f"{r['subject']}/{r['setup']}": r["overall"] for r in summary["runs"]}, indent=1))
     subjects = CI_SUBJECTS
 
-    # Every bar is half of what the shipped population run measured for these two subjects (see ci_claims).
+    # Every bar is half of what the shipped population run measured for these subjects (see ci_claims).
     population = json.loads(POPULATION_SUMMARY.read_text())
     assert failed_claims(summary, population) == []
     assert "| cd+cr-reg |" in (out / "summary.md").read_text() and (out / "report.html").is_file()

@@ -17,7 +17,8 @@ from _cli import REPO_ROOT, ModelLoadedTooEarly, forbid_model_loads, run_cli
 
 
 @pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory, astronaut_image):
+def messy_photo_dir(tmp_path_factory, astronaut_image):
+    """Three real crops plus what a real folder holds: a small grayscale image, a document, a broken JPEG."""
     folder = tmp_path_factory.mktemp("photos")
     for i, box in enumerate([(0, 0, 400, 400), (60, 0, 460, 400), (0, 40, 420, 460)]):
         astronaut_image.crop(box).save(folder / f"photo{i}.png")
@@ -29,11 +30,11 @@ def photo_dir(tmp_path_factory, astronaut_image):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cd", "cr", "cd+cr"])
-def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
+def test_cli_trains_each_method(tiny_sd_dir, messy_photo_dir, tmp_path, method):
     out = tmp_path / "subject"
     extra = {"cd+cr": ["--validation-every", "2", "--mixed-precision", "bf16"], "cd": ["--mixed-precision", "fp16"],
              "cr": []}[method]
-    result = run_cli("train", "--base", str(tiny_sd_dir), "--photos", str(photo_dir), "--method", method, "--out",
+    result = run_cli("train", "--base", str(tiny_sd_dir), "--photos", str(messy_photo_dir), "--method", method, "--out",
                      str(out), "--steps", "2", "--resolution", "64", "--batch-size", "1", "--token", "<ada>", *extra,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,9 +56,9 @@ def test_cli_trains_each_method(tiny_sd_dir, photo_dir, tmp_path, method):
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors)
 
 
-def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
+def test_cli_config_file_with_flag_override(tiny_sd_dir, messy_photo_dir, tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(f"base: {tiny_sd_dir}\nphotos: {photo_dir}\nmethod: cd\nout: {tmp_path / 'o'}\nsteps: 50\n"
+    config.write_text(f"base: {tiny_sd_dir}\nphotos: {messy_photo_dir}\nmethod: cd\nout: {tmp_path / 'o'}\nsteps: 50\n"
                       "resolution: 64\nbatch_size: 1\ncd_scope: kv\n")
     result = run_cli("train", "--config", str(config), "--steps", "1", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,8 +77,8 @@ def test_cli_config_file_with_flag_override(tiny_sd_dir, photo_dir, tmp_path):
     ("only_broken", "0 readable image(s)"),
     ("empty_photos", "has no files"),
 ])
-def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, photo_dir, tmp_path, case, message):
-    base, photos, extra = str(tiny_sd_dir), str(photo_dir), []
+def test_cli_bad_input_fails_before_loading_models(tiny_sd_dir, messy_photo_dir, tmp_path, case, message):
+    base, photos, extra = str(tiny_sd_dir), str(messy_photo_dir), []
     if case == "missing_photos":
         photos = str(tmp_path / "nowhere")
     elif case == "empty_reg":
@@ -129,7 +130,7 @@ def test_the_probe_catches_every_model_load(tiny_sd_dir, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing")
-def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path, monkeypatch):
+def test_two_processes_write_one_subject(tiny_sd_dir, messy_photo_dir, tmp_path, monkeypatch):
     """torchrun with 2 processes (gloo) ends with the subject one process trains on the same global batch: each
     step, the two draws (process 0's and process 1's photo, noise and timestep) in one batch, their losses averaged.
     The one-process run below is the real Trainer whose step loss is the mean of its loss on those two draws."""
@@ -137,7 +138,7 @@ def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path, monke
     from subjectgen_training.train_config import TrainConfig
 
     out = tmp_path / "ddp"
-    flags = ["--photos", str(photo_dir), "--method", "cd+cr", "--steps", "2", "--resolution", "64", "--batch-size", "1",
+    flags = ["--photos", str(messy_photo_dir), "--method", "cd+cr", "--steps", "2", "--resolution", "64", "--batch-size", "1",
              "--no-scale-lr", "--lr", "1e-3", "--token-lr", "1e-2"]  # the same rates for 1 and 2 processes
     command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "-m", "subjectgen_training",
                "train", "--base", str(tiny_sd_dir), "--out", str(out), *flags]
@@ -166,7 +167,7 @@ def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path, monke
             return sum(losses) / 2, logs
 
     one = GlobalBatch(TrainConfig.from_dict(dict(
-        base=str(tiny_sd_dir), photos=str(photo_dir), method="cd+cr", out=str(tmp_path / "one"), steps=2, resolution=64,
+        base=str(tiny_sd_dir), photos=str(messy_photo_dir), method="cd+cr", out=str(tmp_path / "one"), steps=2, resolution=64,
         batch_size=1, scale_lr=False, lr=1e-3, token_lr=1e-2))).run()
     alone = Subject.load(one)
     start = Subject.load(out)  # tolerance: far below one step's move (AdamW moves each entry by about the rate)
@@ -179,7 +180,7 @@ def test_two_processes_write_one_subject(tiny_sd_dir, photo_dir, tmp_path, monke
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate missing")
-def test_the_readmes_accelerate_launch_line_trains_a_subject(tiny_sd_dir, photo_dir, tmp_path):
+def test_the_readmes_accelerate_launch_line_trains_a_subject(tiny_sd_dir, messy_photo_dir, tmp_path):
     """README, step 3 "several GPUs": its own `accelerate launch ... -m subjectgen_training train ...` line, read from
     the README, with the tiny base and a short run appended. On a CPU accelerate starts one process whatever
     --num_processes says (the 2-process path is torchrun's test above); the line must still train a whole subject."""
@@ -188,7 +189,7 @@ def test_the_readmes_accelerate_launch_line_trains_a_subject(tiny_sd_dir, photo_
     assert len(lines) == 1, lines
     words = lines[0].split()
     assert words[:2] == ["accelerate", "launch"] and words[words.index("-m") + 1:][:2] == ["subjectgen_training", "train"]
-    (tmp_path / "prepared").symlink_to(photo_dir, target_is_directory=True)
+    (tmp_path / "prepared").symlink_to(messy_photo_dir, target_is_directory=True)
     words = [{"$BASE": str(tiny_sd_dir)}.get(w, w) for w in words]
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), *words[1:],
                "--steps", "2", "--resolution", "64", "--batch-size", "1"]

@@ -25,22 +25,6 @@ from subjectgen_training.trainer import Trainer
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same thread count in every run, so the float sums are the same
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory, astronaut_image):
-    folder = tmp_path_factory.mktemp("photos")
-    for i, box in enumerate([(0, 0, 400, 400), (60, 0, 460, 400), (0, 40, 420, 460), (80, 20, 480, 420)]):
-        astronaut_image.crop(box).save(folder / f"photo{i}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def reg_dir(tmp_path_factory, grace_hopper_image):
-    folder = tmp_path_factory.mktemp("reg")
-    for i in range(2):
-        grace_hopper_image.rotate(5 * i).save(folder / f"reg{i}.png")
-    return folder
-
-
 def _image(pipe, prompt: str) -> np.ndarray:
     return pipe(prompt, num_inference_steps=2, height=64, width=64, guidance_scale=5.0, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images[0]
@@ -88,6 +72,7 @@ def test_cli_trains_on_tiny_sdxl_and_the_subject_changes_the_image_and_unloads_e
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sdxl_killed_process_resumed_equals_uninterrupted(tiny_sdxl_dir, photo_dir, reg_dir, tmp_path):
     # cd+cr, scope kv+q+out: token rows in both encoders, K/V/Q/out deltas and the out-projection bias deltas.
     def command(out):

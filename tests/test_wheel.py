@@ -140,6 +140,7 @@ LOAD_SUBJECT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.long
 def test_the_wheel_builds_cleanly_holds_the_product_and_runs_installed(tmp_path):
     wheel, sdist, log = _build(tmp_path / "dist")
     _check_build_log_and_twine(wheel, sdist, log)
