@@ -166,7 +166,7 @@ def _prompt_spec(config: BatchConfig) -> str:
 def _person_record(root: Path, person: PersonSpec, graph: StageGraph, failures: dict[str, str]) -> dict[str, Any]:
     import json
 
-    from subjectgen_training.experiment.runner import flat_scores
+    from subjectgen_training.experiment.statistics import flat_scores
 
     folder = root / person.name
     own = [s for s in graph if s.marker.parent.parent == folder]

@@ -17,31 +17,10 @@ logger = logging.getLogger(__name__)
 HELP = "train a subject: Custom Diffusion, Cross Initialization or both"
 
 
-NONE_MEANS = {"lr": "unused", "token_lr": "the --lr value", "cd_scope": "unused",
-              "init_word": "unused (cross-initialised)"}  # what a method's None recipe value stands for
-
-
-def describe_default(spec) -> str:
-    """The default a flag gets, as its help says it: the method's recipe value per method, or the config's."""
-    from subjectgen_training.methods import REGISTRY
-
-    def text(value) -> str:
-        if value is None:
-            return NONE_MEANS.get(spec.name, "none")
-        return ("on" if value else "off") if isinstance(value, bool) else str(value)
-
-    per_method = {name: text(method.defaults[spec.name]) for name, method in REGISTRY.items()
-                  if spec.name in method.defaults}
-    if per_method:
-        if len(set(per_method.values())) == 1:
-            return f"method default: {next(iter(per_method.values()))}"
-        return "method default: " + ", ".join(f"{name} {value}" for name, value in per_method.items())
-    return f"default: {text(spec.default)}"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` plus one flag per :class:`TrainConfig` field, generated from the fields' own definitions."""
     from subjectgen_training.config_flags import add_config_arguments
+    from subjectgen_training.methods import describe_default
     from subjectgen_training.train_config import TrainConfig
 
     parser.add_argument("--config", default=None,

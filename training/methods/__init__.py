@@ -41,6 +41,26 @@ def build_method(config) -> Method:
     return get_method(config.method)(config)
 
 
+NONE_MEANS = {"lr": "unused", "token_lr": "the --lr value", "cd_scope": "unused",
+              "init_word": "unused (cross-initialised)"}  # what a method's None recipe value stands for
+
+
+def describe_default(spec) -> str:
+    """The default a flag gets, as its help says it: the method's recipe value per method, or the config's."""
+    def text(value) -> str:
+        if value is None:
+            return NONE_MEANS.get(spec.name, "none")
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+    per_method = {name: text(method.defaults[spec.name]) for name, method in REGISTRY.items()
+                  if spec.name in method.defaults}
+    if per_method:
+        if len(set(per_method.values())) == 1:
+            return f"method default: {next(iter(per_method.values()))}"
+        return "method default: " + ", ".join(f"{name} {value}" for name, value in per_method.items())
+    return f"default: {text(spec.default)}"
+
+
 from subjectgen_training.methods.cd import CustomDiffusion  # noqa: E402
 from subjectgen_training.methods.cd_cr import CustomDiffusionCrossInit  # noqa: E402
 from subjectgen_training.methods.cr import CrossInitialization  # noqa: E402

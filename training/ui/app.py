@@ -36,7 +36,7 @@ class UISettings:
 
 def toy_preset() -> dict:
     """The toy demo's training settings (``subjectgen demo``): what learns on the shipped toy base."""
-    from subjectgen_training.commands.demo import toy_demo_config
+    from subjectgen_training.experiment.demos import toy_demo_config
 
     config = toy_demo_config(steps=300)
     preset = {**config.train, **config.setups[0].train}
@@ -46,7 +46,7 @@ def toy_preset() -> dict:
 
 
 def toy_generation() -> dict:
-    from subjectgen_training.commands.demo import toy_demo_config
+    from subjectgen_training.experiment.demos import toy_demo_config
 
     generate = toy_demo_config().generate
     return {"steps": generate.steps, "guidance": generate.guidance}
@@ -208,7 +208,7 @@ class App:
         cache = self.workdir.root / "models"
         model, lora = resolve_model(resolve_base(model), cache), resolve_model(lora, cache)
         if self.toy:
-            from subjectgen_training.commands.demo import toy_demo_config
+            from subjectgen_training.experiment.demos import toy_demo_config
 
             reg = toy_demo_config().regularizations["base"]  # the demo's set: 16 images at the toy world's size
             config = RegularizeConfig(model=model, lora=lora, prompt=reg.prompt, num=reg.num, out=out, steps=reg.steps,
@@ -422,7 +422,7 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
     method0 = "cd+cr"
     toy_prompts = []
     if app.toy:
-        from subjectgen_training.commands.demo import TOY_PROMPTS
+        from subjectgen_training.experiment.demos import TOY_PROMPTS
 
         toy_prompts = list(TOY_PROMPTS)
     with gr.Blocks(title="subjectgen") as page:

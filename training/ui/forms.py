@@ -88,7 +88,7 @@ def _kind(spec) -> str:
 def train_form_fields(config_class=None) -> list[FormField]:
     """One :class:`FormField` per command-line field of ``config_class`` (default :class:`TrainConfig`), in field
     order, with the help line ``subjectgen train --help`` shows for it."""
-    from subjectgen_training.commands.train import describe_default
+    from subjectgen_training.methods import describe_default
     from subjectgen_training.config_flags import flag_specs, full_help
 
     if config_class is None:
