@@ -16,7 +16,8 @@ from pathlib import Path
 from _cli import REPO_ROOT
 
 PACKAGE, ROOT = "subjectgen_training", REPO_ROOT / "training"
-TOP = ("subjectgen_training.cli", "subjectgen_training.__main__")  # the command line, above every command
+# the command line, above every command (extras: its check of the extra a command needs, from the command table)
+TOP = ("subjectgen_training.cli", "subjectgen_training.__main__", "subjectgen_training.extras")
 COMMANDS, UI = "subjectgen_training.commands", "subjectgen_training.ui"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.builtin_models import resolve_model
-from subjectgen_training.experiment.config import EvaluationSpec, GenerationSpec, _build, read_yaml
+from subjectgen_training.experiment.config import EvaluationSpec, GenerationSpec, _build, read_yaml, recorded_settings
 from subjectgen_training.experiment.executors import ExecutorSpec, run_graph
 from subjectgen_training.experiment.graph import ResourceSpec, Stage, StageGraph, StageSettingsError, check_resources
 
@@ -149,13 +149,13 @@ def _person_stages(graph: StageGraph, config: BatchConfig, root: Path, person: P
         generate_images(generate_config)
         write_preview_grid(folder / "images", folder / "preview.png", config.generate.num_per_prompt)
 
-    generated = stage("generate", {**dataclasses.asdict(config.generate), "base": config.base},
+    generated = stage("generate", {**recorded_settings(config.generate), "base": config.base},
                       generate_and_grid, (trained,))
     evaluation = dataclasses.asdict(config.evaluate)
     evaluation["clip_model"] = resolve_model(evaluation["clip_model"], root / "builtin-models")
     evaluate_config = EvaluateConfig(images=str(folder / "images"), reference=photos,
                                      out=str(folder / "results.json"), **evaluation)
-    stage("evaluate", dataclasses.asdict(config.evaluate), lambda: evaluate_images(evaluate_config), (generated, last))
+    stage("evaluate", recorded_settings(config.evaluate), lambda: evaluate_images(evaluate_config), (generated, last))
 
 
 def _prompt_spec(config: BatchConfig) -> str:

@@ -16,7 +16,6 @@ import argparse
 
 from subjectgen_training.experiment.demos import DEMO_PROMPTS, TOY_PROMPTS, demo_config, toy_demo_config  # noqa: F401
 
-HELP = "the whole path offline: the shipped toy model learns a subject (or --real-photos on a tiny random model)"
 OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 

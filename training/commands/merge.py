@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "merge several subjects into one (Custom Diffusion's constrained merge): one folder, every token"
 OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-HELP = "train a subject: Custom Diffusion, Cross Initialization or both"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` plus one flag per :class:`TrainConfig` field, generated from the fields' own definitions."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.builtin_models import resolve_model
-from subjectgen_training.experiment.config import ExperimentConfig
+from subjectgen_training.experiment.config import ExperimentConfig, recorded_settings
 from subjectgen_training.experiment.graph import Stage, StageGraph, StageSettingsError
 
 SUMMARY_VERSION = 1
@@ -112,7 +112,7 @@ def regularization_stages(graph: StageGraph, config: ExperimentConfig, layout: E
         spec["model"] = resolve_model(config.resolve_path(spec["model"]), layout.models)
         spec["lora"] = resolve_model(config.resolve_path(spec["lora"]) if spec["lora"] else None, layout.models)
         out = layout.regularization(key)
-        settings = {**config.regularizations[key].__dict__}  # ids as written, not cache paths
+        settings = recorded_settings(config.regularizations[key])  # ids as written, not cache paths
         name = graph.add(make_stage(layout, f"regularize-{key}", settings,
                                 lambda spec=spec, out=out: generate_regularization(RegularizeConfig(**spec, out=out)),
                                 kind="regularize"))
@@ -158,14 +158,14 @@ def sample_and_score_stages(graph: StageGraph, config, layout, subject_name: str
     recorded = {"also_load": [Path(p).relative_to(layout.root).as_posix() for p in also_load]} if also_load else {}
     recorded.update({"token": token} if token else {})
     generated = graph.add(make_stage(layout, f"generate-{key}",
-                                 {**dataclasses.asdict(config.generate), "base": config.base, **recorded},
+                                 {**recorded_settings(config.generate), "base": config.base, **recorded},
                                  lambda: generate_images(generate_config), needs=needs, kind="generate"))
 
     evaluation = dataclasses.asdict(config.evaluate)
     evaluation["clip_model"] = resolve_model(evaluation["clip_model"], layout.models)
     evaluate_config = EvaluateConfig(images=str(run_dir / "images"), reference=photos,
                                      out=str(run_dir / "results.json"), **evaluation)
-    return graph.add(make_stage(layout, f"evaluate-{key}", dataclasses.asdict(config.evaluate),
+    return graph.add(make_stage(layout, f"evaluate-{key}", recorded_settings(config.evaluate),
                             lambda: evaluate_images(evaluate_config), needs=(generated, *needs), kind="evaluate"))
 
 
