@@ -63,7 +63,7 @@ class BatchConfig:
         bad = [n for n in names if not n or "/" in n or n.startswith(".") or n == "batch.json"]
         if repeated or bad:
             raise BatchConfigError(f"people: names become folder names and must be unique; fix {repeated + bad}.")
-        allowed = [f for f in TrainConfig.field_names() if f not in PERSON_FIELDS]
+        allowed = [f for f in TrainConfig.file_keys() if f not in PERSON_FIELDS]
         for where, values in [("train", self.train)] + [(f"people.{p.name}.train", p.train) for p in self.people]:
             unknown = sorted(set(values) - set(allowed))
             if unknown:

@@ -137,35 +137,42 @@ def full_help(spec: FlagSpec, describe_default: Callable[[FlagSpec], str] | None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
-                         describe_default: Callable[[FlagSpec], str] | None = None) -> list[FlagSpec]:
-    """Add one flag per CLI field of ``config_class``. Every flag's argparse default is None, so a flag only
-    overrides a config file's value when it is given."""
-    specs = flag_specs(config_class)
+                         describe_default: Callable[[FlagSpec], str] | None = None,
+                         skip: set[str] | frozenset[str] = frozenset()) -> list[FlagSpec]:
+    """Add one flag per CLI field of ``config_class`` (except those in ``skip``) to ``parser`` (or an argument
+    group). Every flag's argparse default is None, so a flag only overrides a config file's value when it is given."""
+    specs = [spec for spec in flag_specs(config_class) if spec.name not in skip]
     for spec in specs:
-        kwargs: dict[str, Any] = dict(default=None, dest=spec.name,
-                                      help=full_help(spec, describe_default).replace("%", "%%"))
-        if spec.positional:
-            kwargs.pop("default")
-            kwargs.pop("dest")
-            parser.add_argument(spec.name, metavar=spec.metavar or spec.name.upper(), type=spec.type, **kwargs)
-            continue
-        if spec.required:
-            kwargs["required"] = True
-        if spec.kind == "switch":
-            kwargs.update(action="store_const", const=True)
-        elif spec.kind == "negatable":
-            kwargs.update(action=argparse.BooleanOptionalAction)
-        else:
-            if spec.type is not None:
-                kwargs["type"] = spec.type
-            if spec.choices:
-                kwargs["choices"] = list(spec.choices)
-            if spec.metavar:
-                kwargs["metavar"] = spec.metavar
-            if spec.repeatable:
-                kwargs["action"] = "append"
-        parser.add_argument(spec.flag, **kwargs)
+        add_flag(parser, spec, describe_default)
     return specs
+
+
+def add_flag(parser: argparse.ArgumentParser, spec: FlagSpec,
+             describe_default: Callable[[FlagSpec], str] | None = None) -> None:
+    """The ``argparse`` argument of one field."""
+    kwargs: dict[str, Any] = dict(default=None, dest=spec.name,
+                                  help=full_help(spec, describe_default).replace("%", "%%"))
+    if spec.positional:
+        kwargs.pop("default")
+        kwargs.pop("dest")
+        parser.add_argument(spec.name, metavar=spec.metavar or spec.name.upper(), type=spec.type, **kwargs)
+        return
+    if spec.required:
+        kwargs["required"] = True
+    if spec.kind == "switch":
+        kwargs.update(action="store_const", const=True)
+    elif spec.kind == "negatable":
+        kwargs.update(action=argparse.BooleanOptionalAction)
+    else:
+        if spec.type is not None:
+            kwargs["type"] = spec.type
+        if spec.choices:
+            kwargs["choices"] = list(spec.choices)
+        if spec.metavar:
+            kwargs["metavar"] = spec.metavar
+        if spec.repeatable:
+            kwargs["action"] = "append"
+    parser.add_argument(spec.flag, **kwargs)
 
 
 def config_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:

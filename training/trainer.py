@@ -465,7 +465,8 @@ class Trainer:
         recorded = {**self.config.to_dict(), "effective_lr": self.rates.lr, "effective_token_lr": self.rates.token_lr,
                     "num_processes": self.accelerator.num_processes}
         for name in PATH_FIELDS:
-            recorded[name] = public_name(recorded[name])
+            if name in recorded:  # celeb_names: only methods with cross-initialised tokens have it
+                recorded[name] = public_name(recorded[name])
         for person in recorded.get("subjects") or []:
             person["photos"] = public_name(person["photos"])
         return without_local_paths(recorded)

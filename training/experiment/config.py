@@ -194,7 +194,7 @@ class ExperimentConfig:
             if bad:
                 raise ExperimentConfigError(f"{kind} names become folder names (and `baseline` is the untrained row); "
                                             f"rename {bad}.")
-        allowed_train = [f for f in TrainConfig.field_names() if f not in RUNNER_TRAIN_FIELDS]
+        allowed_train = [f for f in TrainConfig.file_keys() if f not in RUNNER_TRAIN_FIELDS]
         for where, overrides in [("train", self.train)] + [(f"setups.{s.name}.train", s.train) for s in self.setups]:
             unknown = sorted(set(overrides) - set(allowed_train))
             if unknown:

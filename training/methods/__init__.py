@@ -2,8 +2,10 @@
 (its recipe, rate rule, what it trains, its token start, extra loss and subject contents); the trainer, the
 ``--method`` choices, the config defaults, the subject format and the Hub card all read this registry.
 
-Adding a method (say DreamBooth-LoRA) means one new module plus one ``register(...)`` line below; a method whose
-subjects hold something other than token rows and Custom Diffusion deltas also needs the plugin to read it.
+Adding a method (say DreamBooth-LoRA) means one new module -- its :class:`Method` subclass and, for fields of its own,
+an ``options`` dataclass (:func:`subjectgen_training.config_flags.option` fields: the CLI shows them as the method's
+group, the web page when the method is chosen) -- plus one ``register(...)`` line below; a method whose subjects hold
+something other than token rows and Custom Diffusion deltas also needs the plugin to read it.
 
 - ``cd``: Custom Diffusion (Kumari et al., CVPR 2023), :mod:`subjectgen_training.methods.cd`.
 - ``cr``: Cross Initialization (Pang et al., CVPR 2024), :mod:`subjectgen_training.methods.cr`.

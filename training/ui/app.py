@@ -153,7 +153,11 @@ class App:
 
     # -- Train ---------------------------------------------------------------------------------------------------
     def method_changed(self, method: str):
-        return [shown(field, self.initial(field, method)) for field in self.fields]
+        """The form for ``method``: each field's recipe value, and only this method's own fields shown."""
+        import gradio as gr
+
+        return [gr.update(value=shown(field, self.initial(field, method)), visible=field.applies_to(method))
+                for field in self.fields]
 
     def start(self, name: str, method: str, reg: str, reg_model: str, reg_lora: str, *values):
         from subjectgen_training.train_config import TrainConfig
@@ -161,7 +165,7 @@ class App:
         paths = self.workdir.subject(name)
         if not (paths.prepared / "prepare.json").is_file() or not any(paths.prepared.glob("*.png")):
             raise WorkdirError(f"{paths.name} has no prepared photos: add photos on the Photos tab and press Prepare.")
-        flags = forms.read_form(self.fields, list(values))
+        flags = forms.read_form(self.fields, list(values), method)  # the other methods' fields are hidden
         flags = {**{k: v for k, v in self.preset.items() if k not in flags and k in TrainConfig.field_names()}, **flags}
         steps = flags.get("steps") or forms.recipe_values(method).get("steps") or 1
         if not flags.get("checkpoint_every"):
@@ -457,11 +461,11 @@ def build_app(settings: UISettings, queue: TrainingQueue | None = None):
             with gr.Row():
                 for field in app.fields:
                     if field.name in MAIN_FIELDS:
-                        inputs[field.name] = _component(gr, field, app.initial(field, method0))
+                        inputs[field.name] = _component(gr, field, app.initial(field, method0), method0)
             with gr.Accordion("All training options (the flags of `subjectgen train`)", open=False):
                 for field in app.fields:
                     if field.name not in MAIN_FIELDS:
-                        inputs[field.name] = _component(gr, field, app.initial(field, method0))
+                        inputs[field.name] = _component(gr, field, app.initial(field, method0), method0)
             field_inputs = [inputs[f.name] for f in app.fields]
             with gr.Row():
                 train = gr.Button("Train", variant="primary", elem_id="train")
@@ -560,9 +564,9 @@ def shown(field: forms.FormField, value):
     return bool(value) if field.kind == "bool" else value
 
 
-def _component(gr, field: forms.FormField, value):
-    label = f"{field.name} ({field.flag})"
-    common = dict(label=label, info=field.help or None, elem_id=field.name)
+def _component(gr, field: forms.FormField, value, method: str):
+    label = f"{field.name} ({field.flag})" + (f" · {' / '.join(field.methods)}" if field.methods else "")
+    common = dict(label=label, info=field.help or None, elem_id=field.name, visible=field.applies_to(method))
     if field.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if field.kind == "choice":
