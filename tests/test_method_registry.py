@@ -4,6 +4,7 @@ trained, saved, validated and carded without touching anything else."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from subjectgen_diffusers import methods as format_table
 from _cli import REPO_ROOT
 from _source import string_literals
 from subjectgen_training import methods as registry
+from subjectgen_training.config_flags import option
 
 
 def test_the_trainer_contains_no_method_name():
@@ -51,21 +53,26 @@ def test_cli_choices_config_and_format_read_the_registry():
     assert set(registry.method_names()) <= set(format_table.METHODS)
 
 
+@dataclasses.dataclass
+class _WordOptions:
+    init_word: str = option("person", help="the start word")
+
+
 class _WordTokenOnly(registry.Method):
     """A textual-inversion-like method: one token from a vocabulary entry, no weights (the test's new module)."""
 
     info = format_table.MethodInfo(name="ti-test", title="Test Inversion", note="A test-only method.",
                                    hub_tag="test-inversion", has_deltas=False)
-    defaults = dict(steps=1, lr=None, token_lr=1e-3, batch_size=1, cd_scope=None, num_vectors=1, reg_weight=0.0,
-                    init_word="person", prompt="photo of a {} person", class_prompt="person", flip_p=0.0,
-                    random_rescale=False, caption_templates=False, max_grad_norm=0.0)
+    options = _WordOptions
+    defaults = dict(steps=1, lr=None, token_lr=1e-3, batch_size=1, num_vectors=1, prompt="photo of a {} person",
+                    class_prompt="person", flip_p=0.0, random_rescale=False, caption_templates=False, max_grad_norm=0.0)
     instance_loss_mean = "elements"
 
     def __init__(self, config):
         from subjectgen_training.methods.word_init import WordInitTokens
 
         super().__init__(config)
-        self.tokens = WordInitTokens(config.init_word)
+        self.tokens = WordInitTokens(config.options.init_word)
 
     @classmethod
     def rates(cls, config, num_processes):

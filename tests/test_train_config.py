@@ -56,7 +56,7 @@ def test_bad_values_say_what_to_change(change, message):
 
 
 def test_cd_scope_is_refused_for_cross_initialization():
-    with pytest.raises(TrainConfigError, match="Custom Diffusion only"):
+    with pytest.raises(TrainConfigError, match=r"cd_scope is a field of method cd / cd\+cr, not of cr"):
         TrainConfig.from_dict({**REQUIRED, "method": "cr", "cd_scope": "kv"}).resolved()
 
 

@@ -63,7 +63,8 @@ def test_config_only_fields_are_file_keys_with_help_but_no_flag(tmp_path):
     flags = {s.name for s in flag_specs(train_config.TrainConfig)}
     config_only = set(specs) - flags
     assert config_only == {"caption_templates", "rescale_variants", "mask_background_weight", "adam_weight_decay",
-                           "save_dtype", "subjects"}  # subjects: a file's list, or made by repeated --photos/--token
+                           "save_dtype", "subjects", "options"}  # subjects: a file's list, or made by repeated
+    # --photos/--token; options: the method's own fields, which a file and the flags give as top-level keys
     help_text = forms.train_parser().format_help()
     for name in config_only:
         assert f"--{name.replace('_', '-')}" not in help_text and specs[name].help

@@ -21,7 +21,7 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.builtin_models import resolve_model
-from subjectgen_training.experiment.config import EvaluationSpec, GenerationSpec, _build, read_yaml
+from subjectgen_training.experiment.config import EvaluationSpec, GenerationSpec, _build, read_yaml, recorded_settings
 from subjectgen_training.experiment.executors import ExecutorSpec, run_graph
 from subjectgen_training.experiment.graph import ResourceSpec, Stage, StageGraph, StageSettingsError, check_resources
 
@@ -63,7 +63,7 @@ class BatchConfig:
         bad = [n for n in names if not n or "/" in n or n.startswith(".") or n == "batch.json"]
         if repeated or bad:
             raise BatchConfigError(f"people: names become folder names and must be unique; fix {repeated + bad}.")
-        allowed = [f for f in TrainConfig.field_names() if f not in PERSON_FIELDS]
+        allowed = [f for f in TrainConfig.file_keys() if f not in PERSON_FIELDS]
         for where, values in [("train", self.train)] + [(f"people.{p.name}.train", p.train) for p in self.people]:
             unknown = sorted(set(values) - set(allowed))
             if unknown:
@@ -149,13 +149,13 @@ def _person_stages(graph: StageGraph, config: BatchConfig, root: Path, person: P
         generate_images(generate_config)
         write_preview_grid(folder / "images", folder / "preview.png", config.generate.num_per_prompt)
 
-    generated = stage("generate", {**dataclasses.asdict(config.generate), "base": config.base},
+    generated = stage("generate", {**recorded_settings(config.generate), "base": config.base},
                       generate_and_grid, (trained,))
     evaluation = dataclasses.asdict(config.evaluate)
     evaluation["clip_model"] = resolve_model(evaluation["clip_model"], root / "builtin-models")
     evaluate_config = EvaluateConfig(images=str(folder / "images"), reference=photos,
                                      out=str(folder / "results.json"), **evaluation)
-    stage("evaluate", dataclasses.asdict(config.evaluate), lambda: evaluate_images(evaluate_config), (generated, last))
+    stage("evaluate", recorded_settings(config.evaluate), lambda: evaluate_images(evaluate_config), (generated, last))
 
 
 def _prompt_spec(config: BatchConfig) -> str:
@@ -166,7 +166,7 @@ def _prompt_spec(config: BatchConfig) -> str:
 def _person_record(root: Path, person: PersonSpec, graph: StageGraph, failures: dict[str, str]) -> dict[str, Any]:
     import json
 
-    from subjectgen_training.experiment.runner import flat_scores
+    from subjectgen_training.experiment.statistics import flat_scores
 
     folder = root / person.name
     own = [s for s in graph if s.marker.parent.parent == folder]

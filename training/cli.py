@@ -1,7 +1,8 @@
 """``subjectgen``: a thin command line over typed functions.
 
-Each subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; only the chosen subcommand's module is imported, so ``subjectgen --help`` is instant.
+The commands are the table :data:`subjectgen_training.commands.COMMANDS` (name, help, extra, module); each module
+exposes ``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen command's module is imported, so
+``subjectgen --help`` is instant.
 """
 
 from __future__ import annotations
@@ -12,27 +13,7 @@ import logging
 import sys
 
 from subjectgen_diffusers.errors import SubjectgenError
-
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("subjectgen_training.commands.demo", "the whole path offline: the shipped toy model learns a toy subject "
-             "(--real-photos: sample photos of a person on a tiny random-weight model)"),
-    "prepare": ("subjectgen_training.commands.prepare", "face-aware square crops and masks from a folder of photos"),
-    "regularize": ("subjectgen_training.commands.regularize", "generate regularisation images with any text-to-image model"),
-    "train": ("subjectgen_training.commands.train", "train a subject: Custom Diffusion, Cross Initialization or both"),
-    "generate": ("subjectgen_training.commands.generate", "sample images of a trained subject from prompt files"),
-    "evaluate": ("subjectgen_training.commands.evaluate", "identity, prompt fidelity and face-detection rate of images"),
-    "experiment": ("subjectgen_training.commands.experiment", "run subjects x setups end to end and write the report"),
-    "batch": ("subjectgen_training.commands.batch", "many people: prepare, train, preview and score each person of a "
-              "PEOPLE.yaml (resumable; --executor ray spreads them over a cluster)"),
-    "export": ("subjectgen_training.commands.export", "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"),
-    "compress": ("subjectgen_training.commands.compress", "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"),
-    "merge": ("subjectgen_training.commands.merge", "merge several subjects into one (Custom Diffusion's constrained merge): "
-              "one folder, every token"),
-    "push": ("subjectgen_training.commands.push", "upload a subject folder to the Hugging Face Hub with a model card"),
-    "ui": ("subjectgen_training.commands.ui", "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"),
-    "models": ("subjectgen_training.commands.models", "list the built-in models (builtin:<name>), usable wherever a "
-               "command takes a model"),
-}
+from subjectgen_training.commands import COMMANDS
 
 
 THREADS_HELP = ("torch CPU threads (default: auto = the cores not busy with other programs, from the load average; "
@@ -55,10 +36,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+    for name, entry in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=entry.help, description=entry.help)
         if name == command:
-            importlib.import_module(module_name).add_arguments(sub_parser)
+            importlib.import_module(entry.entry).add_arguments(sub_parser)
             add_global_options(sub_parser, in_command=True)
     return parser
 
@@ -101,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from subjectgen_training.quiet import quiet_libraries
 
     quiet_libraries()
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(COMMANDS[args.command].entry)
     try:
         check_out_is_folder(module, args)  # before any model loads
         with logging_redirect_tqdm():  # log lines go above the progress bar instead of through it

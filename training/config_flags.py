@@ -38,18 +38,23 @@ def parse_bool(text: str) -> bool:
 
 def option(default: Any = MISSING, *, help: str | Callable[[], str] | None = None,  # noqa: A002
            kind: str | None = None, choices: tuple | Callable[[], tuple] | None = None, metavar: str | None = None,
-           default_text: str | None = None, repeatable: bool = False, cli: bool = True) -> Any:
+           default_text: str | None = None, repeatable: bool = False, cli: bool = True, required: bool = False,
+           positional: bool = False, experiment: bool = True, default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field that is also a command-line flag.
 
     ``help`` (text, or a function giving it when the parser is built) is the flag's help; ``default_text`` replaces
     the generated "(default: ...)" note; ``choices`` may be a function (a registry read when the parser is built);
     ``repeatable`` makes the flag take several values (``--flag A --flag B`` -> a list); ``cli=False`` keeps the
-    field in config files only (its ``help`` then documents the file key).
+    field in config files only (its ``help`` then documents the file key). ``required`` makes the flag required
+    on the command line, ``positional`` makes it a positional argument (its metavar: the field's name in capitals);
+    ``experiment=False`` keeps the field out of the experiment file's section of that command (the runner sets it).
     """
     if kind is not None and kind not in FLAG_KINDS:
         raise ConfigFlagError(f"option kind must be one of {list(FLAG_KINDS)}, got {kind!r}.")
     spec = dict(help=help, kind=kind, choices=choices, metavar=metavar, default_text=default_text,
-                repeatable=repeatable, cli=cli)
+                repeatable=repeatable, cli=cli, required=required, positional=positional, experiment=experiment)
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata={META: spec})
     return dataclasses.field(default=default, metadata={META: spec})
 
 
@@ -67,9 +72,12 @@ class FlagSpec:
     default: Any  # the dataclass default (None when the field has none)
     default_text: str | None
     repeatable: bool
+    required: bool = False  # the command line must give it
+    positional: bool = False  # a positional argument, not a --flag
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+_AS_STR = ("Path",)  # annotations read as text on the command line (the dataclass converts them)
 
 
 def _base_type(annotation: Any, repeatable: bool = False) -> str:
@@ -79,7 +87,8 @@ def _base_type(annotation: Any, repeatable: bool = False) -> str:
     parts = [p.strip() for p in text.replace("Optional[", "").rstrip("]").split("|") if p.strip() != "None"]
     if repeatable:
         parts = [p[len("list["):-1] if p.startswith("list[") and p.endswith("]") else p for p in parts]
-    return parts[0] if len(set(parts)) == 1 else text
+    base = parts[0] if len(set(parts)) == 1 else text
+    return "str" if base in _AS_STR else base
 
 
 def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
@@ -106,7 +115,8 @@ def flag_specs(config_class: type, *, cli_only: bool = True) -> list[FlagSpec]:
             choices=tuple(choices) if choices else None,
             metavar=spec["metavar"] or ("BOOL" if kind == "bool" else None),
             default=None if field.default is MISSING else field.default, default_text=spec["default_text"],
-            repeatable=spec["repeatable"],
+            repeatable=spec["repeatable"], required=spec.get("required", False),
+            positional=spec.get("positional", False),
         ))
     return out
 
@@ -115,42 +125,66 @@ def full_help(spec: FlagSpec, describe_default: Callable[[FlagSpec], str] | None
     """The help line as ``--help`` shows it: the field's help and its default note in brackets."""
     if spec.default_text is not None:
         shown = spec.default_text
+    elif spec.positional:
+        return spec.help
+    elif spec.required:
+        shown = "required"
     elif describe_default is not None:
         shown = describe_default(spec)
     else:
         shown = f"default: {spec.default}"
-    return f"{spec.help} ({shown})"
+    return f"{spec.help} ({shown})" if shown else spec.help
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
-                         describe_default: Callable[[FlagSpec], str] | None = None) -> list[FlagSpec]:
-    """Add one flag per CLI field of ``config_class``. Every flag's argparse default is None, so a flag only
-    overrides a config file's value when it is given."""
-    specs = flag_specs(config_class)
+                         describe_default: Callable[[FlagSpec], str] | None = None,
+                         skip: set[str] | frozenset[str] = frozenset()) -> list[FlagSpec]:
+    """Add one flag per CLI field of ``config_class`` (except those in ``skip``) to ``parser`` (or an argument
+    group). Every flag's argparse default is None, so a flag only overrides a config file's value when it is given."""
+    specs = [spec for spec in flag_specs(config_class) if spec.name not in skip]
     for spec in specs:
-        kwargs: dict[str, Any] = dict(default=None, dest=spec.name,
-                                      help=full_help(spec, describe_default).replace("%", "%%"))
-        if spec.kind == "switch":
-            kwargs.update(action="store_const", const=True)
-        elif spec.kind == "negatable":
-            kwargs.update(action=argparse.BooleanOptionalAction)
-        else:
-            if spec.type is not None:
-                kwargs["type"] = spec.type
-            if spec.choices:
-                kwargs["choices"] = list(spec.choices)
-            if spec.metavar:
-                kwargs["metavar"] = spec.metavar
-            if spec.repeatable:
-                kwargs["action"] = "append"
-        parser.add_argument(spec.flag, **kwargs)
+        add_flag(parser, spec, describe_default)
     return specs
+
+
+def add_flag(parser: argparse.ArgumentParser, spec: FlagSpec,
+             describe_default: Callable[[FlagSpec], str] | None = None) -> None:
+    """The ``argparse`` argument of one field."""
+    kwargs: dict[str, Any] = dict(default=None, dest=spec.name,
+                                  help=full_help(spec, describe_default).replace("%", "%%"))
+    if spec.positional:
+        kwargs.pop("default")
+        kwargs.pop("dest")
+        parser.add_argument(spec.name, metavar=spec.metavar or spec.name.upper(), type=spec.type, **kwargs)
+        return
+    if spec.required:
+        kwargs["required"] = True
+    if spec.kind == "switch":
+        kwargs.update(action="store_const", const=True)
+    elif spec.kind == "negatable":
+        kwargs.update(action=argparse.BooleanOptionalAction)
+    else:
+        if spec.type is not None:
+            kwargs["type"] = spec.type
+        if spec.choices:
+            kwargs["choices"] = list(spec.choices)
+        if spec.metavar:
+            kwargs["metavar"] = spec.metavar
+        if spec.repeatable:
+            kwargs["action"] = "append"
+    parser.add_argument(spec.flag, **kwargs)
 
 
 def config_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
     """``{field: value}`` of the flags that were given, read back by the dataclass's own field names."""
     names = [f.name for f in dataclasses.fields(config_class)]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace, config_class: type, **values: Any) -> Any:
+    """``config_class`` built from the flags that were given (its own defaults for the rest) and ``values`` (what
+    the command fills in itself)."""
+    return config_class(**{**config_values(args, config_class), **values})
 
 
 def namespace_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_training.commands import COMMANDS
 
 PACKAGE = "subjectgen-diffusers"
 
@@ -22,36 +23,18 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ray": ("ray",),  # --executor ray (experiment, batch)
 }
 
+# Views of the command table (subjectgen_training.commands.COMMANDS, where each command names its extra): this module
+# is the command line's check, run before the chosen command's module is imported.
 # None: the plug-in's own dependencies suffice. A command missing here is treated as needing ``train``.
-COMMAND_EXTRAS: dict[str, str | None] = {
-    "demo": "demo",
-    "prepare": "face",
-    "regularize": "train",
-    "train": "train",
-    "generate": None,
-    "evaluate": None,  # --face-model dlib (the default) needs 'face': subjectgen_training.faces names it
-    "experiment": "train",
-    "batch": "train",
-    "export": None,
-    "compress": None,
-    "push": None,
-    "merge": None,  # the plug-in's merge_subjects: loading needs nothing more
-    "ui": "ui",
-    "models": None,
-}
-
-
+COMMAND_EXTRAS: dict[str, str | None] = {name: command.extra for name, command in COMMANDS.items()}
 # An option that needs more than its command: (command, option's argparse dest) -> (extra, modules it needs).
-# diffusers' load_lora_weights needs peft, which only the 'train' extra installs.
 OPTION_EXTRAS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    ("generate", "lora"): ("train", ("peft",)),
-}
-
+    (name, option.dest): (option.extra, option.modules)
+    for name, command in COMMANDS.items() for option in command.option_extras if option.value is None}
 # An option value that needs an extra: (command, dest, value) -> (extra, modules it needs).
 OPTION_VALUE_EXTRAS: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
-    ("experiment", "executor", "ray"): ("ray", ("ray",)),
-    ("batch", "executor", "ray"): ("ray", ("ray",)),
-}
+    (name, option.dest, option.value): (option.extra, option.modules)
+    for name, command in COMMANDS.items() for option in command.option_extras if option.value is not None}
 
 
 def install_hint(extra: str) -> str:

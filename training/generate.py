@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.config_flags import option
 from subjectgen_training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
 from subjectgen_training.resolution import check_resolution
 
@@ -46,27 +47,43 @@ class GenerateError(SubjectgenError):
 
 @dataclass
 class GenerateConfig:
-    base: str  # diffusers folder or Hub id of the SD 1.x model the subject was trained on
-    prompts: str  # prompt file, shipped set name, or prompt text ("|" separates several); {} marks the subject
-    out: str  # output folder: images + manifest.jsonl
-    subject: str | None = None  # subject folder or Hub repo; None samples the base model
-    num_per_prompt: int = 4
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 7.5
-    scheduler: str | None = None  # one of SCHEDULERS; None keeps the model's
-    resolution: int | None = None  # default: the model's native size
-    batch_size: int = 4
-    scale: float = 1.0  # strength of the subject's Custom Diffusion deltas
-    lora: str | None = None  # a style LoRA (file, folder or Hub id) loaded beside the subject
-    lora_scale: float = 1.0
-    subject_phrase: str = "{} person"  # what {} in a prompt becomes; its own {} is the token
-    class_phrase: str = DEFAULT_SUBJECT_PHRASE  # what {} becomes when no subject is loaded (the baseline)
-    negative_prompt: str | None = None
-    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
-    device: str | None = None  # default: cuda when available
-    also_load: list[str] = field(default_factory=list)  # further subjects loaded beside `subject` (their deltas add)
-    token: str | None = None  # which loaded token fills {} (a subject holding several people); default: the first
+    """What ``subjectgen generate`` does (its flags come from these fields) and the ``generate`` section of an
+    experiment file (the fields marked ``experiment=False`` are the runner's)."""
+
+    base: str = option(help="the base model: diffusers folder, Hub id or builtin:NAME (`subjectgen models`)",
+                       default_text="default: the base the --subject records", experiment=False)
+    prompts: str = option(required=True, help="prompt file, shipped set (actions_places, expressions, art_styles, "
+                          "accessories, experiment) or prompt text; {} marks the subject, | separates prompts")
+    out: str = option(required=True, help="output folder (images + manifest.jsonl); reruns resume", experiment=False)
+    subject: str | None = option(None, help="subject folder or Hub repo (omit to sample the base model)",
+                                 default_text="default: none", experiment=False)
+    num_per_prompt: int = option(4, help="images per prompt (seeds S, S+1, ...)")
+    seed: int = option(0, help="seed of the first image of each prompt")
+    steps: int = option(50, help="denoising steps")
+    guidance: float = option(7.5, help="classifier-free guidance scale")
+    scheduler: str | None = option(None, choices=lambda: sorted(SCHEDULERS), help="sampling scheduler",
+                                   default_text="default: the model's own")
+    resolution: int | None = option(None, help="image side in pixels, a positive multiple of 8",
+                                    default_text="default: the model's native size")
+    batch_size: int = option(4, help="images per model call")
+    scale: float = option(1.0, help="strength of the subject's weight deltas")
+    lora: str | None = option(None, help="a style LoRA (file, folder or Hub id) loaded beside the subject",
+                              default_text="default: none")
+    lora_scale: float = option(1.0, help="strength of --lora")
+    subject_phrase: str = option("{} person", help="what {} in a prompt becomes with --subject; {} here is the "
+                                 "subject's token (e.g. '<s1> person'; without --subject {} becomes 'a person'); the "
+                                 "manifest records the text used as settings.subject_text",
+                                 default_text="default: '{} person'")
+    class_phrase: str = option(DEFAULT_SUBJECT_PHRASE, cli=False,
+                               help="what {} becomes when no subject is loaded (the baseline)")
+    negative_prompt: str | None = option(None, help="what the images should not show", default_text="default: none")
+    dtype: str = option("auto", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="model dtype", default_text="default: auto = float16 on a CUDA GPU, float32 on the CPU")
+    device: str | None = option(None, cli=False, help="torch device (default: cuda when available)")
+    also_load: list[str] = option(default_factory=list, cli=False,
+                                  experiment=False, help="further subjects loaded beside `subject` (their deltas add)")
+    token: str | None = option(None, cli=False, experiment=False,
+                               help="which loaded token fills {} (a subject holding several people); default: the first")
 
     def __post_init__(self) -> None:
         for name in ("num_per_prompt", "steps", "batch_size"):

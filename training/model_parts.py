@@ -129,3 +129,15 @@ def parts_from_modules(family, tokenizers: dict[str, object], text_encoders: dic
         module.eval()
     return ModelParts(family, dict(tokenizers), dict(text_encoders), vae, unet,
                       DDPMScheduler.from_config(scheduler_config), DDIMScheduler.from_config(scheduler_config))
+
+
+def cast_frozen_weights(modules, dtype) -> None:
+    """Frozen weights to the compute dtype under mixed precision; trainable tensors stay float32 (autocast mixes)."""
+    import torch
+
+    if dtype == torch.float32:
+        return
+    for module in modules:
+        for param in module.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(dtype)

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.config_flags import option
 from subjectgen_training.faces import FaceAnalyzer, FaceBox
 from subjectgen_training.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
 from subjectgen_training.resolution import resolution_problem
@@ -46,13 +47,16 @@ class PrepareError(SubjectgenError):
 
 @dataclass(kw_only=True)
 class PrepareConfig:
-    photos: Path
-    out: Path
-    resolution: int = 512
-    margin: float = 1.0  # space on each side of the face, in face widths: the crop is (1 + 2 * margin) faces wide
-    min_face: int = 64  # smallest face width (pixels in the photo) worth training on
-    similar_size: float = 0.5  # another face at least this fraction of the subject's area ...
-    similar_score: float = 0.5  # ... and of its detector score makes the photo ambiguous
+    """What ``subjectgen prepare`` does (its arguments come from these fields)."""
+
+    photos: Path = option(positional=True, help="folder of the subject's photos")
+    out: Path = option(positional=True, help="folder for the crops, their face masks and prepare.json")
+    resolution: int = option(512, metavar="R", help="side of the square crops in pixels, a positive multiple of 8")
+    margin: float = option(1.0, metavar="M", help="space on each side of the face in face widths; the crop is 1 + 2M "
+                           "faces wide")
+    min_face: int = option(64, metavar="PX", help="drop photos whose face is narrower than this many pixels")
+    similar_size: float = option(0.5, cli=False, help="another face at least this fraction of the subject's area ...")
+    similar_score: float = option(0.5, cli=False, help="... and of its detector score makes the photo ambiguous")
 
     def __post_init__(self) -> None:
         self.photos, self.out = Path(self.photos), Path(self.out)

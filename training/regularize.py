@@ -26,6 +26,7 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json, atomic_write_text
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.config_flags import option
 from subjectgen_training.resolution import resolution_problem
 from subjectgen_training.style_lora import load_style_lora
 
@@ -48,19 +49,24 @@ class RegularizeError(SubjectgenError):
 class RegularizeConfig:
     """One regularisation set. Defaults follow Custom Diffusion's generated set (50 steps, guidance 6)."""
 
-    model: str
-    prompt: str
-    num: int
-    out: Path
-    lora: str | None = None
-    lora_scale: float = 1.0
-    negative_prompt: str | None = None
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 6.0
-    resolution: int | None = None  # None: the model's native size (512 for SD 1.5, 1024 for SDXL)
-    batch_size: int = 4
-    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    model: str = option(required=True, help="diffusers text-to-image model: folder, Hub id (SD 1.x/2.x, SDXL) or "
+                        "builtin:NAME (`subjectgen models`)")
+    prompt: str = option(required=True, metavar="TEXT", help='e.g. "a photo of a person"')
+    num: int = option(required=True, metavar="N", help="images in the set (a larger N later extends it)")
+    out: Path = option(required=True, metavar="DIR", help="output folder (images + manifest.jsonl)", experiment=False)
+    lora: str | None = option(None, metavar="PATH_OR_ID", help="LoRA file, folder, Hub id or builtin:NAME for --model",
+                              default_text="default: none")
+    lora_scale: float = option(1.0, metavar="S", help="LoRA strength")
+    negative_prompt: str | None = option(None, metavar="TEXT", help="what the images should not show",
+                                         default_text="default: none")
+    seed: int = option(0, metavar="S", help="image i uses a seed derived from S and i")
+    steps: int = option(50, metavar="K", help="denoising steps")
+    guidance: float = option(6.0, metavar="G", help="classifier-free guidance")
+    resolution: int | None = option(None, metavar="R", help="square image size",
+                                    default_text="default: the model's native size, 512 for SD 1.5, 1024 for SDXL")
+    batch_size: int = option(4, metavar="B", help="images per model call")
+    dtype: str = option("auto", choices=DTYPES, help="weights dtype",
+                        default_text="default: auto = fp16 on CUDA, fp32 on CPU")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)

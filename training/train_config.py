@@ -21,7 +21,6 @@ from subjectgen_diffusers.base_configs import native_resolution
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
-from subjectgen_diffusers.methods import CD_SCOPES
 from subjectgen_training.config_flags import option
 from subjectgen_training.methods import get_method, method_names
 from subjectgen_training.resolution import check_resolution
@@ -101,16 +100,7 @@ class TrainConfig:
                             help="multiply the rates by the method's reference rule; --no-scale-lr uses them as given")
     seed: int = option(0, help="seed of every random draw (photos, noise, timesteps)")
     prior_loss_weight: float = option(1.0, help="weight of the regularisation images' loss")
-    cd_scope: str | None = option(None, choices=CD_SCOPES, help="which attention projections Custom Diffusion trains")
-    cd_train_bias: bool = option(True, kind="negatable", help="with --cd-scope kv+q+out, also train the output "
-                                 "projection's bias as the reference does; --no-cd-train-bias keeps it frozen, so an "
-                                 "exported LoRA loses nothing in readers that skip bias deltas (sd-scripts, InvokeAI, "
-                                 "A1111)")
     num_vectors: int | None = option(None, help="embedding vectors of the new token")
-    reg_weight: float | None = option(None, help="Cross Initialization's L2 pull of the token towards its start")
-    celeb_names: str | None = option(None, help="replace the packaged celebrity-name list (one name per line) of "
-                                     "Cross Initialization", default_text="default: the packaged list")
-    init_word: str | None = option(None, help="word whose embedding starts the token when it is not cross-initialised")
     prompt: str | None = option(None, help='instance prompt with {} for the token, e.g. "photo of a {} person"')
     class_prompt: str | None = option(None, help="prompt of regularisation images that have no caption of their own")
     caption_templates: bool | None = option(None, cli=False, help="wrap the prompt in varied caption templates "
@@ -144,6 +134,10 @@ class TrainConfig:
     save_rank: int | None = option(None, metavar="R", help="store the weight deltas as rank-R factors (see `subjectgen "
                                    "compress`; 16 kept toy likeness within 0.01)",
                                    default_text="default: none, exact deltas")
+    # the chosen method's own fields (its `options` dataclass, registered with the method); a file and the command
+    # line give them as top-level keys (`cd_scope: kv`, --cd-scope kv), train_config.json records them so
+    options: Any = option(None, cli=False, help="the chosen method's own fields (its config dataclass), given as "
+                          "top-level keys")
 
     def __post_init__(self) -> None:
         if self.method not in method_names():
@@ -152,8 +146,7 @@ class TrainConfig:
             if not getattr(self, name):
                 raise TrainConfigError(f"`{name}` is required.")
         self._check_subjects()
-        if self.cd_scope is not None and self.cd_scope not in CD_SCOPES:
-            raise TrainConfigError(f"cd_scope must be one of {list(CD_SCOPES)}, got {self.cd_scope!r}.")
+        self._check_options()
         if self.resume and self.restart:
             raise TrainConfigError("--resume continues a stopped run and --restart starts it over: give one of them.")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -172,7 +165,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise TrainConfigError(f"{name} must be > 0, got {value}.")
-        for name in ("reg_weight", "prior_loss_weight", "checkpoint_every", "validation_every", "max_grad_norm"):
+        for name in ("prior_loss_weight", "checkpoint_every", "validation_every", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise TrainConfigError(f"{name} must be >= 0, got {value}.")
@@ -206,6 +199,31 @@ class TrainConfig:
         if repeated:
             raise TrainConfigError(f"subjects: every person needs its own token; {repeated} is given twice.")
 
+    def _check_options(self) -> None:
+        """``options``: the method's own config (built from a mapping of its fields; the method's defaults when None)."""
+        options_class = get_method(self.method).options
+        if self.options is None:
+            self.options = {}
+        if isinstance(self.options, dict):
+            check_known_keys(options_class, self.options, TrainConfigError, f"method {self.method}'s fields")
+            try:
+                self.options = options_class(**self.options)
+            except SubjectgenError as error:
+                raise TrainConfigError(str(error)) from error
+        if not isinstance(self.options, options_class):
+            raise TrainConfigError(f"options of method {self.method} must be a {options_class.__name__}, got "
+                                   f"{type(self.options).__name__}.")
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's own field read on the config (``config.cd_scope``): the value in ``options``."""
+        options = self.__dict__.get("options")
+        if options is not None and not isinstance(options, dict) and name in _field_names(type(options)):
+            return getattr(options, name)
+        if not name.startswith("_") and name in method_fields():
+            return None  # another method's field: this run does not have it (a cr run has no cd_scope)
+        raise AttributeError(f"{type(self).__name__} has no field {name!r} (and method "
+                             f"{self.__dict__.get('method')!r} has no such field of its own)")
+
     def people(self) -> list[JointSubject]:
         """The run's people: the ``subjects`` of a joint run, or the one ``photos``/``token`` subject."""
         if self.subjects:
@@ -224,9 +242,10 @@ class TrainConfig:
             raise TrainConfigError(f"a training config must be a mapping of field: value, got {type(data).__name__}.")
         data = {key.replace("-", "_"): value for key, value in data.items()}
         derived = {key: data.pop(key) for key in DERIVED_KEYS if key in data}
-        check_known_keys(cls, data, TrainConfigError, "training config")
         if data.get("method") in (None, ""):
             data["method"] = DEFAULT_METHOD
+        data = cls._method_keys_to_options(data)
+        check_known_keys(cls, data, TrainConfigError, "training config")
         missing = [name for name in ("base", "out") if data.get(name) in (None, "")]
         if not data.get("photos") and not data.get("subjects"):
             missing.insert(1, "photos")
@@ -239,6 +258,33 @@ class TrainConfig:
         if derived:
             config.check_derived(derived)
         return config
+
+    @classmethod
+    def file_keys(cls) -> list[str]:
+        """Every key a training config file takes: the shared fields and every registered method's own fields."""
+        own = [name for name in cls.field_names() if name != "options"]
+        return own + [name for name in method_fields() if name not in own]
+
+    @classmethod
+    def _method_keys_to_options(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Move the top-level keys that are methods' own fields into ``options`` (the chosen method's). A field of
+        another method is refused unless it is unset (None, 0, off, or a switch at its default): a recorded
+        ``train_config.json`` of an older version lists every method's fields."""
+        shared = set(cls.field_names())
+        owners = method_fields()
+        method = data.get("method")
+        chosen = _field_names(get_method(method).options) if method in method_names() else set()
+        options = dict(data.pop("options", None) or {})
+        for key in [k for k in data if k not in shared and k in owners]:
+            value = data.pop(key)
+            if key in chosen:
+                options[key] = value
+            elif not _unset(value, owners[key][1]):
+                methods = owners[key][0]
+                raise TrainConfigError(f"{key} is a field of method {' / '.join(methods)}, not of {method}: drop "
+                                       f"{key} or use --method {methods[0]}.")
+        data["options"] = options
+        return data
 
     def check_derived(self, derived: dict[str, Any]) -> None:
         """The derived figures a recorded ``train_config.json`` holds must follow from its fields (an edited rate
@@ -336,7 +382,31 @@ class TrainConfig:
         return get_method(self.method).rates(self, num_processes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a file holds them: the method's own fields as top-level keys."""
+        data = dataclasses.asdict(self)
+        options = data.pop("options") or {}
+        return {**data, **options}
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _unset(value: Any, default: Any) -> bool:
+    return value is None or value is False or (not isinstance(value, bool) and value in (0, "")) or \
+        (isinstance(value, bool) and value == default)
+
+
+def method_fields() -> dict[str, tuple[list[str], Any]]:
+    """``{field: ([methods that have it], its default)}`` over the registered methods' own config dataclasses."""
+    from subjectgen_training.methods import REGISTRY
+
+    out: dict[str, tuple[list[str], Any]] = {}
+    for name, method in REGISTRY.items():
+        for spec in dataclasses.fields(method.options):
+            default = spec.default if spec.default is not dataclasses.MISSING else None
+            out.setdefault(spec.name, ([], default))[0].append(name)
+    return out
 
 
 def _joint_subject(data: Any) -> JointSubject:

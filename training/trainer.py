@@ -21,29 +21,27 @@ of the few trainable tensors; only the main process writes files.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
-from subjectgen_diffusers.public_names import public_name, without_local_paths
+from subjectgen_training import train_outputs
 from subjectgen_training.cpu_kernels import small_map_convolutions
 from subjectgen_training.losses import instance_loss, prior_loss
 from subjectgen_training.methods import build_method
+from subjectgen_training.model_parts import cast_frozen_weights
 from subjectgen_training.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
 from subjectgen_training.train_config import CONFIG_FILE_NAME, TrainConfig
+from subjectgen_training.train_inputs import check_inputs
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
 PHOTO_LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
-RECOMMENDED_PHOTOS = 4  # the low end of the 4-20 photos the references and --help ask for
-PATH_FIELDS = ("base", "photos", "reg_dir", "out", "celeb_names")  # recorded by name, never as a local path
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what both references train against; any other is refused
 
 
@@ -51,53 +49,6 @@ def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator,
     """The RNGs of one step of one process, independent of how the run got there (resume-safe)."""
     value = (seed * 1_000_003 + step * 7_919 + process * 104_729) % (2**63 - 1)
     return torch.Generator().manual_seed(value), random.Random(value)
-
-
-@dataclass
-class TrainingData:
-    photos: list  # every person's photos, in the order of config.people()
-    reg_photos: list | None
-    photo_subject: list[int] | None = None  # which person each photo shows (index into config.people())
-
-    def __post_init__(self) -> None:
-        if self.photo_subject is None:
-            self.photo_subject = [0] * len(self.photos)
-
-
-def check_inputs(config: TrainConfig, method) -> TrainingData:
-    """Everything that can be checked without loading a model: photos, regularisation images, the method's files."""
-    from subjectgen_training.photos import load_photo_folder
-
-    photos, photo_subject = [], []
-    for index, person in enumerate(config.people()):
-        found = load_photo_folder(person.photos, what="--photos", resolution=config.resolution)
-        if len(found) < RECOMMENDED_PHOTOS:
-            logger.warning("--photos: only %d usable photo(s) in %s; the methods are made for %d-20 photos of the "
-                           "person (varied poses and backgrounds): with fewer, the subject tends to copy them",
-                           len(found), public_name(person.photos), RECOMMENDED_PHOTOS)
-        photos += found
-        photo_subject += [index] * len(found)
-    reg = load_photo_folder(config.reg_dir, what="--reg-dir", resolution=config.resolution) if config.reg_dir else None
-    drawn_from = sorted({p.caption for p in reg or [] if p.caption and p.caption != config.class_prompt})
-    if drawn_from:
-        logger.warning("--reg-dir: class images drawn from %s train under the class prompt %r, as in both "
-                       "references; set --class-prompt to the prompt that drew them if that is what you meant",
-                       drawn_from[:3], config.class_prompt)
-    method.check_inputs()
-    if config.use_8bit_adam:
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-            raise SubjectgenError("--use-8bit-adam needs a CUDA GPU and the bitsandbytes package (pip install "
-                                  "bitsandbytes); drop the flag to use torch's AdamW.")
-    if config.log_with == "tensorboard":
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise SubjectgenError("--log-with tensorboard needs the tensorboard package: pip install tensorboard.")
-    if config.mask_loss and not any(p.mask is not None for p in photos):
-        logger.warning("--mask-loss: %s has no face masks (run `subjectgen prepare`); the loss stays unweighted", config.photos)
-    return TrainingData(photos, reg, photo_subject)
 
 
 def release_other_precision(mixed_precision: str) -> None:
@@ -109,16 +60,6 @@ def release_other_precision(mixed_precision: str) -> None:
     state = AcceleratorState._shared_state
     if state and PartialState().num_processes == 1 and str(state.get("_mixed_precision")) != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-
-
-def cast_frozen_weights(modules, dtype: torch.dtype) -> None:
-    """Frozen weights to the compute dtype under mixed precision; trainable tensors stay float32 (autocast mixes)."""
-    if dtype == torch.float32:
-        return
-    for module in modules:
-        for param in module.parameters():
-            if not param.requires_grad:
-                param.data = param.data.to(dtype)
 
 
 def format_rates(config: TrainConfig, rates, num_processes: int) -> str:
@@ -168,7 +109,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         self.device = self.accelerator.device
-        self.rates = config.effective_rates(self.accelerator.num_processes)
+        self.rates = self.method.rates(config, self.accelerator.num_processes)  # the method it holds: its rule
         self.parts = parts if parts is not None else load_model_parts(config.base, family, tokenizers, config.revision)
         self._build_trainable()
         self._build_caches()
@@ -460,75 +401,16 @@ class Trainer:
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def recorded_config(self) -> dict:
-        """``train_config.json``: the resolved config plus the rates the optimizer really used.
-
-        Local paths are recorded by their folder's name (a Hub id as given): the file travels with the subject."""
-        recorded = {**self.config.to_dict(), "effective_lr": self.rates.lr, "effective_token_lr": self.rates.token_lr,
-                    "num_processes": self.accelerator.num_processes}
-        for name in PATH_FIELDS:
-            recorded[name] = public_name(recorded[name])
-        for person in recorded.get("subjects") or []:
-            person["photos"] = public_name(person["photos"])
-        return without_local_paths(recorded)
+        return train_outputs.recorded_config(self)
 
     def build_subject(self):
-        from subjectgen_diffusers.subject_format import Subject, SubjectConfig
-
-        config, unet = self.config, self.parts.unet
-        part = self.method.subject_parts()
-        people = config.people()
-        tables = {name: rows.rows.detach().float().cpu().clone() for name, rows in self.token_rows.items()}
-        first = next(iter(tables))
-        subject_config = SubjectConfig(
-            method=config.method, token=people[0].token, num_vectors=config.num_vectors,
-            extra_tokens={person.token: config.num_vectors for person in people[1:]},
-            text_hidden_size=self.rows.embedding_dim, base_model=public_name(config.base),
-            family=self.parts.family.name,
-            extra_encoders={name: rows.embedding_dim for name, rows in self.token_rows.items() if name != first},
-            cross_attention_dim=unet.config.cross_attention_dim if part.layers else None, layers=part.layers,
-            cd_scope=part.cd_scope if part.layers else None,
-            training=without_local_paths({
-                **self.method.describe(), "steps": config.steps, "seed": config.seed, "lr": config.lr,
-                "token_lr": config.token_lr, "scale_lr": config.scale_lr, "effective_lr": self.rates.lr,
-                "effective_token_lr": self.rates.token_lr, "resolution": config.resolution,
-                "batch_size": config.batch_size, "prompt": config.prompt, "class_prompt": config.class_prompt,
-                **({"subjects": [{"token": p.token, "photos": public_name(p.photos),
-                                  "class_prompt": p.class_prompt or config.class_prompt} for p in people]}
-                   if config.subjects else {})}),
-        )
-        return Subject(subject_config, tables.pop(first), part.deltas, part.bias_deltas, extra_tables=tables)
+        return train_outputs.build_subject(self)
 
     def save_subject(self) -> Path:
-        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.config.save_dtype)
-        if self.config.save_rank is not None:
-            from subjectgen_diffusers.compress import save_compressed
+        return train_outputs.save_subject(self)
 
-            return save_compressed(self.build_subject(), self.out, rank=self.config.save_rank, dtype=dtype)
-        return self.build_subject().save(self.out, dtype=dtype)
-
-    @torch.no_grad()
     def save_validation_image(self, step: int) -> Path:
-        from subjectgen_diffusers.atomic_io import atomic_save_image
-        from subjectgen_training.token_rows import prompt_with_token
-
-        parts, config = self.parts, self.config
-        parts.vae.to(self.device)
-        pipeline_class = parts.family.pipeline_class()
-        known = {"vae": parts.vae, "unet": parts.unet, "scheduler": parts.sample_scheduler, **parts.tokenizers,
-                 **parts.text_encoders, "requires_safety_checker": False}
-        required = [name for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
-                    if name != "self" and p.default is inspect.Parameter.empty]
-        # the family's pipeline from these parts; any other module it requires (safety checker, ...) is left out
-        pipe = pipeline_class(**{name: known.get(name) for name in required},
-                              **{name: value for name, value in known.items() if name not in required
-                                 and name in inspect.signature(pipeline_class.__init__).parameters})
-        pipe.set_progress_bar_config(disable=True)
-        prompt = prompt_with_token(config.validation_prompt, config.token, config.num_vectors)
-        with self.autocast():
-            image = pipe(prompt, num_inference_steps=25, height=config.resolution, width=config.resolution,
-                         generator=torch.Generator().manual_seed(config.seed)).images[0]
-        parts.vae.to("cpu")
-        return atomic_save_image(self.out / "validation" / f"step-{step:07d}.png", image)
+        return train_outputs.save_validation_image(self, step)
 
 
 def train(config: TrainConfig, *, on_step=None) -> Path:

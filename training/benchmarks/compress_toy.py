@@ -53,7 +53,8 @@ def run(out: Path) -> dict:
     from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject
     from subjectgen_training.builtin_models import resolve_model
     from subjectgen_training.experiment import load_experiment_config
-    from subjectgen_training.experiment.runner import ExperimentLayout, _sample_and_score, run_experiment
+    from subjectgen_training.experiment.runner import run_experiment
+    from subjectgen_training.experiment.stages import ExperimentLayout, sample_and_score
 
     config = load_experiment_config(CONFIG)
     config = dataclasses.replace(config, setups=[s for s in config.setups if s.name == SETUP], baseline=False)
@@ -73,7 +74,7 @@ def run(out: Path) -> dict:
         report = json.loads((folder / COMPRESS_REPORT).read_text())
         ranks = [entry["rank"] for entry in report["layers"].values()]
         mean_rank = sum(ranks) / len(ranks)
-        scored = _sample_and_score(config, layout, subject, variant, folder, photos, base)
+        scored = sample_and_score(config, layout, subject, variant, folder, photos, base)
         rows[name] = {**_row(scored), "mean_rank": round(mean_rank, 2),
                       "max_relative_error": round(report["max_relative_error"], 4),
                       "sd15_fp16_MiB": sd15_size_mib(scope, math.ceil(mean_rank))}

@@ -7,18 +7,24 @@ files, scores and error. Running the same command again skips finished stages: a
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from subjectgen_training.commands.experiment import add_executor_arguments, executor_spec
+from subjectgen_training.commands.experiment import ExecutorArgs, executor_spec
+from subjectgen_training.config_flags import option
 
-HELP = "many people: prepare, train, preview and score each person of a PEOPLE.yaml"
+
+@dataclass(kw_only=True)
+class BatchArgs(ExecutorArgs):
+    people: str = option(positional=True, metavar="PEOPLE.yaml", help="base, train (TrainConfig fields, method among "
+                         "them) and people: [{name, photos, token}]")
+    out: str = option(required=True, help="output folder (DIR/<name>/ per person, DIR/batch.json); running again "
+                      "resumes and adds new people")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("people", metavar="PEOPLE.yaml",
-                        help="base, train (TrainConfig fields, method among them) and people: [{name, photos, token}]")
-    parser.add_argument("--out", required=True, help="output folder (DIR/<name>/ per person, DIR/batch.json); "
-                                                     "running again resumes and adds new people")
-    add_executor_arguments(parser)
+    from subjectgen_training.config_flags import add_config_arguments
+
+    add_config_arguments(parser, BatchArgs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "store a subject's weight deltas as low-rank factors (--rank R or --energy E)"
 OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 

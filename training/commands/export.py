@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "export a subject as a LoRA + embedding, diffusers textual-inversion/Custom Diffusion or A1111 files"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subject", type=Path, help="subject folder (subject_config.json + subject.safetensors)")

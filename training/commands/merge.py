@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "merge several subjects into one (Custom Diffusion's constrained merge): one folder, every token"
 OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
@@ -24,13 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "subject's recorded class prompt, else 'a person')")
 
 
-def class_phrases(subjects, given: list[str] | None) -> list[str]:
-    if given:
-        return given
-    recorded = [s.config.training.get("class_prompt") for s in subjects]
-    return list(dict.fromkeys(p for p in recorded if p)) or ["a person"]
-
-
 def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.compress import check_new_folder
@@ -38,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge, with_token
     from subjectgen_diffusers.subject_check import check_subject
     from subjectgen_training.builtin_models import resolve_model
-    from subjectgen_training.prompts import regularization_captions
+    from subjectgen_training.prompts import class_phrases, regularization_captions
 
     check_new_folder(args.out)
     sources = [read_for_merge(path) for path in args.subjects]

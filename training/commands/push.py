@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "upload a subject folder to the Hugging Face Hub with a model card"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subject", type=Path, help="subject folder (subject_config.json + subject.safetensors)")

@@ -14,39 +14,24 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-HELP = "train a subject: Custom Diffusion, Cross Initialization or both"
-
-
-NONE_MEANS = {"lr": "unused", "token_lr": "the --lr value", "cd_scope": "unused",
-              "init_word": "unused (cross-initialised)"}  # what a method's None recipe value stands for
-
-
-def describe_default(spec) -> str:
-    """The default a flag gets, as its help says it: the method's recipe value per method, or the config's."""
-    from subjectgen_training.methods import REGISTRY
-
-    def text(value) -> str:
-        if value is None:
-            return NONE_MEANS.get(spec.name, "none")
-        return ("on" if value else "off") if isinstance(value, bool) else str(value)
-
-    per_method = {name: text(method.defaults[spec.name]) for name, method in REGISTRY.items()
-                  if spec.name in method.defaults}
-    if per_method:
-        if len(set(per_method.values())) == 1:
-            return f"method default: {next(iter(per_method.values()))}"
-        return "method default: " + ", ".join(f"{name} {value}" for name, value in per_method.items())
-    return f"default: {text(spec.default)}"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` plus one flag per :class:`TrainConfig` field, generated from the fields' own definitions."""
+    """``--config`` plus one flag per :class:`TrainConfig` field, then one group per method with the fields of its
+    own config dataclass (a field two methods share is a flag once), generated from the fields' own definitions."""
+    import dataclasses
+
     from subjectgen_training.config_flags import add_config_arguments
+    from subjectgen_training.methods import REGISTRY, describe_default
     from subjectgen_training.train_config import TrainConfig
 
     parser.add_argument("--config", default=None,
                         help="YAML/TOML/JSON file with the same fields; flags override it (default: none)")
-    add_config_arguments(parser, TrainConfig, describe_default)
+    added = {spec.name for spec in add_config_arguments(parser, TrainConfig, describe_default)}
+    for name, method in REGISTRY.items():
+        fields = [f.name for f in dataclasses.fields(method.options)]
+        flags = ", ".join("--" + field.replace("_", "-") for field in fields) or "none"
+        group = parser.add_argument_group(f"method {name} ({method.info.title})", f"its own fields: {flags}")
+        added |= {spec.name for spec in add_config_arguments(group, method.options, describe_default, skip=added)}
 
 
 def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dict:
@@ -68,9 +53,10 @@ def config_from_args(args: argparse.Namespace):
     recipe (:mod:`subjectgen_training.toy.recipe`, printed), elsewhere each method's published recipe (in ``resolved``)."""
     from subjectgen_training.builtin_models import is_toy_base
     from subjectgen_training.config_flags import config_values
-    from subjectgen_training.train_config import DEFAULT_METHOD, TrainConfig
+    from subjectgen_training.train_config import DEFAULT_METHOD, TrainConfig, method_fields
 
     flags = config_values(args, TrainConfig)
+    flags.update({name: getattr(args, name) for name in method_fields() if getattr(args, name, None) is not None})
     # --photos / --token are repeatable: once each is one person, N pairs are a joint run's `subjects`
     as_list = lambda value: value if isinstance(value, list) or value is None else [value]  # noqa: E731
     flags.update(people_from_flags(as_list(flags.pop("photos", None)), as_list(flags.pop("token", None))))

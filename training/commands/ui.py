@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "a web page (Gradio): photos -> subject -> pictures, on the toy model by default"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="toy-base",

@@ -19,6 +19,7 @@ from typing import Any
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.config_flags import option
 from subjectgen_training.evaluation import metrics
 from subjectgen_training.evaluation.clip_score import DEFAULT_CLIP_MODEL
 from subjectgen_training.photos import candidate_files, load_image, load_photo_folder
@@ -36,15 +37,22 @@ class EvaluateError(SubjectgenError):
 
 @dataclass
 class EvaluateConfig:
-    images: str  # folder of generated images (with the manifest.jsonl written by `subjectgen generate`)
-    reference: str  # folder of reference photos of the subject
-    out: str  # results.json path
-    face_model: str = "dlib"  # identity encoder: dlib | arcface | any registered name | none
-    clip_model: str = DEFAULT_CLIP_MODEL  # Hub id or local folder of a CLIP model, or none (the clip scorer's model)
-    prompt_scorer: str = "clip"  # clip | toy | none (subjectgen_training.evaluation.prompt_scorers)
-    subject_phrase: str = DEFAULT_SUBJECT_PHRASE  # what replaces {} in the prompt for CLIP-T
-    device: str | None = None  # default: cuda when available, else cpu
-    batch_size: int = 16
+    """What ``subjectgen evaluate`` does (its flags come from these fields) and the ``evaluate`` section of an
+    experiment file (the fields marked ``experiment=False`` are the runner's)."""
+
+    images: str = option(required=True, experiment=False,
+                         help="folder of generated images (with generate's manifest.jsonl)")
+    reference: str = option(required=True, experiment=False, help="folder of reference photos of the subject")
+    out: str = option(required=True, experiment=False, help="results.json to write")
+    face_model: str = option("dlib", help="identity encoder: dlib (offline), arcface (insightface), toy, or none")
+    clip_model: str = option(DEFAULT_CLIP_MODEL, help="CLIP Hub id, local folder or builtin:tiny-clip (e.g. "
+                             "openai/clip-vit-large-patch14), or none to skip the CLIP scores")
+    prompt_scorer: str = option("clip", help="prompt score: clip (CLIP-T/CLIP-I), toy (the toy world's pixel rules), "
+                                "or none")
+    subject_phrase: str = option(DEFAULT_SUBJECT_PHRASE,
+                                 help="what replaces {} in each prompt for the CLIP text score")
+    device: str | None = option(None, help="torch device for CLIP", default_text="default: cuda when available")
+    batch_size: int = option(16, cli=False, help="images per CLIP call")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

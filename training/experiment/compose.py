@@ -35,7 +35,7 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
 
     from subjectgen_diffusers.merge import merge_subjects
     from subjectgen_diffusers.subject_format import Subject
-    from subjectgen_training.commands.merge import class_phrases
+    from subjectgen_training.prompts import class_phrases
     from subjectgen_training.prompts import regularization_captions
 
     subjects = [Subject.load(folder) for folder in folders]
@@ -51,7 +51,7 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
 
 def _joint_stage(graph, config, layout, setup, group: list, photos: dict[str, tuple], reg: tuple | None, base: str,
                  out: Path) -> str:
-    from subjectgen_training.experiment.runner import _stage
+    from subjectgen_training.experiment.stages import make_stage
     from subjectgen_training.train_config import TrainConfig
     from subjectgen_training.trainer import train
 
@@ -64,7 +64,7 @@ def _joint_stage(graph, config, layout, setup, group: list, photos: dict[str, tu
     train_config = TrainConfig.from_dict({**values, "base": base, "method": setup.method, "out": str(out),
                                           "reg_dir": reg[0] if reg else None, "resume": True, "subjects": people})
     needs = [photos[s.name][1] for s in group] + [reg[1] if reg else None]
-    return graph.add(_stage(layout, f"train-joint-{'+'.join(s.name for s in group)}", settings,
+    return graph.add(make_stage(layout, f"train-joint-{'+'.join(s.name for s in group)}", settings,
                             lambda: train(train_config), needs=needs, kind="train"))
 
 
@@ -72,7 +72,7 @@ def compose_stages(graph, config, layout, base: str, photos: dict[str, tuple], r
                    trained: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """Add every group's stages (merge, joint training, then each condition's sampling and scoring) to ``graph``;
     return what :func:`compose_summary` reads."""
-    from subjectgen_training.experiment.runner import _sample_and_score_stages, _stage
+    from subjectgen_training.experiment.stages import make_stage, sample_and_score_stages
 
     spec = config.compose
     setup = next(s for s in config.setups if s.name == spec.setup)
@@ -84,7 +84,7 @@ def compose_stages(graph, config, layout, base: str, photos: dict[str, tuple], r
         key = "+".join(names)
         group = [by_name[n] for n in names]
         merged = layout.root / "compose" / key / "merged"
-        merge_stage = graph.add(_stage(layout, f"merge-{key}", {"subjects": names, "setup": setup.name},
+        merge_stage = graph.add(make_stage(layout, f"merge-{key}", {"subjects": names, "setup": setup.name},
                                        lambda names=names, merged=merged: _merge(base, [folders[n] for n in names],
                                                                                  merged),
                                        needs=[trained[(n, setup.name)] for n in names], kind="merge"))
@@ -97,7 +97,7 @@ def compose_stages(graph, config, layout, base: str, photos: dict[str, tuple], r
             for condition, folder, also, needs in (("added", folders[subject.name], others, alone),
                                                    ("merged", merged, None, [merge_stage]),
                                                    ("joint", joint, None, [joint_stage])):
-                _sample_and_score_stages(graph, config, layout, subject.name, f"{condition}-{key}", folder, own[0],
+                sample_and_score_stages(graph, config, layout, subject.name, f"{condition}-{key}", folder, own[0],
                                          base, also_load=also, token=subject.token, needs=(*needs, own[1]))
         plans.append({"names": names, "merged": merged})
     return plans
@@ -105,7 +105,7 @@ def compose_stages(graph, config, layout, base: str, photos: dict[str, tuple], r
 
 def compose_summary(config, layout, plans: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary's compose entries from the finished stages (appending the conditions' runs to ``runs``)."""
-    from subjectgen_training.experiment.runner import run_record
+    from subjectgen_training.experiment.stages import run_record
 
     spec = config.compose
     alone = {run["subject"]: run for run in runs if run["setup"] == spec.setup}

@@ -18,6 +18,7 @@ from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
+from subjectgen_training.config_flags import META
 from subjectgen_training.experiment.graph import ResourceSpec, check_resources
 
 # TrainConfig fields the runner sets itself: they may not appear under `train`.
@@ -68,23 +69,6 @@ class SubjectSpec:
 
 
 @dataclass
-class RegularizationSpec:
-    """One regularisation set (:class:`subjectgen_training.regularize.RegularizeConfig`), generated once and shared."""
-
-    model: str
-    prompt: str = "a photo of a person"
-    num: int = 200
-    lora: str | None = None
-    lora_scale: float = 1.0
-    negative_prompt: str | None = None
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 6.0
-    resolution: int | None = None
-    batch_size: int = 4
-
-
-@dataclass
 class SetupSpec:
     name: str
     method: str  # cd | cr | cd+cr
@@ -93,26 +77,79 @@ class SetupSpec:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class GenerationSpec:
-    prompts: str | list[str] = "experiment"  # a shipped prompt set, a file (relative to the config), prompt text or a list
-    num_per_prompt: int = 4
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 7.5
-    scheduler: str | None = None
-    resolution: int | None = None
-    batch_size: int = 4
-    subject_phrase: str = "{} person"
-    class_phrase: str = "a person"  # what {} becomes for the baseline row (no subject loaded)
+def section_of(command_config: type, name: str, *, defaults: dict[str, Any] | None = None,
+               types: dict[str, Any] | None = None, recorded: tuple[str, ...] = ()) -> type:
+    """The experiment file's section for a command: a dataclass with every field of ``command_config`` (its type,
+    default and :func:`~subjectgen_training.config_flags.option` help) except those marked ``experiment=False``
+    (the runner sets them), so a field added to a command's config is a key of its experiment section at once.
+    ``defaults`` / ``types`` replace a field's default / type in the section; ``recorded``: the keys a stage marker
+    always records (others only when they differ from their default, so older markers stay valid)."""
+    hints = typing.get_type_hints(command_config)
+    defaults, types = defaults or {}, types or {}
+    required, optional = [], []
+    for spec in dataclasses.fields(command_config):
+        if not spec.metadata.get(META, {}).get("experiment", True):
+            continue
+        kwargs: dict[str, Any] = {"metadata": spec.metadata}
+        if spec.name in defaults:
+            kwargs["default"] = defaults[spec.name]
+        elif spec.default is not dataclasses.MISSING:
+            kwargs["default"] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            kwargs["default_factory"] = spec.default_factory
+        entry = (spec.name, types.get(spec.name, hints[spec.name]), field(**kwargs))
+        (optional if "default" in kwargs or "default_factory" in kwargs else required).append(entry)
+    section = dataclasses.make_dataclass(name, required + optional)
+    section.__module__ = __name__
+    section.__doc__ = f"The experiment file's section of :class:`{command_config.__module__}.{command_config.__name__}`."
+    section.RECORDED = recorded
+    return section
 
 
-@dataclass
-class EvaluationSpec:
-    face_model: str = "dlib"  # identity encoder: dlib | arcface | toy | none (subjectgen_training.evaluation.identity)
-    clip_model: str = "openai/clip-vit-base-patch32"
-    subject_phrase: str = "a person"
-    prompt_scorer: str = "clip"  # clip | toy | none (subjectgen_training.evaluation.prompt_scorers)
+def recorded_settings(section: Any) -> dict[str, Any]:
+    """What a stage marker records of a section: its ``RECORDED`` keys, and any other key not at its default."""
+    values = dataclasses.asdict(section)
+    out = {}
+    for spec in dataclasses.fields(section):
+        default = spec.default if spec.default is not dataclasses.MISSING else (
+            spec.default_factory() if spec.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if spec.name in type(section).RECORDED or values[spec.name] != default:
+            out[spec.name] = values[spec.name]
+    return out
+
+
+def _command_configs() -> tuple[type, type, type]:
+    from subjectgen_training.evaluation.evaluate import EvaluateConfig
+    from subjectgen_training.generate import GenerateConfig
+    from subjectgen_training.regularize import RegularizeConfig
+
+    return RegularizeConfig, GenerateConfig, EvaluateConfig
+
+
+def regularization_section(config: type) -> type:
+    """One regularisation set (:class:`subjectgen_training.regularize.RegularizeConfig`), generated once and shared."""
+    return section_of(config, "RegularizationSpec", defaults={"prompt": "a photo of a person", "num": 200},
+                      recorded=("model", "prompt", "num", "lora", "lora_scale", "negative_prompt", "seed", "steps",
+                                "guidance", "resolution", "batch_size"))
+
+
+def generation_section(config: type) -> type:
+    """Sampling settings (:class:`subjectgen_training.generate.GenerateConfig`); ``prompts``: a shipped prompt set,
+    a file (relative to the config), prompt text or a list."""
+    return section_of(config, "GenerationSpec", defaults={"prompts": "experiment"}, types={"prompts": str | list[str]},
+                      recorded=("prompts", "num_per_prompt", "seed", "steps", "guidance", "scheduler", "resolution",
+                                "batch_size", "subject_phrase", "class_phrase"))
+
+
+def evaluation_section(config: type) -> type:
+    """Scoring settings (:class:`subjectgen_training.evaluation.EvaluateConfig`)."""
+    return section_of(config, "EvaluationSpec",
+                      recorded=("face_model", "clip_model", "subject_phrase", "prompt_scorer"))
+
+
+RegularizationSpec = regularization_section(_command_configs()[0])
+GenerationSpec = generation_section(_command_configs()[1])
+EvaluationSpec = evaluation_section(_command_configs()[2])
 
 
 @dataclass
@@ -157,7 +194,7 @@ class ExperimentConfig:
             if bad:
                 raise ExperimentConfigError(f"{kind} names become folder names (and `baseline` is the untrained row); "
                                             f"rename {bad}.")
-        allowed_train = [f for f in TrainConfig.field_names() if f not in RUNNER_TRAIN_FIELDS]
+        allowed_train = [f for f in TrainConfig.file_keys() if f not in RUNNER_TRAIN_FIELDS]
         for where, overrides in [("train", self.train)] + [(f"setups.{s.name}.train", s.train) for s in self.setups]:
             unknown = sorted(set(overrides) - set(allowed_train))
             if unknown:
@@ -233,10 +270,25 @@ def read_yaml(path: Path) -> Any:
         raise ExperimentConfigError(f"{path} is not valid YAML: {error}") from error
 
 
-def load_experiment_config(name_or_path: str | Path) -> ExperimentConfig:
+def experiment_config_class(regularize: type | None = None, generate: type | None = None,
+                            evaluate: type | None = None) -> type[ExperimentConfig]:
+    """:class:`ExperimentConfig` whose sections come from the given command configs (a command config subclass
+    with a field of its own gives a section with that key); the ones not given keep the shipped sections."""
+    regularization = regularization_section(regularize) if regularize else RegularizationSpec
+    generation = generation_section(generate) if generate else GenerationSpec
+    evaluation = evaluation_section(evaluate) if evaluate else EvaluationSpec
+    return dataclasses.make_dataclass("ExperimentConfig", [
+        ("regularizations", dict[str, regularization], field(default_factory=dict)),
+        ("generate", generation, field(default_factory=generation)),
+        ("evaluate", evaluation, field(default_factory=evaluation)),
+    ], bases=(ExperimentConfig,))
+
+
+def load_experiment_config(name_or_path: str | Path, config_class: type[ExperimentConfig] = ExperimentConfig
+                           ) -> ExperimentConfig:
     """Read a shipped config by name or a YAML file by path."""
     path = config_path(name_or_path)
     data = read_yaml(path)
     if isinstance(data, dict):
         data = {**data, "source": str(path.resolve().parent)}
-    return _build(ExperimentConfig, data, path.name)
+    return _build(config_class, data, path.name)

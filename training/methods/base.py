@@ -70,11 +70,20 @@ class SubjectParts:
     cd_scope: str | None
 
 
+@dataclass
+class NoOptions:
+    """The config of a method without fields of its own."""
+
+
 class Method:
     """One personalisation method. Subclasses set the class attributes and may override the hooks."""
 
     info: ClassVar[MethodInfo]
-    defaults: ClassVar[dict[str, Any]]  # TrainConfig field -> the reference recipe's value
+    # the method's own fields: a dataclass whose fields are declared with config_flags.option (help, kind, default);
+    # `subjectgen train` shows them as the method's group, a file gives them as top-level keys, the run's config
+    # holds them as `config.options`
+    options: ClassVar[type] = NoOptions
+    defaults: ClassVar[dict[str, Any]]  # shared TrainConfig field -> the reference recipe's value
     # How the per-sample instance loss is averaged: "pixels" = sum over channels / number of (masked) pixels, as
     # diffusers' train_custom_diffusion.py; "elements" = mean over every latent element, as F.mse_loss(mean).
     instance_loss_mean: ClassVar[str]

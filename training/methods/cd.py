@@ -13,21 +13,28 @@ loss averages the masked instance term over the mask's pixels (``instance_loss_m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from subjectgen_diffusers.methods import CUSTOM_DIFFUSION
-from subjectgen_training.methods.base import Method, MethodConfigError, Rates, SubjectParts, custom_diffusion_lr
-from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
-from subjectgen_training.methods.word_init import WordInitTokens
+from subjectgen_training.methods.base import Method, Rates, SubjectParts, custom_diffusion_lr
+from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas, DeltaOptions
+from subjectgen_training.methods.word_init import WordInitOptions, WordInitTokens
+
+
+@dataclass
+class CustomDiffusionConfig(DeltaOptions, WordInitOptions):
+    """``cd``'s own fields: the deltas' scope and bias, the token's start word."""
 
 
 class CustomDiffusion(Method):
     info = CUSTOM_DIFFUSION
+    options = CustomDiffusionConfig
     defaults: dict[str, Any] = dict(
-        steps=1000, lr=5e-6, token_lr=None, batch_size=2, cd_scope="kv+q+out", num_vectors=1, reg_weight=0.0,
-        init_word="ktn", prompt="photo of a {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
+        steps=1000, lr=5e-6, token_lr=None, batch_size=2, num_vectors=1,
+        prompt="photo of a {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
         caption_templates=False, max_grad_norm=1.0,
     )
     instance_loss_mean = "pixels"
@@ -35,18 +42,15 @@ class CustomDiffusion(Method):
     def __init__(self, config):
         super().__init__(config)
         self.tokens = self.build_tokens(config)
-        self.deltas = CustomDiffusionDeltas(config.cd_scope, train_bias=config.cd_train_bias)
+        self.deltas = CustomDiffusionDeltas(config.options.cd_scope, train_bias=config.options.cd_train_bias)
 
     def build_tokens(self, config):
-        return WordInitTokens(config.init_word)
+        return WordInitTokens(config.options.init_word)
 
     @classmethod
     def resolve(cls, values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         if values["token_lr"] is None:  # the reference trains the token and the deltas in one group at one rate
             values["token_lr"] = values["lr"]
-        if given.get("reg_weight"):
-            raise MethodConfigError(f"reg_weight is Cross Initialization's pull to its start; method "
-                                    f"{cls.name()} has no such start: drop reg_weight or use --method cd+cr.")
         return values
 
     @classmethod

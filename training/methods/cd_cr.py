@@ -9,32 +9,36 @@ cross-attention deltas (Kumari et al., CVPR 2023). No reference implements the p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from subjectgen_diffusers.methods import CD_PLUS_CR
-from subjectgen_training.methods.base import MethodConfigError, Rates, cross_init_lr, custom_diffusion_lr
+from subjectgen_training.methods.base import Rates, cross_init_lr, custom_diffusion_lr
 from subjectgen_training.methods.cd import CustomDiffusion
-from subjectgen_training.methods.cross_init import CrossInitTokens
+from subjectgen_training.methods.cross_init import CrossInitOptions, CrossInitTokens
+from subjectgen_training.methods.custom_diffusion import DeltaOptions
+
+
+@dataclass
+class CustomDiffusionCrossInitConfig(DeltaOptions, CrossInitOptions):
+    """``cd+cr``'s own fields: the deltas' scope and bias, Cross Initialization's pull and name list."""
 
 
 class CustomDiffusionCrossInit(CustomDiffusion):
     info = CD_PLUS_CR
+    options = CustomDiffusionCrossInitConfig
     defaults: dict[str, Any] = dict(
-        steps=1000, lr=5e-6, token_lr=0.000625, batch_size=2, cd_scope="kv+q+out", num_vectors=2, reg_weight=1e-5,
-        init_word=None, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
+        steps=1000, lr=5e-6, token_lr=0.000625, batch_size=2, num_vectors=2, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
         caption_templates=True, max_grad_norm=1.0,
     )
     instance_loss_mean = "pixels"
 
     def build_tokens(self, config):
-        return CrossInitTokens(config.reg_weight, config.celeb_names)
+        return CrossInitTokens(config.options.reg_weight, config.options.celeb_names)
 
     @classmethod
     def resolve(cls, values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        if given.get("init_word") is not None:
-            raise MethodConfigError("init_word does not apply to cd+cr (the token is cross-initialised); drop it or "
-                                    "use --method cd.")
-        return values
+        return values  # its token rate is its own (Cross Initialization's), not the deltas' rate
 
     @classmethod
     def rates(cls, config, num_processes: int) -> Rates:

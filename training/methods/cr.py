@@ -18,32 +18,27 @@ from typing import Any
 import torch
 
 from subjectgen_diffusers.methods import CROSS_INITIALIZATION
-from subjectgen_training.methods.base import Method, MethodConfigError, Rates, cross_init_lr
-from subjectgen_training.methods.cross_init import CrossInitTokens
+from subjectgen_training.methods.base import Method, Rates, cross_init_lr
+from subjectgen_training.methods.cross_init import CrossInitOptions, CrossInitTokens
 
 logger = logging.getLogger(__name__)
 
 
 class CrossInitialization(Method):
     info = CROSS_INITIALIZATION
+    options = CrossInitOptions
     defaults: dict[str, Any] = dict(
-        steps=320, lr=None, token_lr=0.000625, batch_size=8, cd_scope=None, num_vectors=2, reg_weight=1e-5,
-        init_word=None, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
+        steps=320, lr=None, token_lr=0.000625, batch_size=8, num_vectors=2, prompt="face of {} person", class_prompt="person", flip_p=0.5, random_rescale=False,
         caption_templates=True, max_grad_norm=0.0,
     )
     instance_loss_mean = "elements"
 
     def __init__(self, config):
         super().__init__(config)
-        self.tokens = CrossInitTokens(config.reg_weight, config.celeb_names)
+        self.tokens = CrossInitTokens(config.options.reg_weight, config.options.celeb_names)
 
     @classmethod
     def resolve(cls, values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        if given.get("cd_scope") is not None:
-            raise MethodConfigError("cd_scope applies to Custom Diffusion only; drop it or use --method cd / cd+cr.")
-        if given.get("init_word") is not None:
-            raise MethodConfigError("init_word does not apply to Cross Initialization (its start is the celebrity-name "
-                                    "mean); drop it or use --method cd.")
         if given.get("lr") is not None:
             logger.warning("lr %s is the weight-delta rate; method cr trains only token rows, so it is unused "
                            "(set token_lr for the token rate).", given["lr"])

@@ -26,9 +26,24 @@ from pathlib import Path
 import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_training.config_flags import option
+from subjectgen_training.methods.base import MethodConfigError
 from subjectgen_training.token_rows import TokenRows
 
 PACKAGED_NAMES = "celeb_names_wiki_v2.txt"
+
+
+@dataclass
+class CrossInitOptions:
+    """The training fields of cross-initialised tokens (methods ``cr`` and ``cd+cr``)."""
+
+    reg_weight: float = option(1e-5, help="Cross Initialization's L2 pull of the token towards its start")
+    celeb_names: str | None = option(None, help="replace the packaged celebrity-name list (one name per line) of "
+                                     "Cross Initialization", default_text="default: the packaged list")
+
+    def __post_init__(self) -> None:
+        if self.reg_weight < 0:
+            raise MethodConfigError(f"reg_weight must be >= 0, got {self.reg_weight}.")
 
 
 def read_celeb_names(path: str | Path | None = None) -> list[str]:

@@ -16,6 +16,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from subjectgen_diffusers.methods import CD_PROCESSOR_WEIGHTS, CD_SCOPES
+from subjectgen_training.config_flags import option
+from subjectgen_training.methods.base import MethodConfigError
+
+
+@dataclass
+class DeltaOptions:
+    """The training fields of Custom Diffusion's weight deltas (methods ``cd`` and ``cd+cr``)."""
+
+    cd_scope: str = option("kv+q+out", choices=tuple(CD_SCOPES),
+                           help="which attention projections Custom Diffusion trains")
+    cd_train_bias: bool = option(True, kind="negatable", help="with --cd-scope kv+q+out, also train the output "
+                                 "projection's bias as the reference does; --no-cd-train-bias keeps it frozen, so an "
+                                 "exported LoRA loses nothing in readers that skip bias deltas (sd-scripts, InvokeAI, "
+                                 "A1111)")
+
+    def __post_init__(self) -> None:
+        if self.cd_scope not in CD_SCOPES:
+            raise MethodConfigError(f"cd_scope must be one of {list(CD_SCOPES)}, got {self.cd_scope!r}.")
 
 
 def _submodule(module: nn.Module, dotted: str) -> nn.Module:

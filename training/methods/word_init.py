@@ -22,8 +22,16 @@ from dataclasses import dataclass, field
 import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
+from subjectgen_training.config_flags import option
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WordInitOptions:
+    """The training field of a token started from a vocabulary entry (method ``cd``)."""
+
+    init_word: str = option("ktn", help="word whose embedding starts the token (Custom Diffusion's modifier token)")
 
 
 def init_word_ids(tokenizer, word: str) -> tuple[list[int], str]:

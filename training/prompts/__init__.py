@@ -70,3 +70,12 @@ def regularization_captions(class_prompts: list[str]) -> list[str]:
         for name in available_prompt_sets():
             captions += [fill_subject(template, phrase) for template in load_prompts(name)]
     return list(dict.fromkeys(captions))
+
+
+def class_phrases(subjects, given: list[str] | None) -> list[str]:
+    """The class phrases of a merge's regularisation captions: ``given``, else each subject's recorded
+    ``class_prompt`` (each once), else ``a person``."""
+    if given:
+        return given
+    recorded = [s.config.training.get("class_prompt") for s in subjects]
+    return list(dict.fromkeys(p for p in recorded if p)) or ["a person"]

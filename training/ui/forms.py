@@ -33,6 +33,10 @@ class FormField:
     default: Any = None  # TrainConfig's default (None: the method's recipe decides)
     parse: Any = None  # the flag's converter of text input (a BOOL flag's true/false)
     repeatable: bool = False  # the flag takes several values: the box takes them separated by commas
+    methods: tuple[str, ...] = ()  # a method's own field: the methods that have it (shown for them only); (): all
+
+    def applies_to(self, method: str) -> bool:
+        return not self.methods or method in self.methods
 
     def read(self, value: Any) -> Any:
         """The typed value of a form input; ``None`` / empty text means "not given"."""
@@ -87,22 +91,26 @@ def _kind(spec) -> str:
 
 def train_form_fields(config_class=None) -> list[FormField]:
     """One :class:`FormField` per command-line field of ``config_class`` (default :class:`TrainConfig`), in field
-    order, with the help line ``subjectgen train --help`` shows for it."""
-    from subjectgen_training.commands.train import describe_default
+    order, then each registered method's own fields (shown for the methods that have them), with the help line
+    ``subjectgen train --help`` shows for it."""
     from subjectgen_training.config_flags import flag_specs, full_help
+    from subjectgen_training.methods import REGISTRY, describe_default
+    from subjectgen_training.train_config import method_fields
 
     if config_class is None:
         from subjectgen_training.train_config import TrainConfig as config_class
-    out = []
-    for spec in flag_specs(config_class):
-        if spec.name in PAGE_FIELDS:
-            continue
-        out.append(FormField(
-            name=spec.name, flag=spec.flag, help=full_help(spec, describe_default), kind=_kind(spec),
-            choices=tuple(str(c) for c in spec.choices or ()), default=spec.default,
-            parse=spec.type if spec.kind == "bool" else None, repeatable=spec.repeatable,
-        ))
-    return out
+    specs = [spec for spec in flag_specs(config_class) if spec.name not in PAGE_FIELDS]
+    shared = {spec.name for spec in specs}
+    for method in REGISTRY.values():
+        names = {spec.name for spec in specs}
+        specs += [spec for spec in flag_specs(method.options) if spec.name not in names]
+    owners = method_fields()
+    return [FormField(
+        name=spec.name, flag=spec.flag, help=full_help(spec, describe_default), kind=_kind(spec),
+        choices=tuple(str(c) for c in spec.choices or ()), default=spec.default,
+        parse=spec.type if spec.kind == "bool" else None, repeatable=spec.repeatable,
+        methods=() if spec.name in shared else tuple(owners[spec.name][0]),
+    ) for spec in specs]
 
 
 def recipe_values(method: str) -> dict[str, Any]:
@@ -121,10 +129,13 @@ def initial_value(field: FormField, method: str) -> Any:
     return value
 
 
-def read_form(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
-    """``{field: typed value}`` for the inputs that were given (``None`` = left to the recipe)."""
+def read_form(fields: list[FormField], values: list[Any], method: str | None = None) -> dict[str, Any]:
+    """``{field: typed value}`` for the inputs that were given (``None`` = left to the recipe); with ``method``,
+    only the fields of that method (the others are hidden on the page)."""
     out = {}
     for field, value in zip(fields, values, strict=True):
+        if method is not None and not field.applies_to(method):
+            continue
         typed = field.read(value)
         if typed is not None:
             out[field.name] = typed

@@ -32,7 +32,7 @@ class Backends:
 def available_backends(toy: bool) -> Backends:
     """The scorers this install can run: the toy world's on the toy base, else those whose packages import."""
     if toy:
-        from subjectgen_training.commands.demo import toy_demo_config
+        from subjectgen_training.experiment.demos import toy_demo_config
 
         evaluation = toy_demo_config().evaluate
         return Backends(evaluation.face_model, evaluation.prompt_scorer, evaluation.subject_phrase)
