@@ -450,4 +450,4 @@ def test_readme_experiment_lines_name_a_shipped_config_and_real_flags():
     for words in lines:
         args = parser.parse_args(words[1:])
         assert load_experiment_config(args.config).name == "five_setups_toy"
-        assert args.out == "runs/toy" and args.executor == ("ray" if "ray" in words else "local")
+        assert args.out == "runs/toy" and (args.executor or "local") == ("ray" if "ray" in words else "local")
