@@ -48,6 +48,7 @@ class BaseTrainConfig:
     alt_lora_out: str | None = ""  # None: no LoRA stage
     work: str = ""
     vae_from: str = ""  # a trained toy VAE folder to use instead of stage 1 ("" = train one)
+    unet_from: str = ""  # a trained toy UNet folder whose same-named weights start stage 2's UNet ("" = from scratch)
     seed: int = 0
     num_images: int = 16000
     vae_num_images: int = 6000  # the VAE trains on the first this-many images
@@ -208,6 +209,29 @@ def load_or_train_vae(config: BaseTrainConfig, images: torch.Tensor, generator: 
     return vae
 
 
+def warm_start(unet, folder: str) -> None:
+    """Start ``unet`` from a trained toy UNet's weights wherever a name and shape match (the toy SDXL from the SD
+    toy: the same blocks and context width). What only ``unet`` has (SDXL's ``add_embedding`` of the pooled text and
+    time ids) keeps its fresh weights, with its last layer zeroed so the start draws as the trained UNet does; any
+    other difference is an error."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if len(files) != 1:
+        raise SubjectgenError(f"--unet-from {folder}: expected one .safetensors file of a diffusers UNet folder.")
+    trained = load_file(str(files[0]))
+    own = unet.state_dict()
+    mismatched = sorted(k for k in trained if k not in own or own[k].shape != trained[k].shape)
+    missing = sorted(k for k in own if k not in trained and not k.startswith("add_embedding."))
+    if mismatched or missing:
+        raise SubjectgenError(f"--unet-from {folder} does not fit this UNet: {(mismatched + missing)[:4]} ...")
+    unet.load_state_dict({k: v.float() for k, v in trained.items()}, strict=False)
+    if hasattr(unet, "add_embedding"):
+        with torch.no_grad():
+            unet.add_embedding.linear_2.weight.zero_()
+            unet.add_embedding.linear_2.bias.zero_()
+
+
 def train_unet_and_text(config: BaseTrainConfig, vae, images, captions, generator: torch.Generator, work: Path):
     """Stage 2; returns the EMA UNet and the text encoders ``{attribute name: encoder}``."""
     scale = vae.config.scaling_factor
@@ -217,6 +241,8 @@ def train_unet_and_text(config: BaseTrainConfig, vae, images, captions, generato
     variant = get_variant(config.model)
     unet = variant.make_unet()
     encoders = variant.make_text_encoders()
+    if config.unet_from:
+        warm_start(unet, config.unet_from)
     params = list(unet.parameters()) + [p for encoder in encoders.values() for p in encoder.parameters()]
     ema = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)

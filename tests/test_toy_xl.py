@@ -1,0 +1,154 @@
+"""The toy SDXL (issue 22): SDXL's architecture at toy size, trained on the toy world by the same script as the SD
+toy, shipped as ``builtin:toy-xl-base`` + ``builtin:toy-xl-alt-lora``, and run through the same experiment configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from subjectgen_training.experiment import load_experiment_config
+from subjectgen_training.toy import world
+from subjectgen_training.toy.models import WEIGHTS, has_weights
+from subjectgen_training.toy.train_base import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+needs_xl = pytest.mark.skipif(not has_weights("toy-xl-base"),
+                              reason="toy SDXL not shipped: python -m subjectgen_training.toy.train_base --model sdxl")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@needs_xl
+def test_shipped_toy_xl_loads_as_a_stock_sdxl_pipeline_of_the_sdxl_family():
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from subjectgen_diffusers.families import family_of_base, family_of_pipeline
+    from subjectgen_diffusers.tokenizer import build_clip_tokenizer
+    from subjectgen_training.builtin_models import resolve_model
+
+    folder = Path(resolve_model("builtin:toy-xl-base"))
+    assert folder == WEIGHTS / "toy-xl-base"
+    assert _folder_bytes(folder) < 16e6 and _folder_bytes(WEIGHTS / "toy-xl-alt-lora") < 1e6
+    assert family_of_base(folder).name == "sdxl"
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert family_of_pipeline(pipe).name == "sdxl"
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.float32
+    assert not pipe.config.force_zeros_for_empty_prompt  # trained on encoded empty captions, as it samples
+    prompt = "a dark cartoon face with long blond hair, wearing a hat, on a yellow background"
+    reference = build_clip_tokenizer()(prompt, padding="max_length", max_length=77).input_ids
+    for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):  # the slim vocab.json + merges.txt files: SD's tokenizer
+        assert tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length).input_ids == reference
+    image = pipe(prompt, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (world.SIZE, world.SIZE, 3) and np.isfinite(image).all()  # native size: the toy's 32 px
+    pipe.load_lora_weights(str(WEIGHTS / "toy-xl-alt-lora"))
+    styled = pipe(prompt, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(styled - image).max() > 0.01
+
+
+def test_the_xl_configs_are_the_sd_toy_configs_on_the_toy_sdxl():
+    for sd_name, xl_name in (("five_setups_toy", "five_setups_toy_xl"),
+                             ("five_setups_toy_population", "five_setups_toy_xl_population")):
+        sd, xl = load_experiment_config(sd_name), load_experiment_config(xl_name)
+        assert xl.base == "builtin:toy-xl-base"
+        assert {r.model for r in xl.regularizations.values()} == {"builtin:toy-xl-base"}
+        assert xl.regularizations["alt"].lora == "builtin:toy-xl-alt-lora"
+        assert sd.subjects == xl.subjects  # same photo source; the population's tuning and test seeds
+        for field in ("generate", "evaluate", "baseline"):
+            assert getattr(sd, field) == getattr(xl, field), field
+        assert [(s.name, s.method, s.regularization) for s in sd.setups] == \
+            [(s.name, s.method, s.regularization) for s in xl.setups]
+    single, population = load_experiment_config("five_setups_toy_xl"), load_experiment_config("five_setups_toy_xl_population")
+    for field in ("base", "setups", "regularizations", "train", "generate", "evaluate", "baseline"):
+        assert getattr(single, field) == getattr(population, field), field
+
+
+@pytest.mark.slow
+def test_train_base_builds_the_toy_sdxl_through_the_same_loop_and_resumes(tmp_path):
+    """A few steps of ``train_base --model sdxl`` on the shipped SD toy VAE: a stock SDXL folder, a LoRA the stock
+    pipeline loads, and a state with both encoders that a rerun resumes from."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    out, lora, work = tmp_path / "xl", tmp_path / "xl-lora", tmp_path / "work"
+    args = ["--model", "sdxl", "--vae-from", str(WEIGHTS / "toy-base" / "vae"),
+            "--unet-from", str(WEIGHTS / "toy-base" / "unet"), "--out", str(out),
+            "--alt-lora-out", str(lora), "--work", str(work), "--num-images", "32", "--alt-num-images", "16",
+            "--batch-size", "4", "--warmup", "1", "--checkpoint-every", "2", "--alt-lora-steps", "1"]
+    assert main([*args, "--steps", "2"]) == 0
+    state = torch.load(work / "state.pt", weights_only=True)
+    assert state["step"] == 2 and {"text_encoder", "text_encoder_2"} <= set(state)
+    assert not (work / "vae").exists()  # the given VAE is used, not trained
+    with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert not (out / "tokenizer" / "tokenizer.json").exists() and (out / "tokenizer_2" / "vocab.json").is_file()
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)
+    pipe.load_lora_weights(str(lora))
+    image = pipe("a cartoon face, on a red background", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (world.SIZE, world.SIZE, 3) and np.isfinite(image).all()
+    assert main([*args, "--steps", "3"]) == 0  # resumes at step 2
+    assert torch.load(work / "state.pt", weights_only=True)["step"] == 3
+    assert json.loads((work / "base_train_config.json").read_text())["model"] == "sdxl"
+
+
+@pytest.mark.skipif(not has_weights(), reason="SD toy weights not shipped")
+def test_warm_start_takes_the_sd_toys_unet_body_and_starts_the_added_conditioning_at_zero(tmp_path):
+    from safetensors.torch import load_file
+
+    from subjectgen_diffusers.errors import SubjectgenError
+    from subjectgen_training.toy.architecture import toy_unet
+    from subjectgen_training.toy.architecture_xl import toy_xl_unet
+    from subjectgen_training.toy.train_base import warm_start
+
+    folder = WEIGHTS / "toy-base" / "unet"
+    trained = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    unet = toy_xl_unet()
+    warm_start(unet, str(folder))
+    own = unet.state_dict()
+    assert all(torch.equal(own[k], v.float()) for k, v in trained.items())
+    assert not own["add_embedding.linear_2.weight"].any() and not own["add_embedding.linear_2.bias"].any()
+    assert {k for k in own if k not in trained} == {k for k in own if k.startswith("add_embedding.")}
+    toy_xl_unet().save_pretrained(tmp_path / "xl-unet")  # the other way round: SDXL-only weights do not fit SD's
+    with pytest.raises(SubjectgenError, match="does not fit"):
+        warm_start(toy_unet(), str(tmp_path / "xl-unet"))
+
+
+def test_train_base_refuses_an_unknown_model():
+    from subjectgen_diffusers.errors import SubjectgenError
+
+    with pytest.raises(SubjectgenError, match="unknown toy model 'sd3'"):
+        main(["--model", "sd3"])
+
+
+def test_the_training_conditioning_is_the_pipelines_own():
+    """The loop conditions the UNet with the model family's ``unet_conditioning``: the same context, pooled text
+    and time ids as ``StableDiffusionXLPipeline.encode_prompt`` / ``_get_add_time_ids`` at the toy's size."""
+    from subjectgen_diffusers.tokenizer import build_clip_tokenizer
+    from subjectgen_training.toy.architecture_xl import assemble_xl_pipeline, toy_xl_unet
+    from subjectgen_training.toy.architecture import toy_vae
+    from subjectgen_training.toy.train_base import conditioner
+    from subjectgen_training.toy.variants import get_variant
+
+    torch.manual_seed(0)
+    variant = get_variant("sdxl")
+    encoders = variant.make_text_encoders()
+    pipe = assemble_xl_pipeline(toy_vae(), unet=toy_xl_unet(), **encoders)
+    prompt = "a tan cartoon face, on a red background"
+    ids = build_clip_tokenizer()([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ours = conditioner(variant, encoders)(ids)
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    assert torch.equal(ours.encoder_hidden_states, embeds) and torch.equal(ours.added_cond_kwargs["text_embeds"], pooled)
+    size = (world.SIZE, world.SIZE)
+    time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    assert torch.equal(ours.added_cond_kwargs["time_ids"], time_ids)
