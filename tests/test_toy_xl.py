@@ -152,3 +152,32 @@ def test_the_training_conditioning_is_the_pipelines_own():
     time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
                                       text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
     assert torch.equal(ours.added_cond_kwargs["time_ids"], time_ids)
+
+
+@pytest.mark.slow
+@needs_xl
+def test_demo_on_the_toy_sdxl_runs_the_whole_path_through_the_sdxl_family(tmp_path):
+    """``subjectgen demo --base builtin:toy-xl-base``: photos, a CD+CR subject trained on the toy SDXL (a few steps
+    here: learning is the CI experiment's test), scenes, scores and report; the subject is an SDXL subject."""
+    from _cli import run_cli
+
+    from subjectgen_diffusers.subject_format import Subject
+
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--base", "builtin:toy-xl-base", "--out", str(out), "--steps", "4",
+                   env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report (open in a browser): {out / 'report.html'}" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert [run["setup"] for run in summary["runs"]] == ["baseline", "cd+cr-reg"]
+    subject = Subject.load(out / "runs" / "shipped" / "cd+cr-reg" / "subject")
+    assert subject.config.method == "cd+cr" and subject.config.family == "sdxl"
+    assert set(subject.extra_tables) == {"text_encoder_2"}  # one token table per SDXL encoder
+
+
+def test_demo_refuses_a_base_that_is_not_a_toy_base(tmp_path):
+    from _cli import run_cli
+
+    proc = run_cli("demo", "--base", "builtin:tiny-sd", "--out", str(tmp_path / "demo"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --base builtin:tiny-sd")
+    assert "builtin:toy-xl-base" in proc.stderr and "Traceback" not in proc.stderr
