@@ -173,6 +173,42 @@ def test_demo_on_the_toy_sdxl_runs_the_whole_path_through_the_sdxl_family(tmp_pa
     subject = Subject.load(out / "runs" / "shipped" / "cd+cr-reg" / "subject")
     assert subject.config.method == "cd+cr" and subject.config.family == "sdxl"
     assert set(subject.extra_tables) == {"text_encoder_2"}  # one token table per SDXL encoder
+    _check_stock_diffusers_reproduces_the_lora_export(subject, tmp_path / "lora")
+
+
+def _check_stock_diffusers_reproduces_the_lora_export(subject, out):
+    """The SDXL issue's item 5 on the trained toy SDXL: a stock ``StableDiffusionXLPipeline`` with only
+    ``load_lora_weights`` and one ``load_textual_inversion`` per encoder draws what the plug-in draws (to 1/255)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from subjectgen_diffusers import export_lora, load_subject
+
+    def pipe():
+        loaded = StableDiffusionXLPipeline.from_pretrained(WEIGHTS / "toy-xl-base")
+        loaded.set_progress_bar_config(disable=True)
+        return loaded
+
+    token = subject.config.token
+    prompt = f"a {token} cartoon face, wearing a hat, on a purple background"
+
+    def draw(p):
+        return p(prompt, num_inference_steps=4, guidance_scale=4.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+
+    plugin = pipe()
+    load_subject(plugin, subject)
+    ours = draw(plugin)
+    result = export_lora(subject, out)
+    reader = pipe()
+    reader.load_lora_weights(str(out), weight_name=result.diffusers.name)
+    tables = load_file(str(result.embedding))
+    reader.load_textual_inversion(tables["clip_l"], token=token, text_encoder=reader.text_encoder,
+                                  tokenizer=reader.tokenizer)
+    reader.load_textual_inversion(tables["clip_g"], token=token, text_encoder=reader.text_encoder_2,
+                                  tokenizer=reader.tokenizer_2)
+    assert np.abs(draw(reader) - ours).max() <= 1 / 255
+    assert np.abs(draw(pipe()) - ours).max() > 0.01  # the subject changes the image
 
 
 def test_demo_refuses_a_base_that_is_not_a_toy_base(tmp_path):
