@@ -217,3 +217,116 @@ def test_demo_refuses_a_base_that_is_not_a_toy_base(tmp_path):
     proc = run_cli("demo", "--base", "builtin:tiny-sd", "--out", str(tmp_path / "demo"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: --base builtin:tiny-sd")
     assert "builtin:toy-xl-base" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- CI: the XL experiment, CI-sized, on two held-out test subjects, with bars from the XL population run ------------
+
+XL_POPULATION_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "toy_xl_population" / "summary.json"
+CI_SUBJECTS = ("test-100", "test-101")  # the population config's first two test subjects
+# CI-sized (the suite's budget, ~3 minutes of one core): the regularised CD row that draws the mark, CR's tokens
+# alone, and the baseline; everything else (training, 64 regularisation images, prompts, seeds) as in the population
+# run, so this CPU reproduces that run's numbers for the pair.
+CI_SETUPS = ("cd-reg-base", "cr")
+CI_MARK_ROWS = ("cd-reg-base",)
+
+
+def _xl_overall(summary: dict, subject: str, setup: str) -> dict:
+    return next(r["overall"] for r in summary["runs"] if r["subject"] == subject and r["setup"] == setup)
+
+
+def _pair_mean(summary: dict, setup: str, pick) -> float:
+    return sum(pick(_xl_overall(summary, s, setup)) for s in CI_SUBJECTS) / len(CI_SUBJECTS)
+
+
+def _pair_gain(summary: dict, setup: str, pick) -> float:
+    return _pair_mean(summary, setup, pick) - _pair_mean(summary, "baseline", pick)
+
+
+LIKENESS = lambda o: o["identity"]["mean"]  # noqa: E731
+MARK = lambda o: o["identity_parts"]["hidden_mark"]["mean"]  # noqa: E731
+FOLLOWING = lambda o: o["prompt_following"]["mean"]  # noqa: E731
+HAT = lambda o: o["prompt_checks"]["hat"]["mean"]  # noqa: E731
+BACKGROUND = lambda o: o["prompt_checks"]["background"]["mean"]  # noqa: E731
+
+
+def xl_ci_claims(population: dict) -> list[tuple[str, callable, float]]:
+    """Each claim of the CI run with its bar: the worst value that claim takes over every pair of the XL population
+    run's test subjects (``toy_population_bars``), never numbers of the run it gates. "<=" claims are negated."""
+    from subjectgen_training.benchmarks.toy_population_bars import population_bars
+
+    bars = population_bars(population, mark_rows=CI_MARK_ROWS)
+    claims = []
+    for setup in CI_SETUPS:
+        row = bars["setups"][setup]
+        claims += [(f"{setup} likeness gain", lambda s, setup=setup: _pair_gain(s, setup, LIKENESS), row["likeness gain"]),
+                   (f"{setup} prompt-following gain", lambda s, setup=setup: _pair_gain(s, setup, FOLLOWING),
+                    row["prompt_following gain"]),
+                   (f"{setup} hat gain", lambda s, setup=setup: _pair_gain(s, setup, HAT), row["hat gain"])]
+        for subject in CI_SUBJECTS:
+            claims.append((f"{setup} {subject} new backgrounds",
+                           lambda s, setup=setup, subject=subject: BACKGROUND(_xl_overall(s, subject, setup)),
+                           row["background"]))
+    claims.append(("mark of the weight-tuning row above the baseline's",
+                   lambda s: sum(_pair_gain(s, setup, MARK) for setup in CI_MARK_ROWS) / len(CI_MARK_ROWS),
+                   bars["mark rows above baseline"]))
+    claims.append(("cr mark above the baseline's (negated)", lambda s: -_pair_gain(s, "cr", MARK),
+                   -bars["cr mark above baseline"]))
+    return claims
+
+
+def xl_failed_claims(summary: dict, population: dict) -> list[str]:
+    return [f"{name}: {measure(summary):.3f} < bar {bar:.3f}" for name, measure, bar in xl_ci_claims(population)
+            if not measure(summary) >= bar - 1e-9]
+
+
+needs_xl_population = pytest.mark.skipif(not XL_POPULATION_SUMMARY.is_file(), reason="no shipped XL population run")
+
+
+@needs_xl_population
+def test_xl_ci_bars_are_the_population_runs_worst_pairs_and_say_what_the_issue_claims():
+    import copy
+
+    population = json.loads(XL_POPULATION_SUMMARY.read_text())
+    assert population["experiment"] == "five_setups_toy_xl_population"
+    tests = [s["name"] for s in population["subjects"] if s["group"] == "test"]
+    assert tuple(tests[:2]) == CI_SUBJECTS and len(tests) >= 3  # the pair is one of several, held out in tuning
+    claims = {name: bar for name, _, bar in xl_ci_claims(population)}
+    # every setup learned the face on every pair, only weight tuning drew the mark: the bars ask for that
+    assert all(claims[f"{setup} likeness gain"] > 0 for setup in CI_SETUPS), claims
+    assert claims["mark of the weight-tuning row above the baseline's"] > -claims["cr mark above the baseline's (negated)"]
+    assert xl_failed_claims(population, population) == []  # the pair's own numbers pass
+    for setup in CI_SETUPS:  # a run that learns nothing fails
+        degraded = copy.deepcopy(population)
+        for subject in CI_SUBJECTS:
+            _xl_overall(degraded, subject, setup)["identity"]["mean"] = _xl_overall(degraded, subject, "baseline")["identity"]["mean"]
+        assert any(f.startswith(f"{setup} likeness gain:") for f in xl_failed_claims(degraded, population))
+    degraded = copy.deepcopy(population)  # CR's tokens drawing the mark fail
+    for subject in CI_SUBJECTS:
+        _xl_overall(degraded, subject, "cr")["identity_parts"]["hidden_mark"]["mean"] = 1.0
+    assert any(f.startswith("cr mark") for f in xl_failed_claims(degraded, population))
+
+
+@pytest.mark.slow
+@needs_xl
+@needs_xl_population
+def test_every_setup_learns_held_out_subjects_on_the_toy_sdxl(tmp_path):
+    from dataclasses import asdict
+
+    from _cli import run_cli
+
+    config = load_experiment_config("five_setups_toy_xl_population")
+    data = yaml.safe_load((CONFIGS / "five_setups_toy_xl_population.yaml").read_text())
+    data["subjects"] = [asdict(s) for s in config.subjects if s.name in CI_SUBJECTS]
+    data["setups"] = [s for s in data["setups"] if s["name"] in CI_SETUPS]
+    data["regularizations"] = {name: spec for name, spec in data["regularizations"].items()
+                               if any(s.get("regularization") == name for s in data["setups"])}
+    config_file = tmp_path / "toy_xl_ci.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "toy-xl"
+    result = run_cli("experiment", str(config_file), "--out", str(out), env={"OMP_NUM_THREADS": "1"}, timeout=2400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["source"] for s in summary["subjects"]] == ["toy:seed=100", "toy:seed=101"]
+    print(json.dumps({f"{r['subject']}/{r['setup']}": r["overall"] for r in summary["runs"]}, indent=1))
+    population = json.loads(XL_POPULATION_SUMMARY.read_text())
+    assert xl_failed_claims(summary, population) == []

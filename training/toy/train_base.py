@@ -15,6 +15,11 @@ Reproduce the shipped weights (defaults = the shipped run; ``--work`` keeps a re
 
 About 27 minutes on 2 cores (VAE 7, UNet + text encoder 18, LoRA 2); on the machine that trained them a rerun
 gives every shipped file bit for bit (see ``training/toy/README.md``).
+
+``--model sdxl`` builds the toy SDXL (``toy-xl-base``, ``toy-xl-alt-lora``; ``architecture_xl.py``) with the same
+world, captions, stages and loop: the UNet is conditioned by the model family's ``unet_conditioning`` (both text
+encoders, pooled text and time ids), as SDXL's pipeline conditions it. ``--vae-from`` reuses a trained toy VAE and
+``--unet-from`` starts the UNet from a trained toy UNet (the shipped toy SDXL: the SD toy's; README).
 """
 
 from __future__ import annotations
