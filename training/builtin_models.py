@@ -6,6 +6,8 @@
 * ``builtin:tiny-clip``: a tiny random CLIP (real tokenizer) for the CLIP scores.
 * ``builtin:toy-base``, ``builtin:toy-alt-lora``: the shipped toy-world model and its style LoRA
   (:mod:`subjectgen_training.toy.models`); their folders are returned as they are.
+* ``builtin:toy-xl-base``, ``builtin:toy-xl-alt-lora``: the shipped toy SDXL (SDXL's architecture trained on the same
+  world) and its style LoRA.
 
 ``hf://owner/repo/path/file.safetensors`` names one file of a Hub repository (e.g. a LoRA in a repository that holds
 several) and resolves to its downloaded local path. Anything else (a folder, a Hub id) is returned unchanged. A model is written once into ``cache_dir`` through a
@@ -83,13 +85,16 @@ DESCRIPTIONS: dict[str, str] = {
     "toy-base": "the shipped toy-world model (Stable Diffusion architecture, 32 px cartoon faces, 15 MB): learns a "
                 "face on a CPU; `subjectgen train` uses the toy recipe on it",
     "toy-alt-lora": "a style LoRA for builtin:toy-base (the toy stand-in for an alternative regularisation model)",
+    "toy-xl-base": "the shipped toy SDXL (SDXL architecture: two text encoders, text/time conditioning; the same world, "
+                   "14 MB): learns a face on a CPU; `subjectgen train` uses the toy recipe on it",
+    "toy-xl-alt-lora": "a style LoRA for builtin:toy-xl-base (its alternative regularisation model's stand-in)",
     "tiny-sd": "a tiny random-weight Stable Diffusion 1.x pipeline (every step runs; the pictures are noise)",
     "tiny-sdxl": "a tiny random-weight SDXL pipeline",
     "tiny-sdxl-lora": "a random LoRA for builtin:tiny-sdxl",
     "tiny-clip": "a tiny random-weight CLIP model (for --clip-model)",
 }
 # Built-in bases on which `subjectgen train` defaults to the toy world's recipe instead of SD 1.5's.
-TOY_BASES = ("toy-base",)
+TOY_BASES = ("toy-base", "toy-xl-base")
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": _tiny_sd,

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="subjectgen-demo", help="output folder (default: ./subjectgen-demo)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps (default 150 on the toy model, 20 with --real-photos)")
+    parser.add_argument("--base", default=None,
+                        help="the toy base model the demo trains on: builtin:toy-base (default, Stable Diffusion "
+                             "architecture) or builtin:toy-xl-base (SDXL architecture); the model family follows "
+                             "from the base")
     parser.add_argument("--real-photos", action="store_true",
                         help="prepare and train on sample photos of a real person with the tiny random-weight model")
 
@@ -48,12 +52,19 @@ def run_real_photos(args: argparse.Namespace) -> int:
 def run_toy(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_training.experiment import run_experiment
+    from subjectgen_training.builtin_models import TOY_BASES, builtin_name
     from subjectgen_training.toy.models import WEIGHTS, has_weights
 
-    if not has_weights():
-        raise SubjectgenError(f"the toy base model is missing from {WEIGHTS}; reinstall the package or train it "
-                              "with `python -m subjectgen_training.toy.train_base`, or run `subjectgen demo --real-photos`.")
-    summary = run_experiment(toy_demo_config(args.steps or 150), args.out)
+    base = args.base or "builtin:toy-base"
+    name = builtin_name(base)
+    if name not in TOY_BASES:
+        raise SubjectgenError(f"--base {base}: the demo runs on a shipped toy base, one of "
+                              f"{', '.join('builtin:' + b for b in TOY_BASES)}.")
+    if not has_weights(name):
+        raise SubjectgenError(f"the toy base model {name} is missing from {WEIGHTS}; reinstall the package or train it "
+                              "with `python -m subjectgen_training.toy.train_base` (training/toy/README.md), or run "
+                              "`subjectgen demo --real-photos`.")
+    summary = run_experiment(toy_demo_config(args.steps or 150, base), args.out)
     out = summary.parent.resolve()
     run_dir = out / "runs" / "shipped" / "cd+cr-reg"
     print((out / "summary.md").read_text(encoding="utf-8"))
@@ -68,4 +79,8 @@ def run_toy(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.real_photos and args.base:
+        from subjectgen_diffusers.errors import SubjectgenError
+
+        raise SubjectgenError("--base chooses the toy base; --real-photos always runs on builtin:tiny-sd. Drop one.")
     return run_real_photos(args) if args.real_photos else run_toy(args)

@@ -8,9 +8,10 @@ TOY_PROMPTS = ("{}, on a yellow background", "{}, on a purple background", "{}, 
                "{}, wearing glasses, on a yellow background")  # the new scenes of five_setups_toy
 
 
-def toy_demo_config(steps: int = 150):
+def toy_demo_config(steps: int = 150, base: str = "builtin:toy-base"):
     """The toy demo as an experiment config: the shipped subject, CD+CR with 16 regularisation images from the base,
-    the four new scenes of ``five_setups_toy`` (backgrounds its photos never show, a hat, glasses), four seeds."""
+    the four new scenes of ``five_setups_toy`` (backgrounds its photos never show, a hat, glasses), four seeds.
+    ``base``: a shipped toy base; everything that depends on its architecture follows from the base's model family."""
     from subjectgen_training.experiment.config import (EvaluationSpec, ExperimentConfig, GenerationSpec, RegularizationSpec,
                                             SetupSpec, SubjectSpec)
 
@@ -18,9 +19,9 @@ def toy_demo_config(steps: int = 150):
         name="subjectgen demo (toy world)",
         description="CD+CR learns a toy-world face whose traits and hidden mark its captions never name, on the "
                     "shipped toy base model, and draws it in scenes its photos never show.",
-        base="builtin:toy-base",
+        base=base,
         subjects=[SubjectSpec(name="shipped", photos="toy:shipped")],
-        regularizations={"base": RegularizationSpec(model="builtin:toy-base", prompt="a cartoon face", num=16,
+        regularizations={"base": RegularizationSpec(model=base, prompt="a cartoon face", num=16,
                                                     steps=20, guidance=4.0, resolution=32, batch_size=16)},
         setups=[SetupSpec(name="cd+cr-reg", method="cd+cr", regularization="base",
                           description="Cross-Initialised tokens + Custom Diffusion deltas, with regularisation",

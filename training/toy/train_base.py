@@ -15,6 +15,11 @@ Reproduce the shipped weights (defaults = the shipped run; ``--work`` keeps a re
 
 About 27 minutes on 2 cores (VAE 7, UNet + text encoder 18, LoRA 2); on the machine that trained them a rerun
 gives every shipped file bit for bit (see ``training/toy/README.md``).
+
+``--model sdxl`` builds the toy SDXL (``toy-xl-base``, ``toy-xl-alt-lora``; ``architecture_xl.py``) with the same
+world, captions, stages and loop: the UNet is conditioned by the model family's ``unet_conditioning`` (both text
+encoders, pooled text and time ids), as SDXL's pipeline conditions it. ``--vae-from`` reuses a trained toy VAE and
+``--unet-from`` starts the UNet from a trained toy UNet (the shipped toy SDXL: the SD toy's; README).
 """
 
 from __future__ import annotations
@@ -33,17 +38,22 @@ from tqdm.auto import tqdm
 from subjectgen_diffusers.atomic_io import atomic_write, atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
 
-from .architecture import assemble_pipeline, save_pipeline, toy_text_encoder, toy_train_scheduler, toy_unet, toy_vae
-from .world import SUPERSAMPLE, caption_for, random_omissions, render_array, sample_specs
+from .architecture import toy_train_scheduler, toy_vae
+from .variants import VARIANTS, ToyVariant, get_variant
+from .world import SIZE, SUPERSAMPLE, caption_for, random_omissions, render_array, sample_specs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class BaseTrainConfig:
-    out: str = "training/toy/weights/toy-base"
-    alt_lora_out: str | None = "training/toy/weights/toy-alt-lora"
-    work: str = "/tmp/toy-base-work"
+    model: str = "sd"  # the architecture: "sd" (toy-base) or "sdxl" (toy-xl-base), see variants.py
+    # "" = the model's own: training/toy/weights/<its weights>, .../<its LoRA>, /tmp/<its weights>-work
+    out: str = ""
+    alt_lora_out: str | None = ""  # None: no LoRA stage
+    work: str = ""
+    vae_from: str = ""  # a trained toy VAE folder to use instead of stage 1 ("" = train one)
+    unet_from: str = ""  # a trained toy UNet folder whose same-named weights start stage 2's UNet ("" = from scratch)
     seed: int = 0
     num_images: int = 16000
     vae_num_images: int = 6000  # the VAE trains on the first this-many images
@@ -73,6 +83,16 @@ class BaseTrainConfig:
         if unknown:
             raise SubjectgenError(f"unknown toy base training keys {unknown}; allowed keys are {sorted(allowed)}.")
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.model not in VARIANTS:
+            raise SubjectgenError(f"unknown toy model {self.model!r}; choose one of {sorted(VARIANTS)}.")
+        variant = get_variant(self.model)
+        weights = "training/toy/weights"
+        self.out = self.out or f"{weights}/{variant.weights}"
+        if self.alt_lora_out == "":
+            self.alt_lora_out = f"{weights}/{variant.lora_weights}"
+        self.work = self.work or f"/tmp/{variant.weights}-work"
 
 
 def render_dataset(config: BaseTrainConfig, count: int | None = None, seed_offset: int = 0,
@@ -155,21 +175,35 @@ def _save_state(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def diffusion_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor,
+def diffusion_loss(unet, condition, scheduler, latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor,
                    config: BaseTrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """v-prediction loss on one batch, with ``caption_dropout`` of the captions replaced by the empty one."""
+    """v-prediction loss on one batch, with ``caption_dropout`` of the captions replaced by the empty one;
+    ``condition(ids)``: the UNet's conditioning (:func:`conditioner`)."""
     batch_ids = ids.clone()
     batch_ids[torch.rand(len(ids), generator=generator) < config.caption_dropout] = empty
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps, text_encoder(batch_ids)[0]).sample, target)
+    return F.mse_loss(unet(noisy, timesteps, **condition(batch_ids).unet_kwargs()).sample, target)
+
+
+def conditioner(variant: ToyVariant, encoders: dict[str, torch.nn.Module]):
+    """``ids -> UNetConditioning`` as the variant's pipeline computes it (its model family's ``unet_conditioning``),
+    every encoder reading the same SD-tokenizer ids, at the toy world's size (SDXL's time ids)."""
+    from types import SimpleNamespace
+
+    family = variant.model_family()
+    parts = SimpleNamespace(**encoders)
+    size = (SIZE, SIZE)
+    return lambda ids: family.unet_conditioning(parts, [ids] * len(encoders), original_size=size, target_size=size)
 
 
 def load_or_train_vae(config: BaseTrainConfig, images: torch.Tensor, generator: torch.Generator, work: Path):
     from diffusers import AutoencoderKL
 
+    if config.vae_from:  # a trained toy VAE (the SD toy's, for the toy SDXL): loaded in fp32 whatever its files hold
+        return AutoencoderKL.from_pretrained(config.vae_from, torch_dtype=torch.float32).eval().requires_grad_(False)
     vae_path = work / "vae"
     if (vae_path / "config.json").is_file():
         return AutoencoderKL.from_pretrained(vae_path).eval().requires_grad_(False)
@@ -180,14 +214,41 @@ def load_or_train_vae(config: BaseTrainConfig, images: torch.Tensor, generator: 
     return vae
 
 
+def warm_start(unet, folder: str) -> None:
+    """Start ``unet`` from a trained toy UNet's weights wherever a name and shape match (the toy SDXL from the SD
+    toy: the same blocks and context width). What only ``unet`` has (SDXL's ``add_embedding`` of the pooled text and
+    time ids) keeps its fresh weights, with its last layer zeroed so the start draws as the trained UNet does; any
+    other difference is an error."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if len(files) != 1:
+        raise SubjectgenError(f"--unet-from {folder}: expected one .safetensors file of a diffusers UNet folder.")
+    trained = load_file(str(files[0]))
+    own = unet.state_dict()
+    mismatched = sorted(k for k in trained if k not in own or own[k].shape != trained[k].shape)
+    missing = sorted(k for k in own if k not in trained and not k.startswith("add_embedding."))
+    if mismatched or missing:
+        raise SubjectgenError(f"--unet-from {folder} does not fit this UNet: {(mismatched + missing)[:4]} ...")
+    unet.load_state_dict({k: v.float() for k, v in trained.items()}, strict=False)
+    if hasattr(unet, "add_embedding"):
+        with torch.no_grad():
+            unet.add_embedding.linear_2.weight.zero_()
+            unet.add_embedding.linear_2.bias.zero_()
+
+
 def train_unet_and_text(config: BaseTrainConfig, vae, images, captions, generator: torch.Generator, work: Path):
-    """Stage 2; returns the EMA UNet and text encoder."""
+    """Stage 2; returns the EMA UNet and the text encoders ``{attribute name: encoder}``."""
     scale = vae.config.scaling_factor
     means, _ = encode_dataset(vae, images)
     ids, empty = tokenize(captions), tokenize([""])[0]
     logger.info("latent scaling factor %.4f", scale)
-    unet, text_encoder = toy_unet(), toy_text_encoder()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    variant = get_variant(config.model)
+    unet = variant.make_unet()
+    encoders = variant.make_text_encoders()
+    if config.unet_from:
+        warm_start(unet, config.unet_from)
+    params = list(unet.parameters()) + [p for encoder in encoders.values() for p in encoder.parameters()]
     ema = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     scheduler = toy_train_scheduler()
@@ -196,18 +257,20 @@ def train_unet_and_text(config: BaseTrainConfig, vae, images, captions, generato
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)
         unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
+        for name, encoder in encoders.items():
+            encoder.load_state_dict(state[name])
         optimizer.load_state_dict(state["optimizer"])
         ema = state["ema"]
         generator.set_state(state["generator"])
         step = state["step"]
         logger.info("resumed at step %d", step)
+    condition = conditioner(variant, encoders)
     bar = tqdm(range(step, config.steps), desc="unet+text", mininterval=30, initial=step, total=config.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, config)
         index = torch.randint(len(means), (config.batch_size,), generator=generator)
-        loss = diffusion_loss(unet, text_encoder, scheduler, means[index] * scale, ids[index], empty, config, generator)
+        loss = diffusion_loss(unet, condition, scheduler, means[index] * scale, ids[index], empty, config, generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -220,18 +283,17 @@ def train_unet_and_text(config: BaseTrainConfig, vae, images, captions, generato
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             _save_state(state_path, {
-                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                "unet": unet.state_dict(), **{name: encoder.state_dict() for name, encoder in encoders.items()},
                 "optimizer": optimizer.state_dict(), "ema": ema, "generator": generator.get_state(), "step": done,
             })
     with torch.no_grad():
         for target, source in zip(params, ema):
             target.copy_(source)
-    return unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+    return unet.eval().requires_grad_(False), {name: e.eval().requires_grad_(False) for name, e in encoders.items()}
 
 
-def train_alt_lora(config: BaseTrainConfig, vae, unet, text_encoder, generator: torch.Generator) -> Path:
+def train_alt_lora(config: BaseTrainConfig, vae, unet, encoders: dict, generator: torch.Generator) -> Path:
     """Stage 3: a LoRA on the base UNet's attention, fine-tuned on the world drawn without anti-aliasing."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -244,10 +306,12 @@ def train_alt_lora(config: BaseTrainConfig, vae, unet, text_encoder, generator: 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.alt_lora_lr)
     scheduler = toy_train_scheduler()
+    variant = get_variant(config.model)
+    condition = conditioner(variant, encoders)
     unet.train()
     for step in tqdm(range(config.alt_lora_steps), desc="alt lora", mininterval=30):
         index = torch.randint(len(means), (config.batch_size,), generator=generator)
-        loss = diffusion_loss(unet, text_encoder, scheduler, means[index] * vae.config.scaling_factor, ids[index],
+        loss = diffusion_loss(unet, condition, scheduler, means[index] * vae.config.scaling_factor, ids[index],
                               empty, config, generator)
         loss.backward()
         optimizer.step()
@@ -255,7 +319,7 @@ def train_alt_lora(config: BaseTrainConfig, vae, unet, text_encoder, generator: 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     out = Path(config.alt_lora_out)
     tmp = out.with_name(out.name + ".tmp")
-    StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers={k: v.half() for k, v in layers.items()})
+    variant.model_family().pipeline_class().save_lora_weights(str(tmp), unet_lora_layers={k: v.half() for k, v in layers.items()})
     if out.exists():
         import shutil
 
@@ -277,11 +341,12 @@ def train_base(config: BaseTrainConfig) -> Path:
     vae = load_or_train_vae(config, images[: config.vae_num_images], torch.Generator().manual_seed(config.seed), work)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    unet, text_encoder = train_unet_and_text(config, vae, images, captions, generator, work)
-    save_pipeline(assemble_pipeline(vae, text_encoder, unet), config.out)
+    unet, encoders = train_unet_and_text(config, vae, images, captions, generator, work)
+    variant = get_variant(config.model)
+    variant.save(variant.assemble(vae, encoders, unet), config.out)
     logger.info("saved %s", config.out)
     if config.alt_lora_out:
-        logger.info("saved %s", train_alt_lora(config, vae, unet, text_encoder, generator))
+        logger.info("saved %s", train_alt_lora(config, vae, unet, encoders, generator))
     return Path(config.out)
 
 
