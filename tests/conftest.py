@@ -43,14 +43,14 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """A tiny SD 1.x pipeline saved in diffusers format (shared, read-only)."""
-    from subjectgen_training.tiny_models import save_tiny_sd
+    from subjectgen_training.models.tiny_models import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory) -> Path:
-    from subjectgen_training.tiny_models import save_tiny_sdxl
+    from subjectgen_training.models.tiny_models import save_tiny_sdxl
 
     return save_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "model")
 
@@ -58,7 +58,7 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_pipe():
     """A fresh tiny SD 1.x pipeline per test (0.1 s to build), free to modify."""
-    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
     return build_tiny_sd_pipeline(seed=0)
 

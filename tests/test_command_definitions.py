@@ -19,12 +19,12 @@ from subjectgen_training.config_flags import flag_specs
 
 # command -> (module holding its config, config class name)
 DEFINITIONS = {
-    "generate": ("subjectgen_training.generate", "GenerateConfig"),
-    "regularize": ("subjectgen_training.regularize", "RegularizeConfig"),
-    "prepare": ("subjectgen_training.prepare", "PrepareConfig"),
+    "generate": ("subjectgen_training.sampling.generate", "GenerateConfig"),
+    "regularize": ("subjectgen_training.sampling.regularize", "RegularizeConfig"),
+    "prepare": ("subjectgen_training.data.prepare", "PrepareConfig"),
     "evaluate": ("subjectgen_training.evaluation.evaluate", "EvaluateConfig"),
     "experiment": ("subjectgen_training.commands.experiment", "ExperimentArgs"),
-    "train": ("subjectgen_training.train_config", "TrainConfig"),
+    "train": ("subjectgen_training.trainer.config", "TrainConfig"),
 }
 NOT_FROM_CONFIG = {"help", "threads", "config_file"}
 
@@ -45,7 +45,7 @@ def test_every_argument_of_a_command_is_a_field_of_its_definition(command):
     fields = {spec.name for spec in flag_specs(config)}
     dests = {action.dest for action in _sub_parser(command)._actions} - NOT_FROM_CONFIG
     if command == "train":
-        from subjectgen_training.train_config import method_fields
+        from subjectgen_training.trainer.config import method_fields
 
         dests -= {"config"}  # --config FILE: the same fields from a file
         fields |= set(method_fields())  # each method's own config: its group of flags

@@ -11,8 +11,8 @@ from _cli import REPO_ROOT
 from _plugin_fixtures import make_subject
 
 from subjectgen_training.experiment.config import ExperimentConfigError, load_experiment_config
-from subjectgen_training.generate import GenerateConfig, GenerateError, generate_images, read_manifest
-from subjectgen_training.report import compose_markdown
+from subjectgen_training.sampling.generate import GenerateConfig, GenerateError, generate_images, read_manifest
+from subjectgen_training.experiment.report import compose_markdown
 
 
 def test_compose_toy_ships_three_faces_with_their_own_tokens_in_groups_of_two_and_three():

@@ -24,9 +24,9 @@ def _build_every_stage_config(config):
     import dataclasses
 
     from subjectgen_training.evaluation import EvaluateConfig
-    from subjectgen_training.generate import GenerateConfig
-    from subjectgen_training.regularize import RegularizeConfig
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.sampling.generate import GenerateConfig
+    from subjectgen_training.sampling.regularize import RegularizeConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     for spec in config.regularizations.values():
         RegularizeConfig(**dataclasses.asdict(spec), out="reg")

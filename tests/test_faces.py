@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subjectgen_training.faces import FaceAnalyzer, FaceBox, FaceDependencyError, identity_distance
+from subjectgen_training.data.faces import FaceAnalyzer, FaceBox, FaceDependencyError, identity_distance
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_missing_dlib_names_the_extra(tmp_path):
     # A real interpreter where `import dlib` fails (a shadowing module that raises ImportError).
     (tmp_path / "dlib.py").write_text("raise ImportError('No module named dlib')\n")
     code = (
-        "from subjectgen_training.faces import FaceAnalyzer, FaceDependencyError\n"
+        "from subjectgen_training.data.faces import FaceAnalyzer, FaceDependencyError\n"
         "from subjectgen_diffusers.errors import SubjectgenError\n"
         "try:\n    FaceAnalyzer()\nexcept FaceDependencyError as e:\n"
         "    assert isinstance(e, SubjectgenError); print(e)\n"

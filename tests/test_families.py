@@ -11,7 +11,7 @@ from subjectgen_diffusers.families import SD1, SDXL, family_of_base, family_of_p
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sdxl_pipeline
 
     return build_tiny_sdxl_pipeline(seed=0)
 
@@ -106,7 +106,7 @@ def test_a_test_only_family_loads_refuses_and_exports_through_the_seam(wide_fami
     from safetensors.torch import load_file
 
     from subjectgen_diffusers import SubjectgenError, export_lora, load_subject, unload_subject
-    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
     wide = build_tiny_sd_pipeline(seed=0, text_hidden=48)
     assert family_of_pipeline(wide) is wide_family and family_of_pipeline(tiny_pipe) is SD1

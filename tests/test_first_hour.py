@@ -180,9 +180,9 @@ def test_generate_and_prepare_refuse_resolution_zero_with_the_same_message(tmp_p
 
 
 def test_every_config_shares_the_resolution_rule():
-    from subjectgen_training.generate import GenerateConfig, GenerateError
-    from subjectgen_training.prepare import PrepareConfig, PrepareError
-    from subjectgen_training.regularize import RegularizeConfig, RegularizeError
+    from subjectgen_training.sampling.generate import GenerateConfig, GenerateError
+    from subjectgen_training.data.prepare import PrepareConfig, PrepareError
+    from subjectgen_training.sampling.regularize import RegularizeConfig, RegularizeError
 
     builders = [
         (GenerateError, lambda r: GenerateConfig(base="b", prompts="p", out="o", resolution=r)),
@@ -280,8 +280,8 @@ def test_train_config_of_the_wrong_type_names_the_field_and_the_type(tmp_path):
 
 def test_every_typed_config_names_the_field_and_the_type():
     from subjectgen_diffusers.subject_format import SubjectConfig, SubjectFormatError
-    from subjectgen_training.generate import GenerateConfig, GenerateError
-    from subjectgen_training.prepare import PrepareConfig, PrepareError
+    from subjectgen_training.sampling.generate import GenerateConfig, GenerateError
+    from subjectgen_training.data.prepare import PrepareConfig, PrepareError
 
     with pytest.raises(GenerateError, match=r"generation config: steps wants a whole number \(int\), got 'many'"):
         GenerateConfig.from_dict({"base": "b", "prompts": "p", "out": "o", "steps": "many"})

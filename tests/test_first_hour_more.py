@@ -29,8 +29,8 @@ def alice_photo_dir(tmp_path_factory, astronaut_image):
 
 
 def _train(tiny_sd_dir, alice_photo_dir, out: Path, **extra):
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import train
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import train
 
     config = {**dict(base=str(tiny_sd_dir), photos=str(alice_photo_dir), method="cd+cr", out=str(out), resolution=64,
                      batch_size=1, steps=2, checkpoint_every=1), **extra}
@@ -56,7 +56,7 @@ def test_a_trained_subject_records_names_not_local_paths(tiny_sd_dir, alice_phot
 
 @pytest.mark.slow
 def test_checkpoints_live_beside_the_subject_and_go_on_success(tiny_sd_dir, alice_photo_dir, tmp_path):
-    from subjectgen_training.checkpoints import checkpoint_dir
+    from subjectgen_training.trainer.checkpoints import checkpoint_dir
 
     dropped = _train(tiny_sd_dir, alice_photo_dir, tmp_path / "dropped")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dropped"]  # no dropped.checkpoints left
@@ -178,7 +178,7 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_killed_runs_lock_does_n
     import subprocess
     import sys
 
-    from subjectgen_training.checkpoints import list_checkpoints
+    from subjectgen_training.trainer.checkpoints import list_checkpoints
 
     out = tmp_path / "alice"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -210,7 +210,7 @@ RULE = "--resolution must be a positive multiple of 8 (the image side in pixels,
 
 
 def test_train_shares_the_resolution_rule(alice_photo_dir, tmp_path):
-    from subjectgen_training.train_config import TrainConfig, TrainConfigError
+    from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
 
     for bad in (0, -8, 12):
         with pytest.raises(TrainConfigError, match=RULE.format(bad).replace("(", r"\(").replace(")", r"\)")):
@@ -223,7 +223,7 @@ def test_train_shares_the_resolution_rule(alice_photo_dir, tmp_path):
 def test_train_defaults_to_the_base_models_native_size(tiny_sd_dir):
     from diffusers import StableDiffusionPipeline
 
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     for base in (TOY_BASE, tiny_sd_dir):
         pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, feature_extractor=None,
@@ -240,14 +240,14 @@ def test_fewer_than_four_photos_warn(tiny_sd_dir, alice_photo_dir, tmp_path, cap
     import shutil
 
     from subjectgen_training.methods import build_method
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import check_inputs
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import check_inputs
 
     def warnings_for(folder: Path) -> list[str]:
         config = TrainConfig.from_dict(dict(base=str(tiny_sd_dir), photos=str(folder), method="cd",
                                             out="o")).resolved().sized()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="subjectgen_training.trainer"):
+        with caplog.at_level(logging.WARNING, logger="subjectgen_training.trainer.loop"):
             check_inputs(config, build_method(config))
         return [r.getMessage() for r in caplog.records if "usable photo" in r.getMessage()]
 
@@ -274,8 +274,8 @@ def _train_command(*args: str) -> int:
 def test_the_resume_line_only_when_resume_was_asked(alice_photo_dir, tmp_path, caplog):
     import logging
 
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import train
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import train
 
     common = dict(base=str(TOY_BASE), photos=str(alice_photo_dir), method="cd", resolution=32, batch_size=1, steps=1)
     with caplog.at_level(logging.INFO):
@@ -332,7 +332,7 @@ def _truncate(path: Path) -> None:
 def test_a_truncated_subject_is_named_before_any_model_loads(saved_subject, tmp_path, monkeypatch):
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.subject_check import SubjectCheckError
-    from subjectgen_training.generate import GenerateConfig, load_pipeline
+    from subjectgen_training.sampling.generate import GenerateConfig, load_pipeline
 
     weights = saved_subject / "subject.safetensors"
     _truncate(weights)
@@ -404,7 +404,7 @@ def test_a_subject_of_another_base_is_named_before_the_model_loads(saved_subject
     from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.subject_check import SubjectCheckError, check_subject
     from subjectgen_diffusers.subject_format import Subject, SubjectConfig
-    from subjectgen_training.generate import GenerateConfig, load_pipeline
+    from subjectgen_training.sampling.generate import GenerateConfig, load_pipeline
 
     check_subject(saved_subject, tiny_sd_dir)  # the base it was made for: fine
     result = run_cli("generate", "--base", str(TOY_BASE), "--subject", str(saved_subject), "--prompts",

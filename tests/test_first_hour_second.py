@@ -135,7 +135,7 @@ def test_the_ui_takes_a_builtin_base():
 
 
 def test_the_bare_shipped_name_older_subjects_record_is_the_builtin_unless_a_folder_has_it(tmp_path, monkeypatch):
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     monkeypatch.chdir(tmp_path)
     assert resolve_model("toy-base") == resolve_model(TOY)  # not a Hub id to wait for
@@ -202,8 +202,8 @@ def test_an_interrupted_run_says_resume_and_never_starts_over_silently(work, mon
 
 def test_restart_deletes_a_stopped_runs_checkpoints_and_resume_with_restart_is_refused(tmp_path):
     from subjectgen_diffusers.errors import SubjectgenError
-    from subjectgen_training.checkpoints import check_stopped_run
-    from subjectgen_training.train_config import TrainConfig, TrainConfigError
+    from subjectgen_training.trainer.checkpoints import check_stopped_run
+    from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
 
     step = tmp_path / "S.checkpoints" / "step-0000005"
     step.mkdir(parents=True)
@@ -233,7 +233,7 @@ def test_the_recorded_config_reproduces_the_subject_exactly(toy_subject, work, m
 
 
 def test_a_recorded_config_whose_derived_rates_disagree_is_refused(toy_subject, tmp_path):
-    from subjectgen_training.train_config import TrainConfig, TrainConfigError
+    from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
 
     subject, _ = toy_subject
     recorded = json.loads((subject / "train_config.json").read_text())
@@ -318,7 +318,7 @@ def test_a_non_ascii_token_keeps_its_letters_in_exported_names(toy_subject, tmp_
 # -- item 8: the smaller items ----------------------------------------------------------------------------------------
 
 def test_a_photo_folder_of_text_files_says_it_has_no_images(tmp_path):
-    from subjectgen_training.photos import PhotoError, load_photo_folder
+    from subjectgen_training.data.photos import PhotoError, load_photo_folder
 
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text("caption")

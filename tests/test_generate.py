@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from _cli import run_cli
-from subjectgen_training.generate import GenerateConfig, GenerateError, generate_images, read_manifest
+from subjectgen_training.sampling.generate import GenerateConfig, GenerateError, generate_images, read_manifest
 
 
 def _pixels(path):
@@ -99,7 +99,7 @@ def test_generate_with_a_style_lora_changes_the_images_and_a_foreign_lora_is_ref
     keys match nothing in the model is an error, not base-model images."""
     from safetensors.torch import save_file
 
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     base = resolve_model("builtin:toy-base")
     common = dict(base=base, prompts="a cartoon face, on a red background", num_per_prompt=2, steps=4, guidance=4.0)

@@ -108,7 +108,7 @@ def test_the_graph_is_read():
     """The reader sees the edges it guards (else an empty graph would pass everything below)."""
     graph = import_graph()
     assert "subjectgen_training.experiment.runner" in graph["subjectgen_training.experiment"]
-    assert "subjectgen_training.trainer" in graph["subjectgen_training.commands.train"]
+    assert "subjectgen_training.trainer.loop" in graph["subjectgen_training.commands.train"]
     assert "subjectgen_training.ui.app" in graph["subjectgen_training.commands.ui"]
     assert circles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
 

@@ -9,8 +9,8 @@ import torch
 
 from subjectgen_diffusers.subject_format import Subject
 from subjectgen_training.commands.train import people_from_flags
-from subjectgen_training.train_config import TrainConfig, TrainConfigError
-from subjectgen_training.trainer import Trainer
+from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
+from subjectgen_training.trainer.loop import Trainer
 
 
 @pytest.fixture(scope="module")

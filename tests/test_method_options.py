@@ -14,7 +14,7 @@ from subjectgen_diffusers import methods as format_table
 from subjectgen_training import methods as registry
 from subjectgen_training.config_flags import option
 from subjectgen_training.methods.base import Rates
-from subjectgen_training.train_config import TrainConfig, TrainConfigError
+from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
 
 
 # -- the test's new method module -------------------------------------------------------------------------------------

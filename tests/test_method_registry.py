@@ -17,8 +17,8 @@ from subjectgen_training.config_flags import option
 
 
 def test_the_trainer_contains_no_method_name():
-    source = (REPO_ROOT / "training" / "trainer.py").read_text(encoding="utf-8")
-    literals = string_literals(REPO_ROOT / "training" / "trainer.py")
+    source = (REPO_ROOT / "training" / "trainer" / "loop.py").read_text(encoding="utf-8")
+    literals = string_literals(REPO_ROOT / "training" / "trainer" / "loop.py")
     assert not set(registry.method_names()) & literals
     for word in ("cross_init", "custom_diffusion", "CrossInit", "CustomDiffusion", "cross_initialised", "method.deltas", "method.tokens"):
         assert word not in source, word
@@ -44,7 +44,7 @@ def test_cli_choices_config_and_format_read_the_registry():
     import argparse
 
     from subjectgen_training.commands import train as command
-    from subjectgen_training.train_config import METHODS
+    from subjectgen_training.trainer.config import METHODS
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -95,8 +95,8 @@ def new_method():
 def test_a_new_method_is_one_class_and_one_registration(new_method, tiny_sd_dir, astronaut_image, tmp_path):
     from subjectgen_diffusers.hub import render_subject_card
     from subjectgen_diffusers.subject_format import Subject
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import Trainer
 
     photos = tmp_path / "photos"
     photos.mkdir()

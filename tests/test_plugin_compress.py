@@ -12,7 +12,7 @@ from _cli import run_cli
 from subjectgen_diffusers import SubjectgenError, load_subject, set_subject_scale
 from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject, rank_for_energy
 from subjectgen_diffusers.subject_format import LowRankDelta, Subject
-from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def test_compress_cli(tmp_path, full):
 def test_train_save_rank_stores_the_truncation_of_what_it_trained(tmp_path, tiny_sd_dir, astronaut_image):
     """`train --save-rank R` writes the same subject as training exactly and compressing afterwards, and a method
     without deltas refuses the flag before anything loads."""
-    from subjectgen_training.train_config import TrainConfig, TrainConfigError
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
+    from subjectgen_training.trainer.loop import Trainer
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -32,7 +32,7 @@ def _reference_output(pipe, trained, prompt: str) -> torch.Tensor:
     ids=["kv-safetensors", "kv-bin", "kv-safetensors-named-bin", "q-out-safetensors"],
 )
 def test_diffusers_custom_diffusion_folder_equals_a_manual_weight_patch(tmp_path, scope, safe, token_as_bin):
-    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
     pipe = build_tiny_sd_pipeline(seed=0)
     trained = make_subject(pipe, "<new1>", scope=scope, seed=11, vectors=torch.randn(1, 32) * 0.02)

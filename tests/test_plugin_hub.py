@@ -75,7 +75,7 @@ def test_hf_hub_offline_in_a_fresh_process(two_versions):
     script = textwrap.dedent(
         """
         import torch
-        from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+        from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
         from subjectgen_diffusers import load_subject, loaded_subjects
         pipe = build_tiny_sd_pipeline()
         token = load_subject(pipe, "someone/alice")

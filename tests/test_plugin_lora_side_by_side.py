@@ -9,7 +9,7 @@ from _plugin_fixtures import assert_same_state, make_subject, pipeline_state, un
 from subjectgen_diffusers import load_subject, set_subject_scale, unload_subject
 from subjectgen_diffusers.compress import compress_subject
 from subjectgen_diffusers.subject_format import Subject
-from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
 LORA_WEIGHT = 0.7
 PROMPT = "a <s1> at the sea"

@@ -23,7 +23,7 @@ V1 = Path(__file__).parent / "data" / "subject_v1"
 
 @pytest.fixture
 def sdxl_pipe():
-    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sdxl_pipeline
 
     pipe = build_tiny_sdxl_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -104,7 +104,7 @@ def test_a_failed_sdxl_load_leaves_the_pipeline_exactly_as_it_was(sdxl_pipe, mon
 
 def test_subject_pipeline_from_an_sdxl_base_is_an_sdxl_pipeline(tiny_sdxl_dir, tmp_path):
     from diffusers import StableDiffusionXLPipeline
-    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sdxl_pipeline
 
     folder = make_subject(build_tiny_sdxl_pipeline(), "<xl>", scope="kv").save(tmp_path / "xl")
     pipe = SubjectPipeline.from_pretrained(tiny_sdxl_dir, subject=folder)

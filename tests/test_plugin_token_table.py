@@ -7,7 +7,7 @@ from _plugin_fixtures import encode, make_subject
 
 from subjectgen_diffusers import load_subject, unload_subject
 from subjectgen_diffusers.token_table import SPARE_ROWS, token_taken
-from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
 
 def _vectors(seed: int, rows: int = 2) -> torch.Tensor:

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from _cli import REPO_ROOT, run_cli
-from subjectgen_training.faces import FaceAnalyzer, FaceBox
-from subjectgen_training.photos import load_photo_folder
-from subjectgen_training.prepare import PrepareConfig, PrepareError, prepare_photos, square_crop
+from subjectgen_training.data.faces import FaceAnalyzer, FaceBox
+from subjectgen_training.data.photos import load_photo_folder
+from subjectgen_training.data.prepare import PrepareConfig, PrepareError, prepare_photos, square_crop
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # The fixture's truth, marked by eye on the two photos: one person each, face centre (x, y) between the eyes and the

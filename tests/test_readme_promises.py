@@ -45,7 +45,7 @@ def test_a_merged_or_joint_subject_is_refused_by_format_a1111(tiny_pipe, tmp_pat
 
 def test_lr_with_method_cr_warns_that_it_is_unused(caplog):
     """README: "`--lr` with `--method cr` is unused (a warning says so)"; without --lr, no warning."""
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     base = {"base": "b", "photos": "p", "out": "o", "method": "cr"}
     with caplog.at_level(logging.WARNING):
@@ -63,7 +63,7 @@ def test_lr_with_method_cr_warns_that_it_is_unused(caplog):
 def test_evaluate_face_model_none_runs_on_the_plain_install(tiny_sd_dir, tmp_path, astronaut_image):
     """README's extras table: `evaluate --face-model toy|none` needs no extra. Run with every extra's modules
     unimportable, as on `pip install subjectgen-diffusers`."""
-    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images
 
     images = generate_images(GenerateConfig(base=str(tiny_sd_dir), prompts="a photo of {}", out=str(tmp_path / "images"),
                                             num_per_prompt=2, steps=2, seed=0))

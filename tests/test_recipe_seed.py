@@ -15,7 +15,7 @@ import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.experiment.config import load_experiment_config
-from subjectgen_training.train_config import TrainConfig
+from subjectgen_training.trainer.config import TrainConfig
 
 REQUIRED = dict(base="model", photos="photos", out="out")
 CD_ROWS = ("cd-noreg", "cd-reg-base", "cd-reg-alt", "cd+cr-reg")
@@ -70,7 +70,7 @@ def folders(tmp_path_factory, astronaut_image, grace_hopper_image):
 
 
 def _trainer(tiny_sd_dir, folders, tmp_path, **extra):
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.trainer.loop import Trainer
 
     photos, reg = folders
     values = dict(base=str(tiny_sd_dir), photos=str(photos), out=str(tmp_path / "out"), resolution=64, batch_size=1,

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from _cli import run_cli
-from subjectgen_training.captions import CAPTION_TEMPLATES, CaptionMaker
-from subjectgen_training.losses import instance_loss, prior_loss
+from subjectgen_training.data.captions import CAPTION_TEMPLATES, CaptionMaker
+from subjectgen_training.trainer.losses import instance_loss, prior_loss
 from subjectgen_training.methods import get_method
 from subjectgen_training.methods.word_init import init_word_ids
-from subjectgen_training.train_config import TrainConfig
+from subjectgen_training.trainer.config import TrainConfig
 
 REQUIRED = dict(base="model", photos="photos", out="out")
 KTN_ID = 42170  # the entry "ktn" (no end-of-word mark) of SD 1.x's CLIP vocabulary
@@ -106,8 +106,8 @@ def test_deltas_subtract_the_float32_start_when_the_base_is_cast(dtype):
     copy must still export zero deltas."""
     from subjectgen_diffusers.families import get_family
     from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
-    from subjectgen_training.tiny_models import tiny_unet
-    from subjectgen_training.trainer import cast_frozen_weights
+    from subjectgen_training.models.tiny_models import tiny_unet
+    from subjectgen_training.trainer.loop import cast_frozen_weights
 
     torch.manual_seed(0)
     unet = tiny_unet()
@@ -224,7 +224,7 @@ def test_zoom_prefixes_go_inside_the_template():
 def test_8bit_adam_is_refused_on_a_cpu_before_any_model_loads(photo_dirs, extra, message):
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_training.methods import build_method
-    from subjectgen_training.trainer import check_inputs
+    from subjectgen_training.trainer.loop import check_inputs
 
     config = TrainConfig.from_dict({**REQUIRED, "photos": str(photo_dirs[0]), "method": "cd", "resolution": 64,
                                     **extra}).resolved()
@@ -248,7 +248,7 @@ def test_the_optimizer_a_real_run_builds_and_steps_is_the_recipes(tiny_sd_dir, p
     the checkpoint -- not from the config's defaults."""
     from accelerate import Accelerator
 
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.trainer.loop import Trainer
 
     clips = []
     real_clip = Accelerator.clip_grad_norm_

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from _cli import REPO_ROOT, run_cli, signal_when
-from subjectgen_training.photos import load_photo_folder
-from subjectgen_training.regularize import (
+from subjectgen_training.data.photos import load_photo_folder
+from subjectgen_training.sampling.regularize import (
     RegularizeConfig,
     RegularizeError,
     generate_regularization,

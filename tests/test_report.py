@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from subjectgen_training.evaluation import metrics
-from subjectgen_training.report import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, ReportError, write_report
+from subjectgen_training.experiment.report import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, ReportError, write_report
 
 PROMPTS = ["a photo of {}", "a pencil sketch of {}"]
 SETUPS = ["cd-noreg", "cr"]

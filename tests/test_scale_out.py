@@ -134,7 +134,7 @@ def test_a_failing_stage_is_reported_by_name_while_the_others_finish(tmp_path, r
 def test_batch_trains_three_people_then_only_the_fourth(tmp_path, ray_address):
     people = {"ana": "toy:seed=100", "bo": "toy:seed=101", "cy": "toy:seed=102"}
     out = tmp_path / "batch"
-    from subjectgen_training.batch import load_batch_config, run_batch
+    from subjectgen_training.experiment.batch import load_batch_config, run_batch
     from subjectgen_training.experiment.executors import ExecutorSpec
 
     path, failed = run_batch(load_batch_config(people_file(tmp_path / "people.yaml", people)), out, ExecutorSpec("ray"))
@@ -177,7 +177,7 @@ def test_without_the_ray_extra_the_command_names_it(tmp_path):
 
 
 def test_people_and_resources_are_typed_and_reject_unknown_keys(tmp_path):
-    from subjectgen_training.batch import BatchConfigError, load_batch_config
+    from subjectgen_training.experiment.batch import BatchConfigError, load_batch_config
     from subjectgen_training.experiment.config import ExperimentConfigError, load_experiment_config
 
     path = people_file(tmp_path / "people.yaml", {"ana": "toy:seed=1"})

@@ -29,7 +29,7 @@ needs_weights = pytest.mark.skipif(not has_weights(), reason="toy weights not sh
 
 
 def test_toy_experiments_are_configs_for_the_one_runner_with_valid_train_configs():
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     for name in ("five_setups_toy", "five_setups_toy_population"):
         config = load_experiment_config(name)

@@ -12,7 +12,7 @@ from subjectgen_training.toy.subject_photos import write_subject_photos
 def test_toy_backend_is_registered_and_scores_the_subject_above_strangers(tmp_path):
     from subjectgen_training.evaluation.identity import build_identity_encoder
     from subjectgen_training.evaluation.metrics import identity_score
-    from subjectgen_training.photos import load_photo_folder
+    from subjectgen_training.data.photos import load_photo_folder
 
     encoder = build_identity_encoder("toy")
     photos = load_photo_folder(write_subject_photos(tmp_path / "photos", count=5), what="--photos")

@@ -10,8 +10,8 @@ import pytest
 from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
 from subjectgen_training.evaluation.prompt_scorers import PromptScorerError, build_prompt_scorer
 from subjectgen_training.experiment.photo_sources import PhotoSourceError, is_photo_source, write_source_photos
-from subjectgen_training.generate import MANIFEST_NAME
-from subjectgen_training.photos import load_photo_folder
+from subjectgen_training.sampling.generate import MANIFEST_NAME
+from subjectgen_training.data.photos import load_photo_folder
 from subjectgen_training.toy import world
 from subjectgen_training.toy.subject_photos import ToySubjectSpecError, parse_subject_spec, read_subject
 

@@ -32,7 +32,7 @@ def test_shipped_toy_xl_loads_as_a_stock_sdxl_pipeline_of_the_sdxl_family():
 
     from subjectgen_diffusers.families import family_of_base, family_of_pipeline
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     folder = Path(resolve_model("builtin:toy-xl-base"))
     assert folder == WEIGHTS / "toy-xl-base"

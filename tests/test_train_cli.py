@@ -134,8 +134,8 @@ def test_two_processes_write_one_subject(tiny_sd_dir, messy_photo_dir, tmp_path,
     """torchrun with 2 processes (gloo) ends with the subject one process trains on the same global batch: each
     step, the two draws (process 0's and process 1's photo, noise and timestep) in one batch, their losses averaged.
     The one-process run below is the real Trainer whose step loss is the mean of its loss on those two draws."""
-    import subjectgen_training.trainer as trainer_module
-    from subjectgen_training.train_config import TrainConfig
+    import subjectgen_training.trainer.loop as trainer_module
+    from subjectgen_training.trainer.config import TrainConfig
 
     out = tmp_path / "ddp"
     flags = ["--photos", str(messy_photo_dir), "--method", "cd+cr", "--steps", "2", "--resolution", "64", "--batch-size", "1",

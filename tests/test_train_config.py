@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from subjectgen_training.train_config import TrainConfig, TrainConfigError
+from subjectgen_training.trainer.config import TrainConfig, TrainConfigError
 
 REQUIRED = dict(base="model", photos="photos", out="out")
 

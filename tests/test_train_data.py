@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from subjectgen_training.latent_cache import build_views, encode_images, encode_photo_views, rescale, to_tensor
-from subjectgen_training.photos import Photo
+from subjectgen_training.data.latent_cache import build_views, encode_images, encode_photo_views, rescale, to_tensor
+from subjectgen_training.data.photos import Photo
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-import subjectgen_training.train_config as train_config
+import subjectgen_training.trainer.config as train_config
 from subjectgen_training.commands import train as train_command
 from subjectgen_training.config_flags import ConfigFlagError, add_config_arguments, config_values, flag_specs, option
 from subjectgen_training.ui import forms

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from subjectgen_training.methods.cross_init import read_celeb_names
-from subjectgen_training.train_config import TrainConfig
-from subjectgen_training.trainer import Trainer
+from subjectgen_training.trainer.config import TrainConfig
+from subjectgen_training.trainer.loop import Trainer
 
 
 # Measured with these settings on seeds 1, 2 and 3 (not the seed 0 gated here): the fall of the photo loss after 40

@@ -12,9 +12,9 @@ from _cli import run_cli, signal_when
 from safetensors.torch import load_file
 
 from subjectgen_diffusers.subject_format import Subject
-from subjectgen_training.checkpoints import checkpoint_dir, list_checkpoints
-from subjectgen_training.train_config import TrainConfig
-from subjectgen_training.trainer import train
+from subjectgen_training.trainer.checkpoints import checkpoint_dir, list_checkpoints
+from subjectgen_training.trainer.config import TrainConfig
+from subjectgen_training.trainer.loop import train
 
 
 def _kill_and_resume(tmp_path, tiny_sd_dir, photo_dir, reg_dir, *flags, steps: int, kill_at: int):

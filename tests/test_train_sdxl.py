@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from subjectgen_diffusers.families import SDXL
 from subjectgen_diffusers.subject_format import Subject
-from subjectgen_training.checkpoints import checkpoint_dir, list_checkpoints
+from subjectgen_training.trainer.checkpoints import checkpoint_dir, list_checkpoints
 from subjectgen_training.methods.cross_init import read_celeb_names
-from subjectgen_training.train_config import TrainConfig
-from subjectgen_training.trainer import Trainer
+from subjectgen_training.trainer.config import TrainConfig
+from subjectgen_training.trainer.loop import Trainer
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same thread count in every run, so the float sums are the same
 
@@ -187,7 +187,7 @@ def test_the_trainer_conditions_the_unet_as_the_sdxl_pipeline(tiny_sdxl_dir, pho
 
 
 def test_the_trainer_names_no_model_family():
-    source = (REPO_ROOT / "training" / "trainer.py").read_text(encoding="utf-8")
+    source = (REPO_ROOT / "training" / "trainer" / "loop.py").read_text(encoding="utf-8")
     names = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
     for word in ("sdxl", "sd1", "xl", "stablediffusionpipeline", "text_encoder_2", "tokenizer_2", "penultimate",
                  "hidden_states", "time_ids", "text_embeds"):
@@ -200,8 +200,8 @@ def test_five_setups_sdxl_config_resolves_without_the_hub():
 
     from subjectgen_training.evaluation import EvaluateConfig
     from subjectgen_training.experiment.config import load_experiment_config, shipped_configs
-    from subjectgen_training.generate import GenerateConfig
-    from subjectgen_training.regularize import RegularizeConfig
+    from subjectgen_training.sampling.generate import GenerateConfig
+    from subjectgen_training.sampling.regularize import RegularizeConfig
 
     assert "five_setups_sdxl" in shipped_configs()
     config = load_experiment_config("five_setups_sdxl")

@@ -24,7 +24,7 @@ SCREENSHOTS = os.environ.get("SUBJECTGEN_UI_SCREENSHOTS")  # a folder: the READM
 
 # -- one definition of each training field ------------------------------------------------------------------------
 def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags_help():
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     parser = forms.train_parser()
     actions = {a.dest: a for a in parser._actions}  # noqa: SLF001
@@ -40,7 +40,7 @@ def test_every_form_field_is_a_train_flag_and_a_trainconfig_field_with_the_flags
 
 def test_a_field_added_to_trainconfig_appears_in_train_help_and_in_the_page(monkeypatch, tmp_path, capsys):
     """The field is written once (a TrainConfig field with its help); `train --help` and the UI form both show it."""
-    import subjectgen_training.train_config as train_config
+    import subjectgen_training.trainer.config as train_config
     from subjectgen_training.cli import main
     from subjectgen_training.config_flags import option
     from subjectgen_training.ui.app import UISettings, build_app
@@ -532,7 +532,7 @@ def test_regularisation_from_an_alternative_model_with_a_lora_and_the_kept_gener
     from diffusers import StableDiffusionPipeline
 
     from subjectgen_training.commands.demo import TOY_PROMPTS
-    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images
     from subjectgen_training.toy.models import model_path
     from subjectgen_training.ui.app import App, UISettings, shown, toy_generation
     from subjectgen_training.ui.workdir import WorkdirError

@@ -17,7 +17,7 @@ PACKAGE = "subjectgen-diffusers"
 # The modules every run of a command of that extra imports (import names; setup.cfg lists the distributions).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("accelerate", "peft", "yaml"),
-    "face": (),  # subjectgen_training.faces.import_dlib names this extra (and its two packages) when dlib is missing
+    "face": (),  # subjectgen_training.data.faces.import_dlib names this extra (and its two packages) when dlib is missing
     "demo": ("accelerate", "peft", "yaml"),  # --real-photos also needs dlib and scikit-image: named when used
     "ui": ("accelerate", "peft", "yaml", "gradio"),
     "ray": ("ray",),  # --executor ray (experiment, batch)

@@ -51,7 +51,7 @@ def _row(run: dict) -> dict:
 
 def run(out: Path) -> dict:
     from subjectgen_diffusers.compress import COMPRESS_REPORT, compress_subject
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
     from subjectgen_training.experiment import load_experiment_config
     from subjectgen_training.experiment.runner import run_experiment
     from subjectgen_training.experiment.stages import ExperimentLayout, sample_and_score

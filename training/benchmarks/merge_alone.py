@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from subjectgen_diffusers.merge import merge_subjects
     from subjectgen_diffusers.subject_format import Subject
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
     from subjectgen_training.prompts import class_phrases
     from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
     from subjectgen_training.experiment.config import _build, ExperimentConfig
-    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images
     from subjectgen_training.prompts import regularization_captions
 
     config = _build(ExperimentConfig, json.loads((args.run / "experiment.json").read_text()), "experiment.json")

@@ -164,7 +164,7 @@ def sd15_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from subjectgen_training.tiny_models import tiny_scheduler, tiny_vae
+    from subjectgen_training.models.tiny_models import tiny_scheduler, tiny_vae
 
     text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch CPU threads (1 keeps medians stable on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)

@@ -55,9 +55,9 @@ def counted(scope: str = "kv+q+out") -> dict:
 
 def measure(resolutions: list[int]) -> list[dict]:
     from subjectgen_training.benchmarks.train_bench import LivePeak, build_modules, config_for, live_bytes, make_folders
-    from subjectgen_training.model_parts import parts_from_modules
-    from subjectgen_training.token_rows import prompt_with_token
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.models.model_parts import parts_from_modules
+    from subjectgen_training.models.token_rows import prompt_with_token
+    from subjectgen_training.trainer.loop import Trainer
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

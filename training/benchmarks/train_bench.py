@@ -12,7 +12,7 @@ Each row holds the median and minimum step in wall-clock seconds (``seconds_per_
 seconds (``cpu_seconds_per_step``; one torch thread, so that is the step's own work: on a shared machine other jobs
 stretch the wall time of whichever loop they overlap, not its CPU time), and the load average when it finished.
 
-Models: ``tiny`` (training/tiny_models.py), ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
+Models: ``tiny`` (training/models/tiny_models.py), ``sd15`` (Stable Diffusion 1.5's real shapes with random weights,
 built offline from configs: UNet 860 M, VAE 84 M, text encoder 123 M parameters) or ``sdxl`` (SDXL base 1.0's real
 shapes, likewise: UNet 2.57 B, VAE 84 M, CLIP-L 123 M and OpenCLIP-bigG 695 M parameters; ~14 GB in float32, so run
 it under ``flock /tmp/subjectgen-bigmem.lock`` on a shared machine).
@@ -108,7 +108,7 @@ def build_modules(model: str, broadcast: bool = False):
 
     from subjectgen_diffusers.families import get_family
     from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from subjectgen_training import tiny_models
+    from subjectgen_training.models import tiny_models
 
     torch.manual_seed(0)
     schedule = tiny_models.tiny_scheduler().config
@@ -151,7 +151,7 @@ def make_folders(root: Path) -> tuple[Path, Path]:
 
 def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path, **extra):
     """The benchmark's training config; ``extra`` holds further TrainConfig fields (batch_size, cd_scope, ...)."""
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     return TrainConfig.from_dict({"base": "benchmark", "photos": str(photos), "reg_dir": str(reg), "method": method,
                                   "out": str(out), "resolution": resolution, "batch_size": 1, "steps": steps,
@@ -260,9 +260,9 @@ def measure_naive(trainer, steps: int) -> tuple[list[tuple[float, float]], dict]
     """The example scripts' step on the same modules: encode everything every step, whole embedding matrices trained."""
     import random
 
-    from subjectgen_training.latent_cache import rescale, square_resize, to_tensor
-    from subjectgen_training.text_features import tokenize
-    from subjectgen_training.token_rows import prompt_with_token
+    from subjectgen_training.data.latent_cache import rescale, square_resize, to_tensor
+    from subjectgen_training.models.text_features import tokenize
+    from subjectgen_training.models.token_rows import prompt_with_token
 
     config, parts = trainer.config, trainer.parts
     vae, unet = parts.vae.to(trainer.device), parts.unet
@@ -377,8 +377,8 @@ def recorded_results(model: str) -> Path:
 
 def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int,
             extra: dict | None = None, broadcast: bool = False) -> dict:
-    from subjectgen_training.model_parts import parts_from_modules
-    from subjectgen_training.trainer import Trainer
+    from subjectgen_training.models.model_parts import parts_from_modules
+    from subjectgen_training.trainer.loop import Trainer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,7 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     # diffusers' load_lora_weights needs peft, which only the 'train' extra installs
     Command("generate", "sample images of a trained subject from prompt files", None, f"{_PACKAGE}.generate",
             (OptionExtra("lora", "train", ("peft",)),)),
-    # --face-model dlib (the default) needs 'face': subjectgen_training.faces names it
+    # --face-model dlib (the default) needs 'face': subjectgen_training.data.faces names it
     Command("evaluate", "identity, prompt fidelity and face-detection rate of images", None, f"{_PACKAGE}.evaluate"),
     Command("experiment", "run subjects x setups end to end and write the report", "train", f"{_PACKAGE}.experiment",
             (_RAY,)),

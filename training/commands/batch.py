@@ -1,6 +1,6 @@
 """``subjectgen batch PEOPLE.yaml --out DIR [--executor local|ray]``: prepare, train, preview and score many people.
 
-The work happens in :func:`subjectgen_training.batch.run_batch`; ``DIR/batch.json`` records each person's status,
+The work happens in :func:`subjectgen_training.experiment.batch.run_batch`; ``DIR/batch.json`` records each person's status,
 files, scores and error. Running the same command again skips finished stages: add a person and only that person runs.
 """
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
-    from subjectgen_training.batch import load_batch_config, run_batch
+    from subjectgen_training.experiment.batch import load_batch_config, run_batch
 
     path, failed = run_batch(load_batch_config(args.people), args.out, executor_spec(args))
     print(f"batch: {path}")

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_real_photos(args: argparse.Namespace) -> int:
     from subjectgen_training.experiment import run_experiment
-    from subjectgen_training.sample_photos import astronaut_image
+    from subjectgen_training.data.sample_photos import astronaut_image
 
     astronaut_image()  # fails early, naming scikit-image, when it is missing
     summary = run_experiment(demo_config(args.steps or 20), args.out)
@@ -52,7 +52,7 @@ def run_real_photos(args: argparse.Namespace) -> int:
 def run_toy(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_training.experiment import run_experiment
-    from subjectgen_training.builtin_models import TOY_BASES, builtin_name
+    from subjectgen_training.models.builtin_models import TOY_BASES, builtin_name
     from subjectgen_training.toy.models import WEIGHTS, has_weights
 
     base = args.base or "builtin:toy-base"

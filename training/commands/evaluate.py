@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_training.config_flags import config_from_args
     from subjectgen_training.evaluation import evaluate_images, read_results
     from subjectgen_training.evaluation.evaluate import EvaluateConfig
-    from subjectgen_training.report import format_summary_line
+    from subjectgen_training.experiment.report import format_summary_line
 
     path = evaluate_images(config_from_args(args, EvaluateConfig))
     results = read_results(path)

@@ -35,7 +35,7 @@ def _base_pipeline(base: str):
     from diffusers import StableDiffusionPipeline
 
     from subjectgen_diffusers.errors import SubjectgenError
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     try:
         return StableDiffusionPipeline.from_pretrained(resolve_model(base), safety_checker=None, feature_extractor=None,
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.hub import is_repo_id
     from subjectgen_diffusers.subject_check import check_subject_files, check_subject_fits_base
     from subjectgen_diffusers.subject_format import Subject
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     if args.format != "lora" and (args.rank is not None or args.energy is not None or args.dtype):
         raise SubjectgenError("--rank, --energy and --dtype apply to --format lora only.")

@@ -1,6 +1,6 @@
 """``subjectgen generate``: sample a trained subject over prompt files into a folder with a manifest.
 
-The flags are :class:`subjectgen_training.generate.GenerateConfig`'s fields (help, kind and default live with each)."""
+The flags are :class:`subjectgen_training.sampling.generate.GenerateConfig`'s fields (help, kind and default live with each)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from subjectgen_training.config_flags import add_config_arguments
-    from subjectgen_training.generate import GenerateConfig
+    from subjectgen_training.sampling.generate import GenerateConfig
 
     add_config_arguments(parser, GenerateConfig)
 
@@ -32,7 +32,7 @@ def recorded_base(subject: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from subjectgen_training.config_flags import config_from_args
-    from subjectgen_training.generate import GenerateConfig, generate_images, read_manifest
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images, read_manifest
 
     base = args.base if args.base is not None else recorded_base(args.subject)
     config = config_from_args(args, GenerateConfig, base=base)

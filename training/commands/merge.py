@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge, with_token
     from subjectgen_diffusers.subject_check import check_subject
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
     from subjectgen_training.prompts import class_phrases, regularization_captions
 
     check_new_folder(args.out)

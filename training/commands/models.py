@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subjectgen_training.builtin_models import BUILDERS, DESCRIPTIONS, PREFIX, builtin_names, resolve_model
+    from subjectgen_training.models.builtin_models import BUILDERS, DESCRIPTIONS, PREFIX, builtin_names, resolve_model
 
     names = builtin_names()
     width = max(len(name) for name in names)

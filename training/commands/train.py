@@ -1,6 +1,6 @@
-"""``subjectgen train``: a thin command line over :func:`subjectgen_training.trainer.train`.
+"""``subjectgen train``: a thin command line over :func:`subjectgen_training.trainer.loop.train`.
 
-The flags are generated from :class:`subjectgen_training.train_config.TrainConfig`'s field definitions (help text, kind and
+The flags are generated from :class:`subjectgen_training.trainer.config.TrainConfig`'s field definitions (help text, kind and
 default note live with each field; :mod:`subjectgen_training.config_flags`); ``--config FILE`` (YAML/TOML/JSON) gives the same
 fields and flags given on the command line override it.
 """
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     from subjectgen_training.config_flags import add_config_arguments
     from subjectgen_training.methods import REGISTRY, describe_default
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
     parser.add_argument("--config", default=None,
                         help="YAML/TOML/JSON file with the same fields; flags override it (default: none)")
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dict:
     """Repeated ``--photos A/ --photos B/ --token <a> --token <b>``: the ``subjects`` of a joint run; once each:
     ``photos`` and ``token``."""
-    from subjectgen_training.train_config import TrainConfigError
+    from subjectgen_training.trainer.config import TrainConfigError
 
     photos, tokens = photos or [], tokens or []
     if len(photos) <= 1 and len(tokens) <= 1:
@@ -51,9 +51,9 @@ def people_from_flags(photos: list[str] | None, tokens: list[str] | None) -> dic
 def config_from_args(args: argparse.Namespace):
     """Flags over ``--config`` over the base's recipe: on a built-in toy base (``builtin:toy-base``) the toy world's
     recipe (:mod:`subjectgen_training.toy.recipe`, printed), elsewhere each method's published recipe (in ``resolved``)."""
-    from subjectgen_training.builtin_models import is_toy_base
+    from subjectgen_training.models.builtin_models import is_toy_base
     from subjectgen_training.config_flags import config_values
-    from subjectgen_training.train_config import DEFAULT_METHOD, TrainConfig, method_fields
+    from subjectgen_training.trainer.config import DEFAULT_METHOD, TrainConfig, method_fields
 
     flags = config_values(args, TrainConfig)
     flags.update({name: getattr(args, name) for name in method_fields() if getattr(args, name, None) is not None})
@@ -76,7 +76,7 @@ def config_from_args(args: argparse.Namespace):
 
 def interrupted_message(args: argparse.Namespace) -> str:
     """What Ctrl-C leaves and what running again does: a stopped run continues only with --resume."""
-    from subjectgen_training.checkpoints import checkpoint_dir, checkpoint_step, list_checkpoints
+    from subjectgen_training.trainer.checkpoints import checkpoint_dir, checkpoint_step, list_checkpoints
 
     out = getattr(args, "resolved_out", None) or args.out
     if not out:
@@ -91,8 +91,8 @@ def interrupted_message(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subjectgen_training.checkpoints import checkpoint_dir, list_checkpoints
-    from subjectgen_training.trainer import train
+    from subjectgen_training.trainer.checkpoints import checkpoint_dir, list_checkpoints
+    from subjectgen_training.trainer.loop import train
 
     config = config_from_args(args)
     args.resolved_out = config.out  # for interrupted_message when --out came from --config

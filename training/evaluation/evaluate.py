@@ -5,7 +5,7 @@ Per image: whether a face is found, identity similarity to the references (Celeb
 hidden mark and traits), each part; then the prompt scorer's scores (:mod:`subjectgen_training.evaluation.prompt_scorers`:
 CLIP-T with the prompt minus the subject token and CLIP-I with the references for real images, pixel-rule
 prompt-following for toy ones). Encoders are built once per call; the file is written atomically and read by
-:mod:`subjectgen_training.report` alone.
+:mod:`subjectgen_training.experiment.report` alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from subjectgen_diffusers.strict_config import check_known_keys
 from subjectgen_training.config_flags import option
 from subjectgen_training.evaluation import metrics
 from subjectgen_training.evaluation.clip_score import DEFAULT_CLIP_MODEL
-from subjectgen_training.photos import candidate_files, load_image, load_photo_folder
+from subjectgen_training.data.photos import candidate_files, load_image, load_photo_folder
 from subjectgen_training.prompts import DEFAULT_SUBJECT_PHRASE, prompt_for_clip
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def evaluate_images(config: EvaluateConfig, identity_registry=None) -> Path:
             if hasattr(encoder, "parts"):
                 identity_parts[index] = metrics.identity_parts(embedding, reference_embeddings, encoder.parts)
 
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     scorer = build_prompt_scorer(config.prompt_scorer, clip_model=resolve_model(config.clip_model),
                                  subject_phrase=config.subject_phrase, device=_device(config.device),

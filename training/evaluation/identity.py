@@ -1,6 +1,6 @@
 """Identity encoders for the face-similarity score, registered by name and built once.
 
-* ``dlib``: dlib's 128-d ResNet face descriptor (via :mod:`subjectgen_training.faces`), offline, from the ``face`` extra. Two
+* ``dlib``: dlib's 128-d ResNet face descriptor (via :mod:`subjectgen_training.data.faces`), offline, from the ``face`` extra. Two
   photos of one person lie closer than ~0.6 in Euclidean distance, so the similarity is ``max(0, 1 - distance)``.
 * ``arcface``: ArcFace (Deng et al., CVPR 2019) through insightface's ``buffalo_l`` pack, the identity metric of
   Celeb Basis (Yuan et al. 2023) and Cross Initialization (Pang et al. 2024); similarity is the cosine of the
@@ -39,7 +39,7 @@ class IdentityBackendError(SubjectgenError):
 
 def dlib_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """``max(0, 1 - ||a - b||)`` for dlib descriptors: ~0.8 for the same person, below 0.4 for different people."""
-    from subjectgen_training.faces import identity_distance
+    from subjectgen_training.data.faces import identity_distance
 
     return max(0.0, 1.0 - identity_distance(a, b))
 
@@ -56,7 +56,7 @@ class DlibIdentity:
     measure = "max(0, 1 - Euclidean distance) of dlib 128-d descriptors; same person >= 0.4 (distance <= 0.6)"
 
     def __init__(self) -> None:
-        from subjectgen_training.faces import FaceAnalyzer
+        from subjectgen_training.data.faces import FaceAnalyzer
 
         self.analyzer = FaceAnalyzer()
 

@@ -52,8 +52,8 @@ def _merge(base: str, folders: list[Path], out: Path) -> None:
 def _joint_stage(graph, config, layout, setup, group: list, photos: dict[str, tuple], reg: tuple | None, base: str,
                  out: Path) -> str:
     from subjectgen_training.experiment.stages import make_stage
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import train
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import train
 
     values = {**config.train, **setup.train}
     if config.compose.joint_steps_per_subject and values.get("steps"):

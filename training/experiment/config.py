@@ -3,7 +3,7 @@
 A YAML file maps onto these dataclasses; every level rejects unknown keys and lists the allowed ones. Shipped
 configs live in ``training/configs/<name>.yaml`` and are addressed by name (``five_setups``, ``five_setups_tiny``);
 paths inside a file (subject photos) are relative to the file. ``train`` maps onto
-:class:`subjectgen_training.train_config.TrainConfig` fields: the experiment's ``train`` applies to every setup, a setup's own
+:class:`subjectgen_training.trainer.config.TrainConfig` fields: the experiment's ``train`` applies to every setup, a setup's own
 ``train`` overrides it, and ``None`` keeps the method's published default.
 """
 
@@ -120,21 +120,21 @@ def recorded_settings(section: Any) -> dict[str, Any]:
 
 def _command_configs() -> tuple[type, type, type]:
     from subjectgen_training.evaluation.evaluate import EvaluateConfig
-    from subjectgen_training.generate import GenerateConfig
-    from subjectgen_training.regularize import RegularizeConfig
+    from subjectgen_training.sampling.generate import GenerateConfig
+    from subjectgen_training.sampling.regularize import RegularizeConfig
 
     return RegularizeConfig, GenerateConfig, EvaluateConfig
 
 
 def regularization_section(config: type) -> type:
-    """One regularisation set (:class:`subjectgen_training.regularize.RegularizeConfig`), generated once and shared."""
+    """One regularisation set (:class:`subjectgen_training.sampling.regularize.RegularizeConfig`), generated once and shared."""
     return section_of(config, "RegularizationSpec", defaults={"prompt": "a photo of a person", "num": 200},
                       recorded=("model", "prompt", "num", "lora", "lora_scale", "negative_prompt", "seed", "steps",
                                 "guidance", "resolution", "batch_size"))
 
 
 def generation_section(config: type) -> type:
-    """Sampling settings (:class:`subjectgen_training.generate.GenerateConfig`); ``prompts``: a shipped prompt set,
+    """Sampling settings (:class:`subjectgen_training.sampling.generate.GenerateConfig`); ``prompts``: a shipped prompt set,
     a file (relative to the config), prompt text or a list."""
     return section_of(config, "GenerationSpec", defaults={"prompts": "experiment"}, types={"prompts": str | list[str]},
                       recorded=("prompts", "num_per_prompt", "seed", "steps", "guidance", "scheduler", "resolution",
@@ -182,7 +182,7 @@ class ExperimentConfig:
     source: str | None = None  # folder of the config file (relative paths resolve against it); set by the loader
 
     def __post_init__(self) -> None:
-        from subjectgen_training.train_config import METHODS, TrainConfig
+        from subjectgen_training.trainer.config import METHODS, TrainConfig
 
         for kind, names in (("subject", [s.name for s in self.subjects]), ("setup", [s.name for s in self.setups])):
             if not names:

@@ -1,6 +1,6 @@
 """Where a subject's photos come from: a folder, or a named source written on demand (``<source>:<spec>``).
 
-* ``builtin:astronaut``: sample photos cropped from scikit-image's astronaut (:mod:`subjectgen_training.sample_photos`).
+* ``builtin:astronaut``: sample photos cropped from scikit-image's astronaut (:mod:`subjectgen_training.data.sample_photos`).
 * ``toy:<subject spec>``: a toy-world face photographed a few times (:func:`subjectgen_training.toy.subject_photos.write_spec_photos`;
   e.g. ``toy:shipped``, ``toy:seed=101``, ``toy:skin=dark,hair_colour=black,mark=lime/chin``).
 
@@ -59,6 +59,6 @@ def write_builtin_photos(spec: str, folder: Path) -> Path:
     """``builtin:astronaut``, the only built-in photo set."""
     if spec != "astronaut":
         raise PhotoSourceError(f"unknown built-in photos builtin:{spec}: the built-in set is builtin:astronaut.")
-    from subjectgen_training.sample_photos import write_astronaut_photos
+    from subjectgen_training.data.sample_photos import write_astronaut_photos
 
     return write_astronaut_photos(folder)

@@ -2,8 +2,8 @@
 
 Stages: photos (sample photos, optional ``prepare``) -> regularise (one set per ``regularizations`` entry, shared by
 every setup and subject that names it) -> per subject: the ``baseline`` row (base model, no subject: generate and
-evaluate) when asked, then per setup: train (:func:`subjectgen_training.trainer.train`), generate
-(:func:`subjectgen_training.generate.generate_images`), evaluate (:func:`subjectgen_training.evaluation.evaluate_images`)
+evaluate) when asked, then per setup: train (:func:`subjectgen_training.trainer.loop.train`), generate
+(:func:`subjectgen_training.sampling.generate.generate_images`), evaluate (:func:`subjectgen_training.evaluation.evaluate_images`)
 -> the compose stages when asked. :func:`experiment_graph` builds them once (from
 :mod:`subjectgen_training.experiment.stages`) as a
 :class:`~subjectgen_training.experiment.graph.StageGraph` and an executor runs it (``local``: in order, in this
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
-from subjectgen_training.builtin_models import resolve_model
+from subjectgen_training.models.builtin_models import resolve_model
 from subjectgen_training.evaluation.metrics import PROTOCOL_NOTE
 from subjectgen_training.experiment.config import ExperimentConfig
 from subjectgen_training.experiment.executors import ExecutorSpec, failure_report, run_graph
@@ -99,9 +99,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, executor: Executor
 
 def write_summary(config: ExperimentConfig, layout: ExperimentLayout, plan: dict[str, Any]) -> Path:
     """``summary.json`` and the report, from the finished stages' results (the driver's last step)."""
-    from subjectgen_training.photos import candidate_files
+    from subjectgen_training.data.photos import candidate_files
     from subjectgen_training.prompts import load_prompts
-    from subjectgen_training.report import write_report
+    from subjectgen_training.experiment.report import write_report
 
     photos = plan["photos"]
     runs = [{**run_record(layout, subject, setup), **extra} for subject, setup, extra in plan["runs"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from subjectgen_diffusers.errors import SubjectgenError
-from subjectgen_training.builtin_models import resolve_model
+from subjectgen_training.models.builtin_models import resolve_model
 from subjectgen_training.experiment.config import ExperimentConfig, recorded_settings
 from subjectgen_training.experiment.graph import Stage, StageGraph, StageSettingsError
 
@@ -90,7 +90,7 @@ def photo_stages(graph: StageGraph, config: ExperimentConfig, layout: Experiment
                                     lambda source=source, target=target: write_source_photos(source, target)))
             source = str(target)
         if subject.prepare:
-            from subjectgen_training.prepare import PrepareConfig, prepare_photos
+            from subjectgen_training.data.prepare import PrepareConfig, prepare_photos
 
             prepared = layout.subject_photos(subject.name) / "prepared"
             prepare_config = PrepareConfig(photos=Path(source), out=prepared)
@@ -103,7 +103,7 @@ def photo_stages(graph: StageGraph, config: ExperimentConfig, layout: Experiment
 
 
 def regularization_stages(graph: StageGraph, config: ExperimentConfig, layout: ExperimentLayout) -> dict[str, tuple]:
-    from subjectgen_training.regularize import RegularizeConfig, generate_regularization
+    from subjectgen_training.sampling.regularize import RegularizeConfig, generate_regularization
 
     used = sorted({s.regularization for s in config.setups if s.regularization})
     folders = {}
@@ -123,8 +123,8 @@ def regularization_stages(graph: StageGraph, config: ExperimentConfig, layout: E
 def train_stage(graph: StageGraph, config, layout, subject, setup, photos: tuple, reg: tuple | None,
                  base: str) -> tuple[Path, str]:
     """The (subject, setup) training stage; return the subject folder it writes and the stage's name."""
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import train
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import train
 
     out = layout.run(subject.name, setup.name) / "subject"
     token = {"token": subject.token} if subject.token else {}  # recorded only when given: older markers stay valid
@@ -144,7 +144,7 @@ def sample_and_score_stages(graph: StageGraph, config, layout, subject_name: str
     """Generate the prompt set (with the trained subject, or the base model for the baseline), then evaluate it;
     return the evaluation stage's name."""
     from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
-    from subjectgen_training.generate import GenerateConfig, generate_images
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images
 
     run_dir = layout.run(subject_name, setup_name)
     key = f"{subject_name}-{setup_name}"

@@ -32,7 +32,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.methods import MethodInfo
 
 if TYPE_CHECKING:  # the config imports the registry, not the other way round
-    from subjectgen_training.train_config import TrainConfig
+    from subjectgen_training.trainer.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Method:
 
     def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
         """The start of ``token_ids`` in one text encoder (``view``: a
-        :class:`subjectgen_training.text_features.EncoderView`; called once per encoder of the base). By default
+        :class:`subjectgen_training.models.text_features.EncoderView`; called once per encoder of the base). By default
         :meth:`initial_rows` with that encoder's tokenizer and module; a method whose start needs the features the
         pipeline feeds the UNet reads ``view.features``."""
         return self.initial_rows(view.tokenizer, view.text_encoder, token_ids)

@@ -7,7 +7,7 @@ Recipe: the README command of lyuPang/CrossInitialization: ``--train_batch_size 
 ``train_cross_init.py`` uses plain ``torch.optim.AdamW`` (weight decay 1e-2), clips no gradients and averages the
 loss over every latent element (``F.mse_loss`` with its default mean: ``instance_loss_mean = "elements"``); its
 dataset (``textual_inversion_dataset.py``) flips with p 0.5 and captions each image with a random template of its
-ImageNet-style list around "face of {} person" (:mod:`subjectgen_training.captions`).
+ImageNet-style list around "face of {} person" (:mod:`subjectgen_training.data.captions`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ CVPR 2024).
 Start: tokenize every celebrity name (no padding), take the raw token-embedding rows, drop start/end, put the i-th
 sub-token in column i (i < n) and average each column over all names; then run ``[bos, m_0 .. m_{n-1}, eos,
 pad x (75 - n)]`` through the text encoder and take the features the pipeline feeds the UNet at positions 1..n
-(``subjectgen_training.text_features``): for SD 1.x the whole encoder with its final layer norm, as the reference.
+(``subjectgen_training.models.text_features``): for SD 1.x the whole encoder with its final layer norm, as the reference.
 Those are the initial vectors ``init_i`` and the regulariser's fixed target.
 
 Several text encoders (SDXL): each encoder's new rows start the same way from *that* encoder's own table, tokenizer
@@ -28,7 +28,7 @@ import torch
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.config_flags import option
 from subjectgen_training.methods.base import MethodConfigError
-from subjectgen_training.token_rows import TokenRows
+from subjectgen_training.models.token_rows import TokenRows
 
 PACKAGED_NAMES = "celeb_names_wiki_v2.txt"
 
@@ -121,7 +121,7 @@ class CrossInitTokens:
         read_celeb_names(self.names_file)
 
     def initial_rows_for(self, view, token_ids: list[int]) -> torch.Tensor:
-        """The start of ``token_ids`` in the encoder of ``view`` (a :class:`subjectgen_training.text_features.EncoderView`)."""
+        """The start of ``token_ids`` in the encoder of ``view`` (a :class:`subjectgen_training.models.text_features.EncoderView`)."""
         names = read_celeb_names(self.names_file)
         embedding = view.text_encoder.get_input_embeddings().weight
         means = column_means(view.tokenizer, embedding, names, len(token_ids))

@@ -11,7 +11,7 @@ Two measurements, both printed as a markdown table (the one in ``training/toy/RE
    false-positive rate on faces without a mark, and the worst combination's accuracy.
 2. **Base-model samples with known truth.** The toy base model draws fully captioned prompts (every skin x
    background x hair colour, a random hair style, eyes, mouth, head shape and accessory, each named), through the
-   project's generator (:func:`subjectgen_training.generate.generate_images`); the attributes the caption names are the truth.
+   project's generator (:func:`subjectgen_training.sampling.generate.generate_images`); the attributes the caption names are the truth.
    (The mark is never captioned, so its truth is unknown here; its false-positive rate is measured in part 1.)
 3. **Generated images labelled by hand.** ``tests/data/toy_labelled/``: images drawn by the toy base and by models
    trained on tuning subjects (every setup of the population experiment), each labelled by eye -- background, skin,
@@ -163,8 +163,8 @@ def generated_table(model: str = "builtin:toy-base", seed: int = 0, steps: int =
     the 90 skin x background x hair colour requests), made by the project's generator. With a model that draws what
     it is told, this measures the detectors; with trusted detectors, it measures how well a model (or the model plus
     ``lora``) draws what its caption names."""
-    from subjectgen_training.builtin_models import resolve_model
-    from subjectgen_training.generate import GenerateConfig, generate_images, read_manifest
+    from subjectgen_training.models.builtin_models import resolve_model
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images, read_manifest
 
     rng = np.random.default_rng(seed)
     specs = []

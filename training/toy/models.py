@@ -1,6 +1,6 @@
 """The shipped toy models: ``weights/toy-base`` (a diffusers StableDiffusionPipeline folder) and ``weights/toy-alt-lora``
 (a LoRA on it); ``weights/toy-xl-base`` (a StableDiffusionXLPipeline folder, the toy SDXL) and ``weights/toy-xl-alt-lora``
-(its LoRA). Experiment configs name them ``builtin:toy-base`` etc. (:mod:`subjectgen_training.builtin_models`); scripts
+(its LoRA). Experiment configs name them ``builtin:toy-base`` etc. (:mod:`subjectgen_training.models.builtin_models`); scripts
 use :func:`model_path`."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The training form, derived from one definition: the fields of :class:`TrainConfig` and their flag metadata.
 
 :func:`subjectgen_training.config_flags.flag_specs` gives every command-line field of
-:class:`subjectgen_training.train_config.TrainConfig` with its help text, choices and kind; ``subjectgen train``'s parser is
+:class:`subjectgen_training.trainer.config.TrainConfig` with its help text, choices and kind; ``subjectgen train``'s parser is
 generated from the same specs, so a field added to ``TrainConfig`` appears in ``--help`` and here with no second copy.
 The method's recipe (``training/methods``) fills the value when the default is "the method's". Fields the page sets
 itself (base, photos, out, method, reg_dir, resume) are left out of the generic list.
@@ -95,10 +95,10 @@ def train_form_fields(config_class=None) -> list[FormField]:
     ``subjectgen train --help`` shows for it."""
     from subjectgen_training.config_flags import flag_specs, full_help
     from subjectgen_training.methods import REGISTRY, describe_default
-    from subjectgen_training.train_config import method_fields
+    from subjectgen_training.trainer.config import method_fields
 
     if config_class is None:
-        from subjectgen_training.train_config import TrainConfig as config_class
+        from subjectgen_training.trainer.config import TrainConfig as config_class
     specs = [spec for spec in flag_specs(config_class) if spec.name not in PAGE_FIELDS]
     shared = {spec.name for spec in specs}
     for method in REGISTRY.values():

@@ -38,7 +38,7 @@ class GenerateTab:
     """The App's Generate actions."""
 
     def generate(self, name: str, prompt: str, scale: float, seed: float, number: float):
-        from subjectgen_training.generate import GenerateConfig, generate_images, read_manifest
+        from subjectgen_training.sampling.generate import GenerateConfig, generate_images, read_manifest
 
         paths = self.workdir.subject(name)
         if not paths.is_trained():

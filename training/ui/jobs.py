@@ -1,7 +1,7 @@
 """One training at a time: a queue served by a background thread of the app's process.
 
 The thread belongs to the server, not to a browser tab, so closing the page never stops a training and reopening it
-shows the job again. Training is :func:`subjectgen_training.trainer.train` (the function ``subjectgen train`` calls); Stop asks
+shows the job again. Training is :func:`subjectgen_training.trainer.loop.train` (the function ``subjectgen train`` calls); Stop asks
 the run to end at its next checkpoint (the trainer's ``checkpoint_every``), and Resume queues the same config with
 ``resume=True``, which continues from that checkpoint as ``subjectgen train --resume`` does.
 """
@@ -28,7 +28,7 @@ class StopRequested(Exception):
 class TrainJob:
     id: int
     subject: str
-    config: object  # subjectgen_training.train_config.TrainConfig
+    config: object  # subjectgen_training.trainer.config.TrainConfig
     prepare: Callable[[], object] | None = None  # e.g. make the regularisation images first; runs in the worker
     state: str = "queued"  # queued | running | stopping | stopped | done | failed
     step: int = 0
@@ -139,7 +139,7 @@ class TrainingQueue:
 
         train = self._train
         if train is None:
-            from subjectgen_training.trainer import train
+            from subjectgen_training.trainer.loop import train
         try:
             if job.prepare is not None:
                 job.message = "making the regularisation images"

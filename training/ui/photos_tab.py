@@ -13,7 +13,7 @@ class PhotosTab:
         paths = self.workdir.subject(name)
         lines = []
         if files:
-            from subjectgen_training.photos import IMAGE_SUFFIXES
+            from subjectgen_training.data.photos import IMAGE_SUFFIXES
 
             already = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in paths.photos.iterdir()) if paths.photos.is_dir() else 0
             result = store_uploads(list(files), paths.photos, already=already)
@@ -31,13 +31,13 @@ class PhotosTab:
             write_subject_photos(paths.photos)
         else:
             from subjectgen_diffusers.atomic_io import atomic_save_image
-            from subjectgen_training.sample_photos import astronaut_image
+            from subjectgen_training.data.sample_photos import astronaut_image
 
             atomic_save_image(paths.photos / "astronaut.png", astronaut_image())
         return self._report(paths, prepare_subject(paths, self.settings.base), [])
 
     def _report(self, paths, report: dict, lines: list[str]):
-        from subjectgen_training.prepare import REASONS
+        from subjectgen_training.data.prepare import REASONS
 
         kept = [(str(paths.prepared / e["output"]), e["file"]) for e in report["photos"] if e["status"] == "kept"]
         for entry in report["photos"]:

@@ -38,7 +38,7 @@ class GenerationPipeline:
     def pipe(self):
         """The base model's :class:`SubjectPipeline`, built on first use (as ``subjectgen generate`` builds it)."""
         if self._pipe is None:
-            from subjectgen_training.generate import GenerateConfig, load_pipeline
+            from subjectgen_training.sampling.generate import GenerateConfig, load_pipeline
 
             self._pipe = load_pipeline(GenerateConfig(base=self.base, prompts="{}", out="unused"))
         return self._pipe

@@ -40,7 +40,7 @@ class TrainTab:
                 for field in self.fields]
 
     def start(self, name: str, method: str, reg: str, reg_model: str, reg_lora: str, *values):
-        from subjectgen_training.train_config import TrainConfig
+        from subjectgen_training.trainer.config import TrainConfig
 
         paths = self.workdir.subject(name)
         if not (paths.prepared / "prepare.json").is_file() or not any(paths.prepared.glob("*.png")):
@@ -61,7 +61,7 @@ class TrainTab:
         config = TrainConfig.from_dict({**flags, "base": self.base, "photos": str(paths.prepared), "method": method,
                                         "out": str(paths.subject), "reg_dir": str(reg_dir) if reg_dir else None})
         config.resolved()  # every check of the config now, in the page, before queueing
-        from subjectgen_training.checkpoints import checkpoint_dir
+        from subjectgen_training.trainer.checkpoints import checkpoint_dir
 
         shutil.rmtree(checkpoint_dir(paths.subject), ignore_errors=True)  # Start = from step 0, not a stale run
         job = self.queue.submit(paths.name, config, prepare)
@@ -86,8 +86,8 @@ class TrainTab:
 
     def _make_regularization(self, out: Path, class_prompt: str | None, model: str, lora: str | None) -> Path:
         """``subjectgen regularize`` into the workdir's shared folder of this model (and LoRA): made once, reused."""
-        from subjectgen_training.builtin_models import resolve_model
-        from subjectgen_training.regularize import RegularizeConfig, generate_regularization
+        from subjectgen_training.models.builtin_models import resolve_model
+        from subjectgen_training.sampling.regularize import RegularizeConfig, generate_regularization
 
         cache = self.workdir.root / "models"
         model, lora = resolve_model(resolve_base(model), cache), resolve_model(lora, cache)
@@ -114,7 +114,7 @@ class TrainTab:
     def resume(self, name: str):
         """Queue the subject's stopped run again with ``resume=True``: it continues from its latest checkpoint in
         ``<out>.checkpoints/`` as ``subjectgen train --resume`` does."""
-        from subjectgen_training.checkpoints import list_checkpoints
+        from subjectgen_training.trainer.checkpoints import list_checkpoints
 
         paths = self.workdir.subject(name)
         found = list_checkpoints(paths.subject)
@@ -128,7 +128,7 @@ class TrainTab:
     def _recorded_config(self, paths):
         """The run's config from its ``train_config.json``, whose local paths are recorded by name only: the work
         folder's layout gives them back."""
-        from subjectgen_training.train_config import TrainConfig
+        from subjectgen_training.trainer.config import TrainConfig
 
         recorded = paths.subject / "train_config.json"
         if not recorded.is_file():
@@ -187,7 +187,7 @@ class TrainTab:
 def layout(gr, app, name) -> None:
     """The tab's components and their events (inside ``gr.Tab("Train")``)."""
     from subjectgen_training.methods import REGISTRY
-    from subjectgen_training.train_config import DEFAULT_METHOD
+    from subjectgen_training.trainer.config import DEFAULT_METHOD
     from subjectgen_training.ui.handlers import page_errors
 
     methods = list(REGISTRY)

@@ -32,7 +32,7 @@ class WorkdirError(SubjectgenError):
 
 def resolve_base(base: str) -> str:
     """``toy-base`` (the default) and every ``builtin:<name>`` are their folders; anything else is passed on unchanged."""
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     return resolve_model(base)
 
@@ -106,8 +106,8 @@ def toy_prepare(photos: Path, out: Path) -> dict[str, Any]:
     """The toy world's ``prepare``: keep the photos in which the toy head detector finds a head, at the world's size."""
     from PIL import Image
 
-    from subjectgen_training.photos import PhotoError, PhotoTooLargeError, candidate_files, load_image
-    from subjectgen_training.prepare import REPORT_NAME, remove_previous_outputs
+    from subjectgen_training.data.photos import PhotoError, PhotoTooLargeError, candidate_files, load_image
+    from subjectgen_training.data.prepare import REPORT_NAME, remove_previous_outputs
     from subjectgen_training.toy.detectors import read_face
     from subjectgen_training.toy.world import SIZE
 
@@ -147,7 +147,7 @@ def prepare_subject(paths: SubjectPaths, base: str) -> dict[str, Any]:
     """Run ``subjectgen prepare`` (or the toy check on the toy base) from ``photos/`` into ``prepared/``."""
     if is_toy(base):
         return toy_prepare(paths.photos, paths.prepared)
-    from subjectgen_training.prepare import PrepareConfig, prepare_photos
+    from subjectgen_training.data.prepare import PrepareConfig, prepare_photos
 
     return prepare_photos(PrepareConfig(photos=paths.photos, out=paths.prepared))
 

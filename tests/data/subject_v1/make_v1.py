@@ -4,7 +4,7 @@ import sys, torch
 sys.path.insert(0, "/work/main/tests")
 from safetensors.torch import save_file
 from _plugin_fixtures import make_subject
-from subjectgen_training.tiny_models import build_tiny_sd_pipeline
+from subjectgen_training.models.tiny_models import build_tiny_sd_pipeline
 from subjectgen_diffusers import load_subject
 out = sys.argv[1]
 pipe = build_tiny_sd_pipeline(seed=0)

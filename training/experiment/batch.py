@@ -20,7 +20,7 @@ from typing import Any
 
 from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
-from subjectgen_training.builtin_models import resolve_model
+from subjectgen_training.models.builtin_models import resolve_model
 from subjectgen_training.experiment.config import EvaluationSpec, GenerationSpec, _build, read_yaml, recorded_settings
 from subjectgen_training.experiment.executors import ExecutorSpec, run_graph
 from subjectgen_training.experiment.graph import ResourceSpec, Stage, StageGraph, StageSettingsError, check_resources
@@ -54,7 +54,7 @@ class BatchConfig:
     source: str | None = None  # folder of PEOPLE.yaml; set by the loader
 
     def __post_init__(self) -> None:
-        from subjectgen_training.train_config import TrainConfig
+        from subjectgen_training.trainer.config import TrainConfig
 
         names = [p.name for p in self.people]
         if not names:
@@ -114,9 +114,9 @@ def write_preview_grid(images: Path, out: Path, columns: int) -> Path:
 def _person_stages(graph: StageGraph, config: BatchConfig, root: Path, person: PersonSpec, base: str) -> None:
     from subjectgen_training.evaluation import EvaluateConfig, evaluate_images
     from subjectgen_training.experiment.photo_sources import is_photo_source, write_source_photos
-    from subjectgen_training.generate import GenerateConfig, generate_images
-    from subjectgen_training.train_config import TrainConfig
-    from subjectgen_training.trainer import train
+    from subjectgen_training.sampling.generate import GenerateConfig, generate_images
+    from subjectgen_training.trainer.config import TrainConfig
+    from subjectgen_training.trainer.loop import train
 
     folder = root / person.name
 
@@ -130,7 +130,7 @@ def _person_stages(graph: StageGraph, config: BatchConfig, root: Path, person: P
         last = stage("photos", {"photos": photos}, lambda: write_source_photos(person.photos, target))
         photos = str(target)
     if person.prepare:
-        from subjectgen_training.prepare import PrepareConfig, prepare_photos
+        from subjectgen_training.data.prepare import PrepareConfig, prepare_photos
 
         prepare_config = PrepareConfig(photos=Path(photos), out=folder / "photos" / "prepared")
         last = stage("prepare", {"photos": person.photos}, lambda: prepare_photos(prepare_config), (last,))

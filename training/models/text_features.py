@@ -32,7 +32,7 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def encoder_views(parts) -> list[EncoderView]:
-    """A view per text encoder of ``parts`` (:class:`subjectgen_training.model_parts.ModelParts`), in slot order."""
+    """A view per text encoder of ``parts`` (:class:`subjectgen_training.models.model_parts.ModelParts`), in slot order."""
     slots = parts.slots()
 
     def features_of(index: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -23,7 +23,7 @@ from subjectgen_diffusers.strict_config import check_known_keys
 
 from subjectgen_training.config_flags import option
 from subjectgen_training.methods import get_method, method_names
-from subjectgen_training.resolution import check_resolution
+from subjectgen_training.data.resolution import check_resolution
 
 METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -373,7 +373,7 @@ class TrainConfig:
         """A copy with ``resolution`` set: the base model's native size when None (reads only the base's configs)."""
         if self.resolution is not None:
             return self
-        from subjectgen_training.builtin_models import resolve_model
+        from subjectgen_training.models.builtin_models import resolve_model
 
         return dataclasses.replace(self, resolution=native_resolution(resolve_model(self.base), self.revision))
 

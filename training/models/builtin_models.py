@@ -1,6 +1,6 @@
 """``builtin:<name>`` model ids: tiny random models written on demand, so experiments, the demo and tests run offline.
 
-* ``builtin:tiny-sd``: a tiny Stable Diffusion 1.x pipeline (:mod:`subjectgen_training.tiny_models`).
+* ``builtin:tiny-sd``: a tiny Stable Diffusion 1.x pipeline (:mod:`subjectgen_training.models.tiny_models`).
 * ``builtin:tiny-sdxl``: a tiny SDXL pipeline, the alternative regularisation model's stand-in.
 * ``builtin:tiny-sdxl-lora``: a random LoRA (peft, rank 4) for ``builtin:tiny-sdxl``, saved by diffusers' LoRA writer.
 * ``builtin:tiny-clip``: a tiny random CLIP (real tokenizer) for the CLIP scores.
@@ -33,13 +33,13 @@ class BuiltinModelError(SubjectgenError):
 
 
 def _tiny_sd(folder: Path) -> None:
-    from subjectgen_training.tiny_models import save_tiny_sd
+    from subjectgen_training.models.tiny_models import save_tiny_sd
 
     save_tiny_sd(folder)
 
 
 def _tiny_sdxl(folder: Path) -> None:
-    from subjectgen_training.tiny_models import save_tiny_sdxl
+    from subjectgen_training.models.tiny_models import save_tiny_sdxl
 
     save_tiny_sdxl(folder)
 
@@ -51,7 +51,7 @@ def _tiny_sdxl_lora(folder: Path) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from subjectgen_training.tiny_models import build_tiny_sdxl_pipeline
+    from subjectgen_training.models.tiny_models import build_tiny_sdxl_pipeline
 
     unet = build_tiny_sdxl_pipeline(seed=0).unet
     torch.manual_seed(1)

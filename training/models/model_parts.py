@@ -77,7 +77,7 @@ def load_tokenizers(base: str, revision: str | None = None) -> tuple[object, dic
     """``(family, {tokenizer attribute: tokenizer})``, cheap: lets the token be checked before any model is loaded."""
     from subjectgen_diffusers.families import family_of_base
 
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     base = resolve_model(base)  # builtin:<name> -> its folder
     _check_local_folder(base)
@@ -104,7 +104,7 @@ def load_model_parts(base: str, family, tokenizers: dict[str, object], revision:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401 - registers scheduler classes
 
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     base = resolve_model(base)  # builtin:<name> -> its folder
     try:

@@ -65,7 +65,7 @@ def save_subject(trainer) -> Path:
 @torch.no_grad()
 def save_validation_image(trainer, step: int) -> Path:
     from subjectgen_diffusers.atomic_io import atomic_save_image
-    from subjectgen_training.token_rows import prompt_with_token
+    from subjectgen_training.models.token_rows import prompt_with_token
 
     parts, config = trainer.parts, trainer.config
     parts.vae.to(trainer.device)

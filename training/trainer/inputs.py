@@ -10,9 +10,9 @@ import torch
 
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.public_names import public_name
-from subjectgen_training.train_config import TrainConfig
+from subjectgen_training.trainer.config import TrainConfig
 
-logger = logging.getLogger("subjectgen_training.trainer")
+logger = logging.getLogger("subjectgen_training.trainer.loop")
 RECOMMENDED_PHOTOS = 4  # the low end of the 4-20 photos the references and --help ask for
 
 
@@ -29,7 +29,7 @@ class TrainingData:
 
 def check_inputs(config: TrainConfig, method) -> TrainingData:
     """Everything that can be checked without loading a model: photos, regularisation images, the method's files."""
-    from subjectgen_training.photos import load_photo_folder
+    from subjectgen_training.data.photos import load_photo_folder
 
     photos, photo_subject = [], []
     for index, person in enumerate(config.people()):

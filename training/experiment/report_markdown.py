@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from subjectgen_training.report_tables import ORDER, PART_LABELS, columns, result_sentence, table_header, table_row
+from subjectgen_training.experiment.report_tables import ORDER, PART_LABELS, columns, result_sentence, table_header, table_row
 
 
 def across_subjects_markdown(summary: dict[str, Any]) -> list[str]:

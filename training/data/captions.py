@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from subjectgen_training.token_rows import prompt_with_token
+from subjectgen_training.models.token_rows import prompt_with_token
 
 # The reference's template list, entry for entry (its repeats kept, so the draw has the same distribution): 27
 # patterns, written once each for "photo", "illustration" and "depiction" where the pattern names the medium.

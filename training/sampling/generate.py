@@ -24,7 +24,7 @@ from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from subjectgen_training.config_flags import option
 from subjectgen_training.prompts import DEFAULT_SUBJECT_PHRASE, fill_subject, load_prompts
-from subjectgen_training.resolution import check_resolution
+from subjectgen_training.data.resolution import check_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_pipeline(config: GenerateConfig):
 
     from subjectgen_diffusers.hub import resolve_source
     from subjectgen_diffusers.subject_check import check_subject
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     base = resolve_model(config.base)  # builtin:<name> -> its folder
 
@@ -164,7 +164,7 @@ def load_pipeline(config: GenerateConfig):
         raise GenerateError(f"cannot load the base model {config.base!r} ({error}): pass a diffusers folder or "
                             "Hub id of a Stable Diffusion 1.x model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).") from error
     if config.lora:
-        from subjectgen_training.style_lora import load_style_lora
+        from subjectgen_training.models.style_lora import load_style_lora
 
         load_style_lora(pipe, resolve_model(config.lora), config.lora_scale, model=config.base, error=GenerateError)
     if config.scheduler:

@@ -1,6 +1,6 @@
 """Face-aware preparation of subject photos: square crops around the face, face masks, and a report of what was dropped.
 
-Each photo is EXIF-transposed and made RGB; dlib's HOG detector (:mod:`subjectgen_training.faces`) finds the faces and the most
+Each photo is EXIF-transposed and made RGB; dlib's HOG detector (:mod:`subjectgen_training.data.faces`) finds the faces and the most
 confident one is the subject (the detector also fires, weakly, on small face-like patches such as a badge). A photo is
 dropped, with the reason recorded, when it cannot be read, is too large to decode safely (more pixels than Pillow's
 decompression-bomb limit), shows no face, shows another face of similar size and
@@ -25,9 +25,9 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json,
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from subjectgen_training.config_flags import option
-from subjectgen_training.faces import FaceAnalyzer, FaceBox
-from subjectgen_training.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
-from subjectgen_training.resolution import resolution_problem
+from subjectgen_training.data.faces import FaceAnalyzer, FaceBox
+from subjectgen_training.data.photos import MASK_SUFFIX, PhotoError, PhotoTooLargeError, candidate_files, load_image
+from subjectgen_training.data.resolution import resolution_problem
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def prepare_photos(config: PrepareConfig, analyzer: FaceAnalyzer | None = None) 
         raise PrepareError("OUT must differ from PHOTOS: choose a new folder for the prepared photos.")
     files = candidate_files(config.photos)
     if not files:
-        from subjectgen_training.photos import no_images_message
+        from subjectgen_training.data.photos import no_images_message
 
         raise PrepareError(no_images_message("PHOTOS", config.photos))
     analyzer = analyzer or FaceAnalyzer()

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from subjectgen_training.report_markdown import across_subjects_markdown, compose_markdown
-from subjectgen_training.report_tables import LIKENESS, METRICS, cell, column_stat, columns, read_json, result_sentence
+from subjectgen_training.experiment.report_markdown import across_subjects_markdown, compose_markdown
+from subjectgen_training.experiment.report_tables import LIKENESS, METRICS, cell, column_stat, columns, read_json, result_sentence
 
 SETUP_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 GRID_FRAME = "#0b3d91"  # border of the image grid (the screenshot test looks for it)

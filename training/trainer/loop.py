@@ -3,7 +3,7 @@
 Per step: draw cached photo latents (``latent_cache``), caption them with the token, run the text encoders (with
 grad: the new token rows train), add noise at a random timestep (DDPM forward process) and regress the UNet's
 prediction on the noise (or velocity): ``loss = instance loss + prior_loss_weight * prior loss + the method's extra
-loss`` (``subjectgen_training.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
+loss`` (``subjectgen_training.trainer.losses``; the method says how its instance term is averaged). Class prompts contain no trainable
 token, so their text encodings are computed once. The optimizer uses the method's scaled rates (``Method.rates``).
 
 The base model's family (``subjectgen_diffusers.families``) says everything that differs between bases: its text
@@ -30,14 +30,14 @@ import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
 from subjectgen_diffusers.errors import SubjectgenError
-from subjectgen_training import train_outputs
+from subjectgen_training.trainer import outputs as train_outputs
 from subjectgen_training.cpu_kernels import small_map_convolutions
-from subjectgen_training.losses import instance_loss, prior_loss
+from subjectgen_training.trainer.losses import instance_loss, prior_loss
 from subjectgen_training.methods import build_method
-from subjectgen_training.model_parts import cast_frozen_weights
-from subjectgen_training.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
-from subjectgen_training.train_config import CONFIG_FILE_NAME, TrainConfig
-from subjectgen_training.train_inputs import check_inputs
+from subjectgen_training.models.model_parts import cast_frozen_weights
+from subjectgen_training.models.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
+from subjectgen_training.trainer.config import CONFIG_FILE_NAME, TrainConfig
+from subjectgen_training.trainer.inputs import check_inputs
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -76,13 +76,13 @@ class Trainer:
     """Builds the models, caches and optimizer for one resolved config; ``run()`` trains and saves the subject."""
 
     def __init__(self, config: TrainConfig, on_step=None, parts=None):
-        """``parts``: already-built :class:`subjectgen_training.model_parts.ModelParts` (benchmarks, experiments); by default
+        """``parts``: already-built :class:`subjectgen_training.models.model_parts.ModelParts` (benchmarks, experiments); by default
         the model is loaded from ``config.base`` after every input check has passed."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from subjectgen_training.model_parts import load_model_parts, load_tokenizers
-        from subjectgen_training.token_rows import add_token_to_tokenizer
+        from subjectgen_training.models.model_parts import load_model_parts, load_tokenizers
+        from subjectgen_training.models.token_rows import add_token_to_tokenizer
 
         self.config = config = config.resolved().sized()
         self.out = Path(config.out)
@@ -117,8 +117,8 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------------------------
     def _build_trainable(self) -> None:
-        from subjectgen_training.text_features import encoder_views
-        from subjectgen_training.token_rows import splice_token_rows
+        from subjectgen_training.models.text_features import encoder_views
+        from subjectgen_training.models.token_rows import splice_token_rows
 
         config, parts = self.config, self.parts
         prediction_type = parts.noise_scheduler.config.prediction_type
@@ -162,8 +162,8 @@ class Trainer:
         return {**rows, **self.method.weight_parameters()}
 
     def _build_caches(self) -> None:
-        from subjectgen_training.captions import CaptionMaker
-        from subjectgen_training.latent_cache import encode_photo_views, encode_regularization
+        from subjectgen_training.data.captions import CaptionMaker
+        from subjectgen_training.data.latent_cache import encode_photo_views, encode_regularization
 
         config, parts = self.config, self.parts
         progress = self.accelerator.is_local_main_process
@@ -346,7 +346,7 @@ class Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        from subjectgen_training.checkpoints import checkpoint_dir, drop_checkpoints, list_checkpoints, load_checkpoint, save_checkpoint
+        from subjectgen_training.trainer.checkpoints import checkpoint_dir, drop_checkpoints, list_checkpoints, load_checkpoint, save_checkpoint
 
         config, accelerator = self.config, self.accelerator
         tensors = self.trainable_tensors()
@@ -416,12 +416,12 @@ class Trainer:
 def train(config: TrainConfig, *, on_step=None) -> Path:
     """Train a subject as ``config`` says and return its folder (loadable by ``load_subject``).
 
-    The main process holds ``<out>/train.lock`` (``subjectgen_training.run_lock``) from before the model loads to the end, so
+    The main process holds ``<out>/train.lock`` (``subjectgen_training.trainer.run_lock``) from before the model loads to the end, so
     a second run into the same folder refuses at once instead of writing over the first."""
     import os
 
-    from subjectgen_training.checkpoints import check_stopped_run
-    from subjectgen_training.run_lock import check_output_folder, output_lock
+    from subjectgen_training.trainer.checkpoints import check_stopped_run
+    from subjectgen_training.trainer.run_lock import check_output_folder, output_lock
 
     check_output_folder(Path(config.out))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: the main process holds the lock

@@ -27,8 +27,8 @@ from subjectgen_diffusers.atomic_io import atomic_save_image, atomic_write_json,
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 from subjectgen_training.config_flags import option
-from subjectgen_training.resolution import resolution_problem
-from subjectgen_training.style_lora import load_style_lora
+from subjectgen_training.data.resolution import resolution_problem
+from subjectgen_training.models.style_lora import load_style_lora
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_text_to_image(config: RegularizeConfig, device):
     """The model through diffusers' auto pipeline (SD 1.x/2.x, SDXL and finetunes), with the LoRA applied."""
     from diffusers import AutoPipelineForText2Image
 
-    from subjectgen_training.builtin_models import resolve_model
+    from subjectgen_training.models.builtin_models import resolve_model
 
     dtype = resolve_dtype(config.dtype, device)
     try:

@@ -6,8 +6,8 @@ the CLIP text-image score (Celeb Basis, Yuan et al. 2023; Cross Initialization, 
 trade-off). The plot is an inline SVG written here, and the grid's thumbnails are embedded in the page (each links
 to its full image beside it), so ``report.html`` opens offline and still shows its pictures when copied alone.
 
-The tables and what both renderings read: :mod:`subjectgen_training.report_tables`; the markdown:
-:mod:`subjectgen_training.report_markdown`; the page: :mod:`subjectgen_training.report_html`.
+The tables and what both renderings read: :mod:`subjectgen_training.experiment.report_tables`; the markdown:
+:mod:`subjectgen_training.experiment.report_markdown`; the page: :mod:`subjectgen_training.experiment.report_html`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from subjectgen_diffusers.atomic_io import atomic_write_text
-from subjectgen_training.report_html import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, render_html  # noqa: F401
-from subjectgen_training.report_markdown import compose_markdown, render_markdown  # noqa: F401
-from subjectgen_training.report_tables import ReportError, format_summary_line, read_json  # noqa: F401
+from subjectgen_training.experiment.report_html import GRID_FRAME, PLOT_BACKGROUND, SETUP_COLOURS, render_html  # noqa: F401
+from subjectgen_training.experiment.report_markdown import compose_markdown, render_markdown  # noqa: F401
+from subjectgen_training.experiment.report_tables import ReportError, format_summary_line, read_json  # noqa: F401
 
 
 def write_report(summary_path: str | Path, per_cell: int = 2) -> tuple[Path, Path]:

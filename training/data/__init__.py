@@ -1,0 +1,1 @@
+"""Photos in, training data out: photo loading, face analysis and `prepare`, captions, the latent cache."""

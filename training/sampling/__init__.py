@@ -1,0 +1,1 @@
+"""Images from a model: a subject over prompt sets (`generate`) and class images (`regularize`)."""
