@@ -73,7 +73,7 @@ def save_validation_image(trainer, step: int) -> Path:
     known = {"vae": parts.vae, "unet": parts.unet, "scheduler": parts.sample_scheduler, **parts.tokenizers,
              **parts.text_encoders, "requires_safety_checker": False}
     required = [name for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
-                if name != "trainer" and p.default is inspect.Parameter.empty]
+                if name != "self" and p.default is inspect.Parameter.empty]
     # the family's pipeline from these parts; any other module it requires (safety checker, ...) is left out
     pipe = pipeline_class(**{name: known.get(name) for name in required},
                           **{name: value for name, value in known.items() if name not in required
