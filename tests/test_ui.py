@@ -531,7 +531,7 @@ def test_regularisation_from_an_alternative_model_with_a_lora_and_the_kept_gener
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from subjectgen_training.commands.demo import TOY_PROMPTS
+    from subjectgen_training.experiment.demos import TOY_PROMPTS
     from subjectgen_training.sampling.generate import GenerateConfig, generate_images
     from subjectgen_training.toy.models import model_path
     from subjectgen_training.ui.app import App, UISettings, shown, toy_generation

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-from subjectgen_training.experiment.demos import DEMO_PROMPTS, TOY_PROMPTS, demo_config, toy_demo_config  # noqa: F401
-
 OUT_IS_FOLDER = True  # cli.check_out_is_folder refuses an existing file there
 
 
@@ -32,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_real_photos(args: argparse.Namespace) -> int:
-    from subjectgen_training.experiment import run_experiment
     from subjectgen_training.data.sample_photos import astronaut_image
+    from subjectgen_training.experiment import run_experiment
+    from subjectgen_training.experiment.demos import demo_config
 
     astronaut_image()  # fails early, naming scikit-image, when it is missing
     summary = run_experiment(demo_config(args.steps or 20), args.out)
@@ -52,6 +51,7 @@ def run_real_photos(args: argparse.Namespace) -> int:
 def run_toy(args: argparse.Namespace) -> int:
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_training.experiment import run_experiment
+    from subjectgen_training.experiment.demos import toy_demo_config
     from subjectgen_training.models.builtin_models import TOY_BASES, builtin_name
     from subjectgen_training.toy.models import WEIGHTS, has_weights
 
