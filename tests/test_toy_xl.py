@@ -155,6 +155,7 @@ def test_the_training_conditioning_is_the_pipelines_own():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @needs_xl
 def test_demo_on_the_toy_sdxl_runs_the_whole_path_through_the_sdxl_family(tmp_path):
     """``subjectgen demo --base builtin:toy-xl-base``: photos, a CD+CR subject trained on the toy SDXL (a few steps
@@ -308,6 +309,7 @@ def test_xl_ci_bars_are_the_population_runs_worst_pairs_and_say_what_the_issue_c
 
 
 @pytest.mark.slow
+@pytest.mark.long(minutes=4.5)
 @needs_xl
 @needs_xl_population
 def test_every_setup_learns_held_out_subjects_on_the_toy_sdxl(tmp_path):
