@@ -53,13 +53,14 @@ def toy_text_encoder() -> CLIPTextModel:
     ))
 
 
-def toy_unet() -> UNet2DConditionModel:
+def toy_unet(cross_attention_dim: int = TEXT_HIDDEN, **added_conditioning) -> UNet2DConditionModel:
+    """The toy UNet body; the toy SDXL passes its wider context and SDXL's added text/time conditioning."""
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
         block_out_channels=(32, 64, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=2, norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=2, norm_num_groups=8, **added_conditioning,
     )
 
 

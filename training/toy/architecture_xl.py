@@ -23,7 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from subjectgen_diffusers.tokenizer import MODEL_MAX_LENGTH, build_clip_tokenizer
 
-from .architecture import LATENT_CHANNELS, LATENT_SIZE, SCHEDULE
+from .architecture import SCHEDULE, toy_unet
 
 TEXT_HIDDEN = 16  # each encoder; the UNet's context is both side by side
 TEXT_LAYERS = 3
@@ -48,13 +48,8 @@ def toy_xl_text_encoders() -> dict[str, torch.nn.Module]:
 
 def toy_xl_unet() -> UNet2DConditionModel:
     """The SD toy's UNet body with SDXL's context width (both encoders) and added text/time conditioning."""
-    return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2 * TEXT_HIDDEN, attention_head_dim=2, norm_num_groups=8,
-        addition_embed_type="text_time", addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
+    return toy_unet(
+        2 * TEXT_HIDDEN, addition_embed_type="text_time", addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=TEXT_HIDDEN + NUM_TIME_IDS * ADDITION_TIME_EMBED_DIM,
     )
 
