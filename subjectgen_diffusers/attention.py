@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .subject_format import LowRankDelta
+from .subject_tensors import LowRankDelta
 
 PROJ_ATTRS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out.0": "to_out"}
 

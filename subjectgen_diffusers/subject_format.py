@@ -35,35 +35,18 @@ from .atomic_io import atomic_save_safetensors, atomic_write_json
 from .errors import SubjectgenError
 from .methods import CD_SCOPES, METHODS, PROJECTIONS, method_info  # noqa: F401 - re-exported for old imports
 from .strict_config import check_known_keys
+from .subject_parts import AttentionDeltas, TokenTable
+from .subject_tensors import (  # noqa: F401 - the format's names, re-exported for old imports
+    CONFIG_NAME,
+    TOKEN_KEY,
+    WEIGHTS_NAME,
+    LowRankDelta,
+    SubjectFormatError,
+    _split_layer_proj,
+    low_rank_factors,
+)
 
 FORMAT_VERSION = 2  # 2: `family` and `extra_encoders` (token tables of further text encoders)
-CONFIG_NAME = "subject_config.json"
-WEIGHTS_NAME = "subject.safetensors"
-TOKEN_KEY = "token_embeddings"
-
-
-@dataclass(frozen=True)
-class LowRankDelta:
-    """A delta kept as its stored factors, ``ΔW = up @ down`` (``up: [out, r]``, ``down: [r, in]``).
-
-    Only :meth:`Subject.load` with ``low_rank=True`` (what ``load_subject`` uses) produces these: the attention
-    processor then computes ``up (down x)`` and never builds the dense ``[out, in]`` matrix, so a compressed subject
-    loads in milliseconds. Everything else reads dense tensors.
-    """
-
-    up: torch.Tensor
-    down: torch.Tensor
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.up.shape[0], self.down.shape[1]))
-
-    def dense(self) -> torch.Tensor:
-        return self.up.float() @ self.down.float()
-
-
-class SubjectFormatError(SubjectgenError):
-    """A subject file or config is malformed or does not fit the pipeline it is loaded into."""
 
 
 @dataclass
@@ -192,8 +175,6 @@ class Subject:
 
     def parts(self) -> list:
         """The subject's parts (:mod:`.subject_parts`): a token table per text encoder, then the attention deltas."""
-        from .subject_parts import AttentionDeltas, TokenTable
-
         tables = self.token_tables
         parts: list = [TokenTable(slot.encoder, slot.tokenizer, tables[slot.encoder], index == 0)
                        for index, slot in enumerate(self.config.model_family.text_encoders)]
@@ -215,8 +196,6 @@ class Subject:
     @classmethod
     def from_state_dict(cls, config: SubjectConfig, tensors: dict[str, torch.Tensor], low_rank: bool = False) -> Subject:
         """Build a subject from its safetensors tensors; ``low_rank`` keeps factor pairs as :class:`LowRankDelta`."""
-        from .subject_parts import AttentionDeltas, TokenTable
-
         tables = [TokenTable.from_state_dict(slot, tensors, index == 0)
                   for index, slot in enumerate(config.model_family.text_encoders)]
         rest = {key: tensor for key, tensor in tensors.items() if key not in {table.key for table in tables}}
@@ -260,18 +239,3 @@ class Subject:
         except json.JSONDecodeError as error:
             raise SubjectFormatError(f"{config_path} is not valid JSON: {error}") from error
         return cls.from_state_dict(config, load_file(str(weights_path)), low_rank=low_rank)
-
-
-def _split_layer_proj(stem: str, key: str) -> tuple[str, str]:
-    for proj in PROJECTIONS:
-        if stem.endswith("." + proj):
-            return stem[: -len(proj) - 1], proj
-    raise SubjectFormatError(f"tensor `{key}` does not name a projection among {PROJECTIONS}.")
-
-
-def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-``rank`` factors (Eckart–Young, truncated SVD): ``delta ≈ up @ down``."""
-    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    rank = min(rank, s.numel())
-    root = s[:rank].sqrt()
-    return (u[:, :rank] * root).contiguous(), (root[:, None] * vh[:rank]).contiguous()

@@ -23,7 +23,7 @@ import torch
 from .attention import attach_layer_delta, detach_layer_delta, set_layer_scale
 from .errors import SubjectgenError
 from .methods import token_strings
-from .subject_format import TOKEN_KEY, WEIGHTS_NAME, LowRankDelta, SubjectFormatError, _split_layer_proj, low_rank_factors
+from .subject_tensors import TOKEN_KEY, WEIGHTS_NAME, LowRankDelta, SubjectFormatError, _split_layer_proj, low_rank_factors
 from .token_table import add_tokens, remove_tokens, token_taken
 
 

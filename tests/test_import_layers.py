@@ -1,5 +1,7 @@
-"""The trainer package's import graph, read from the source (ast, nothing imported): no import circle, and the
-layers point one way: ``cli`` -> ``commands`` -> ``ui`` -> everything else. Nothing below ``commands`` imports a
+"""Both packages' import graphs, read from the source (ast, nothing imported): no import circle in the plug-in
+(``subjectgen_diffusers``) or the trainer (``subjectgen_training``); the plug-in never imports the trainer (it is
+the layer a diffusers user installs alone); and the trainer's layers point one way: ``cli`` -> ``commands`` -> ``ui``
+-> everything else. Nothing below ``commands`` imports a
 command module (shared work lives in the layer below them), and nothing below ``ui`` imports the web page.
 
 An edge is an import of the module it names, at module level or inside a function (a lazy import is still a tie);
@@ -13,9 +15,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from _cli import REPO_ROOT
 
 PACKAGE, ROOT = "subjectgen_training", REPO_ROOT / "training"
+PLUGIN, PLUGIN_ROOT = "subjectgen_diffusers", REPO_ROOT / "subjectgen_diffusers"
 # the command line, above every command (extras: its check of the extra a command needs, from the command table)
 TOP = ("subjectgen_training.cli", "subjectgen_training.__main__", "subjectgen_training.extras")
 COMMANDS, UI = "subjectgen_training.commands", "subjectgen_training.ui"
@@ -60,8 +65,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> dict[str, int]:
     return found
 
 
-def import_graph() -> dict[str, dict[str, int]]:
-    files = module_files()
+def import_graph(package: str = PACKAGE, root: Path = ROOT) -> dict[str, dict[str, int]]:
+    files = module_files(package, root)
     return {name: imports_of(name, path, set(files)) for name, path in files.items()}
 
 
@@ -110,11 +115,15 @@ def test_the_graph_is_read():
     assert "subjectgen_training.experiment.runner" in graph["subjectgen_training.experiment"]
     assert "subjectgen_training.trainer.loop" in graph["subjectgen_training.commands.train"]
     assert "subjectgen_training.ui.app" in graph["subjectgen_training.commands.ui"]
+    plugin = import_graph(PLUGIN, PLUGIN_ROOT)
+    assert "subjectgen_diffusers.families.base" in plugin["subjectgen_diffusers.families.sd1"]
+    assert "subjectgen_diffusers.subject_parts" in plugin["subjectgen_diffusers.subject_format"]
     assert circles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
 
 
-def test_no_import_circle():
-    graph = import_graph()
+@pytest.mark.parametrize("package, root", [(PACKAGE, ROOT), (PLUGIN, PLUGIN_ROOT)], ids=[PACKAGE, PLUGIN])
+def test_no_import_circle(package, root):
+    graph = import_graph(package, root)
     described = [" -> ".join(c) + "  (" + "; ".join(f"{m} imports {sorted(set(graph[m]) & set(c))}" for m in c) + ")"
                  for c in circles(graph)]
     assert described == [], "import circles (move the shared work one layer down):\n" + "\n".join(described)
@@ -130,3 +139,15 @@ def test_commands_are_the_top_layer():
             if _in(target, UI) and not (_in(name, UI) or _in(name, COMMANDS) or name in TOP):
                 wrong.append(f"{name}:{line} imports the web page's {target}")
     assert wrong == [], "move what they share into the layer below the commands:\n" + "\n".join(wrong)
+
+
+def test_the_plugin_never_imports_the_trainer():
+    """``pip install subjectgen-diffusers`` alone must load subjects: no plug-in module imports ``subjectgen_training``
+    (at module level or lazily)."""
+    wrong = []
+    for name, path in module_files(PLUGIN, PLUGIN_ROOT).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            wrong += [f"{name}:{node.lineno} imports {target}" for target in names if _in(target, PACKAGE)]
+    assert wrong == [], "the plug-in must stand alone:\n" + "\n".join(wrong)

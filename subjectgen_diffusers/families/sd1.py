@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import ModelFamily, TextEncoderSlot, UNetConditioning, register_family
+from .base import ModelFamily, TextEncoderSlot, UNetConditioning, register_family
 
 
 class SD1Family(ModelFamily):

@@ -9,7 +9,7 @@ encoder is called with the prompt's ids alone (no attention mask) and ``output_h
 
 from __future__ import annotations
 
-from . import ModelFamily, TextEncoderSlot, UNetConditioning, register_family
+from .base import ModelFamily, TextEncoderSlot, UNetConditioning, register_family
 
 
 class SDXLFamily(ModelFamily):
