@@ -107,7 +107,7 @@ def test_deltas_subtract_the_float32_start_when_the_base_is_cast(dtype):
     from subjectgen_diffusers.families import get_family
     from subjectgen_training.methods.custom_diffusion import CustomDiffusionDeltas
     from subjectgen_training.models.tiny_models import tiny_unet
-    from subjectgen_training.trainer.loop import cast_frozen_weights
+    from subjectgen_training.models.model_parts import cast_frozen_weights
 
     torch.manual_seed(0)
     unet = tiny_unet()

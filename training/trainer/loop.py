@@ -15,7 +15,8 @@ pipeline of validation images.
 All per-batch randomness comes from a generator seeded by ``(seed, batch, process)``: a resumed run draws exactly
 what an uninterrupted one would. With ``gradient_accumulation_steps`` N, accelerate's ``accumulate`` adds the
 gradients of N batches (each loss divided by N) before one optimizer step; ``steps`` counts optimizer steps, and
-checkpoints fall only between them. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
+checkpoints fall only between them. Everything built before the first step (accelerator, token rows, cached latents,
+optimizer) comes from :mod:`subjectgen_training.trainer.setup`. Several processes (``accelerate launch`` / ``torchrun``) average the gradients
 of the few trainable tensors; only the main process writes files.
 """
 
@@ -29,20 +30,18 @@ from pathlib import Path
 import torch
 
 from subjectgen_diffusers.atomic_io import atomic_write_json
-from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_training.trainer import outputs as train_outputs
 from subjectgen_training.cpu_kernels import small_map_convolutions
-from subjectgen_training.trainer.losses import instance_loss, prior_loss
 from subjectgen_training.methods import build_method
-from subjectgen_training.models.model_parts import cast_frozen_weights
-from subjectgen_training.models.text_features import cast_conditioning, concat_conditioning, conditioning_rows, tokenize
+from subjectgen_training.models.text_features import cast_conditioning, concat_conditioning, tokenize
+from subjectgen_training.trainer import setup
+from subjectgen_training.trainer.losses import instance_loss, prior_loss
 from subjectgen_training.trainer.config import CONFIG_FILE_NAME, TrainConfig
 from subjectgen_training.trainer.inputs import check_inputs
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
 PHOTO_LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # what both references train against; any other is refused
 
 
 def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator, random.Random]:
@@ -51,38 +50,13 @@ def step_generator(seed: int, step: int, process: int) -> tuple[torch.Generator,
     return torch.Generator().manual_seed(value), random.Random(value)
 
 
-def release_other_precision(mixed_precision: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another mixed precision. A
-    single process that trains again (the web UI's worker, a notebook, tests) may change it: reset that state then.
-    Under a distributed launch the state is the launcher's and stays."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    state = AcceleratorState._shared_state
-    if state and PartialState().num_processes == 1 and str(state.get("_mixed_precision")) != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
-
-
-def format_rates(config: TrainConfig, rates, num_processes: int) -> str:
-    """The run-start line: given and effective rates, and why they differ."""
-    how = "scaled by the method's rule" if config.scale_lr else "as given (--no-scale-lr)"
-    weights = "none trained" if rates.lr is None else f"{config.lr:g} -> effective_lr {rates.lr:g}"
-    return (f"learning rates ({how}; batch {config.batch_size}, gradient accumulation "
-            f"{config.gradient_accumulation_steps}, processes {num_processes}, prior preservation "
-            f"{'on' if config.reg_dir else 'off'}): weight deltas {weights}; token rows {config.token_lr:g} -> "
-            f"effective_token_lr {rates.token_lr:g}")
-
-
 class Trainer:
     """Builds the models, caches and optimizer for one resolved config; ``run()`` trains and saves the subject."""
 
     def __init__(self, config: TrainConfig, on_step=None, parts=None):
-        """``parts``: already-built :class:`subjectgen_training.models.model_parts.ModelParts` (benchmarks, experiments); by default
-        the model is loaded from ``config.base`` after every input check has passed."""
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
+        """``parts``: already-built :class:`subjectgen_training.models.model_parts.ModelParts` (benchmarks,
+        experiments); by default the model is loaded from ``config.base`` after every input check has passed."""
         from subjectgen_training.models.model_parts import load_model_parts, load_tokenizers
-        from subjectgen_training.models.token_rows import add_token_to_tokenizer
 
         self.config = config = config.resolved().sized()
         self.out = Path(config.out)
@@ -91,115 +65,27 @@ class Trainer:
         self.data = check_inputs(config, self.method)
         family, tokenizers = ((parts.family, parts.tokenizers) if parts is not None
                               else load_tokenizers(config.base, config.revision))
-        # per text encoder, one group of consecutive ids per person (a joint run has several), all added before the
-        # model loads; every encoder's tokenizer gets the same token strings
-        self.encoder_token_groups = {
-            slot.encoder: [add_token_to_tokenizer(tokenizers[slot.tokenizer], person.token, config.num_vectors)
-                           for person in config.people()]
-            for slot in family.text_encoders}
+        self.encoder_token_groups = setup.add_person_tokens(config, family, tokenizers)
         self.token_groups = next(iter(self.encoder_token_groups.values()))  # the first encoder's
         self.token_ids = [token_id for group in self.token_groups for token_id in group]
-
-        release_other_precision(config.mixed_precision)
-        self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            cpu=not torch.cuda.is_available(),
-            log_with=config.log_with,
-            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
-        )
+        self.accelerator = setup.build_accelerator(config, self.out)
         self.device = self.accelerator.device
         self.rates = self.method.rates(config, self.accelerator.num_processes)  # the method it holds: its rule
         self.parts = parts if parts is not None else load_model_parts(config.base, family, tokenizers, config.revision)
-        self._build_trainable()
-        self._build_caches()
-        self._build_optimizer()
-
-    # -- setup -------------------------------------------------------------------------------------------------
-    def _build_trainable(self) -> None:
-        from subjectgen_training.models.text_features import encoder_views
-        from subjectgen_training.models.token_rows import splice_token_rows
-
-        config, parts = self.config, self.parts
-        prediction_type = parts.noise_scheduler.config.prediction_type
-        if prediction_type not in PREDICTION_TYPES:
-            raise SubjectgenError(f"the base model's scheduler has prediction_type {prediction_type!r}; training "
-                                  f"supports {list(PREDICTION_TYPES)}, as both references do: use a Stable Diffusion "
-                                  "1.x/2.x base or fix its scheduler_config.json.")
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-        self.weight_dtype = weight_dtype
-        views = encoder_views(parts)
-        for view in views:
-            ids = [i for group in self.encoder_token_groups[view.name] for i in group]
-            view.text_encoder.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
-        # every start is computed before any splice: a start may read another encoder's features (of an empty prompt)
-        initial = {view.name: torch.cat([self.method.initial_rows_for(view, group)
-                                         for group in self.encoder_token_groups[view.name]]) for view in views}
-        self.token_rows = {view.name: splice_token_rows(
-            view.text_encoder, [i for group in self.encoder_token_groups[view.name] for i in group], initial[view.name])
-            for view in views}
+        self.weight_dtype = setup.weight_dtype_of(config.mixed_precision)
+        self.token_rows = setup.prepare_models(config, self.parts, self.method, self.encoder_token_groups, self.device)
         self.rows = next(iter(self.token_rows.values()))  # the first encoder's (the only one on SD 1.x)
-        # float32 copies, before the cast below: deltas subtract a float32 start
-        self.method.attach(parts.unet, parts.family.cd_layers(parts.unet))
-        text_encoders = list(parts.text_encoders.values())
-        for module in (*text_encoders, parts.vae, parts.unet):
-            module.to(self.device)
-        # the VAE stays float32: it encodes once, then leaves the device. Under fp16 the frozen text encoders stay
-        # float32 too, as both references keep them (their fp16 forward runs under autocast)
-        cast_frozen_weights((parts.unet,) if config.mixed_precision == "fp16" else (*text_encoders, parts.unet),
-                            weight_dtype)
-        if config.gradient_checkpointing:
-            parts.unet.enable_gradient_checkpointing()
-            parts.unet.train()
-            for text_encoder in text_encoders:
-                text_encoder.gradient_checkpointing_enable()
-                text_encoder.train()
+        caches = setup.build_caches(config, self.parts, self.data, self.encode_text,
+                                    progress=self.accelerator.is_local_main_process)
+        self.captions_by_person, self.instance, self.sampleable = caches.captions_by_person, caches.instance, caches.sampleable
+        self.reg, self.reg_captions, self.class_states = caches.reg, caches.reg_captions, caches.class_states
+        self.optimizer = setup.build_optimizer(config, self.accelerator, self.token_rows, self.method, self.rates)
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """By a stable name (checkpoints): ``token_rows`` (the first encoder's), ``token_rows.<encoder>`` for the
         others, then the method's weights."""
         rows = {("token_rows" if i == 0 else f"token_rows.{name}"): r.rows for i, (name, r) in enumerate(self.token_rows.items())}
         return {**rows, **self.method.weight_parameters()}
-
-    def _build_caches(self) -> None:
-        from subjectgen_training.data.captions import CaptionMaker
-        from subjectgen_training.data.latent_cache import encode_photo_views, encode_regularization
-
-        config, parts = self.config, self.parts
-        progress = self.accelerator.is_local_main_process
-        self.captions_by_person = [CaptionMaker(config.prompt, person.token, config.num_vectors, config.caption_templates)
-                                   for person in config.people()]
-        self.captions = self.captions_by_person[0]
-        self.instance = encode_photo_views(
-            parts.vae, self.data.photos, config.resolution, random_rescale=config.random_rescale,
-            variants=config.rescale_variants, seed=config.seed, face_masks=config.mask_loss,
-            background_weight=config.mask_background_weight, progress=progress,
-        )
-        self.sampleable = [i for i in range(len(self.instance)) if not (config.random_rescale and self.instance.plain[i])]
-        self.reg = None
-        if self.data.reg_photos:
-            self.reg = encode_regularization(parts.vae, self.data.reg_photos, config.resolution, progress=progress)
-            # every class image trains under the class prompt, as in both references (whatever prompt drew it)
-            self.reg_captions = [config.class_prompt for _ in self.reg.source]
-            unique = sorted(set(self.reg_captions))
-            encoded = conditioning_rows(self.encode_text(unique, grad=False))
-            self.class_states = dict(zip(unique, encoded))
-        parts.vae.to("cpu")  # the VAE is not needed again (validation images move it back)
-
-    def _build_optimizer(self) -> None:
-        """AdamW (betas 0.9/0.999, eps 1e-8, weight decay 1e-2 as both references), one group per rate."""
-        config = self.config
-        groups = [{"params": [r.rows for r in self.token_rows.values()], "lr": self.rates.token_lr}]
-        weights = list(self.method.weight_parameters().values())
-        if weights:
-            groups.append({"params": weights, "lr": self.rates.lr})
-        optimizer_class = torch.optim.AdamW
-        if config.use_8bit_adam:  # availability checked in check_inputs
-            import bitsandbytes as bnb
-
-            optimizer_class = bnb.optim.AdamW8bit
-        optimizer = optimizer_class(groups, weight_decay=config.adam_weight_decay)
-        self.optimizer = self.accelerator.prepare(optimizer)
 
     # -- one step ----------------------------------------------------------------------------------------------
     def autocast(self):
@@ -359,7 +245,7 @@ class Trainer:
                 logger.info("resuming from %s (step %d)", found[-1], start)
             else:  # the normal case of a resumable job's first run (the CLI tells a user who typed --resume)
                 logger.debug("no checkpoint in %s; starting from step 0", checkpoint_dir(self.out))
-        accelerator.print(format_rates(config, self.rates, accelerator.num_processes))
+        accelerator.print(setup.format_rates(config, self.rates, accelerator.num_processes))
         if accelerator.is_main_process:
             atomic_write_json(self.out / CONFIG_FILE_NAME, self.recorded_config())
             if config.log_with:
