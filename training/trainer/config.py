@@ -12,7 +12,6 @@ A YAML/TOML file holds the same fields; unknown keys are errors; command-line fl
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,15 @@ from subjectgen_diffusers.base_configs import native_resolution
 from subjectgen_diffusers.errors import SubjectgenError
 from subjectgen_diffusers.strict_config import check_known_keys
 
+from subjectgen_training.config_files import read_mapping
 from subjectgen_training.config_flags import option
 from subjectgen_training.methods import get_method, method_names
 from subjectgen_training.data.resolution import check_resolution
+from subjectgen_training.trainer.method_options import (  # noqa: F401 - method_fields re-exported
+    field_names,
+    method_fields,
+    method_keys_to_options,
+)
 
 METHODS = method_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -217,7 +222,7 @@ class TrainConfig:
     def __getattr__(self, name: str) -> Any:
         """A method's own field read on the config (``config.cd_scope``): the value in ``options``."""
         options = self.__dict__.get("options")
-        if options is not None and not isinstance(options, dict) and name in _field_names(type(options)):
+        if options is not None and not isinstance(options, dict) and name in field_names(type(options)):
             return getattr(options, name)
         if not name.startswith("_") and name in method_fields():
             return None  # another method's field: this run does not have it (a cr run has no cd_scope)
@@ -244,7 +249,7 @@ class TrainConfig:
         derived = {key: data.pop(key) for key in DERIVED_KEYS if key in data}
         if data.get("method") in (None, ""):
             data["method"] = DEFAULT_METHOD
-        data = cls._method_keys_to_options(data)
+        data = method_keys_to_options(data, set(cls.field_names()), TrainConfigError)
         check_known_keys(cls, data, TrainConfigError, "training config")
         missing = [name for name in ("base", "out") if data.get(name) in (None, "")]
         if not data.get("photos") and not data.get("subjects"):
@@ -264,27 +269,6 @@ class TrainConfig:
         """Every key a training config file takes: the shared fields and every registered method's own fields."""
         own = [name for name in cls.field_names() if name != "options"]
         return own + [name for name in method_fields() if name not in own]
-
-    @classmethod
-    def _method_keys_to_options(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Move the top-level keys that are methods' own fields into ``options`` (the chosen method's). A field of
-        another method is refused unless it is unset (None, 0, off, or a switch at its default): a recorded
-        ``train_config.json`` of an older version lists every method's fields."""
-        shared = set(cls.field_names())
-        owners = method_fields()
-        method = data.get("method")
-        chosen = _field_names(get_method(method).options) if method in method_names() else set()
-        options = dict(data.pop("options", None) or {})
-        for key in [k for k in data if k not in shared and k in owners]:
-            value = data.pop(key)
-            if key in chosen:
-                options[key] = value
-            elif not _unset(value, owners[key][1]):
-                methods = owners[key][0]
-                raise TrainConfigError(f"{key} is a field of method {' / '.join(methods)}, not of {method}: drop "
-                                       f"{key} or use --method {methods[0]}.")
-        data["options"] = options
-        return data
 
     def check_derived(self, derived: dict[str, Any]) -> None:
         """The derived figures a recorded ``train_config.json`` holds must follow from its fields (an edited rate
@@ -323,27 +307,7 @@ class TrainConfig:
     @classmethod
     def read_file(cls, path: str | Path) -> dict[str, Any]:
         """The raw mapping of a YAML (.yaml/.yml), TOML (.toml) or JSON file; not yet validated."""
-        path = Path(path)
-        if not path.is_file():
-            raise TrainConfigError(f"config file {path} does not exist.")
-        text = path.read_text(encoding="utf-8")
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".toml":
-                import tomllib
-
-                data = tomllib.loads(text)
-            elif suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as error:  # noqa: BLE001 - any parse error is the user's file
-            raise TrainConfigError(f"cannot parse config file {path}: {error}") from error
-        if not isinstance(data, dict):
-            raise TrainConfigError(f"config file {path} must hold a mapping of field: value.")
-        return data
+        return read_mapping(path, TrainConfigError)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -386,27 +350,6 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         options = data.pop("options") or {}
         return {**data, **options}
-
-
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _unset(value: Any, default: Any) -> bool:
-    return value is None or value is False or (not isinstance(value, bool) and value in (0, "")) or \
-        (isinstance(value, bool) and value == default)
-
-
-def method_fields() -> dict[str, tuple[list[str], Any]]:
-    """``{field: ([methods that have it], its default)}`` over the registered methods' own config dataclasses."""
-    from subjectgen_training.methods import REGISTRY
-
-    out: dict[str, tuple[list[str], Any]] = {}
-    for name, method in REGISTRY.items():
-        for spec in dataclasses.fields(method.options):
-            default = spec.default if spec.default is not dataclasses.MISSING else None
-            out.setdefault(spec.name, ([], default))[0].append(name)
-    return out
 
 
 def _joint_subject(data: Any) -> JointSubject:
