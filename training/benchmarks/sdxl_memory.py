@@ -5,9 +5,9 @@ deltas for a scope, their gradients and AdamW's two moments (8-bit AdamW: one by
 
 Measured: the memory one training step adds on top of everything held before it (activations saved for the
 backward, gradients, temporaries), with gradient checkpointing on, on SDXL's real shapes. The frozen weights are
-broadcast scalars (``train_bench.broadcast_weights``: real shapes and operations, no 14 GB of weights), the step is the
+broadcast scalars (``bench_models.broadcast_weights``: real shapes and operations, no 14 GB of weights), the step is the
 trainer's own text encoding (with grad, through the new token rows) and UNet prediction for a batch of 2 (photo +
-class image, as with prior preservation), sampled after every operation with ``train_bench.LivePeak``, in float32 on
+class image, as with prior preservation), sampled after every operation with ``bench_memory.LivePeak``, in float32 on
 the CPU, at several resolutions. The UNet's share grows with the latent pixels (with checkpointing nothing quadratic
 is kept: attention is recomputed block by block), so ``a + b * pixels`` through the two largest resolutions
 extrapolates to 1024 px.
@@ -35,7 +35,7 @@ def counted(scope: str = "kv+q+out") -> dict:
 
     from subjectgen_diffusers.families import get_family
     from subjectgen_diffusers.methods import CD_SCOPES
-    from subjectgen_training.benchmarks.train_bench import clip_text_config, sdxl_unet_config
+    from subjectgen_training.benchmarks.bench_models import clip_text_config, sdxl_unet_config
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sdxl_unet_config())
@@ -54,7 +54,9 @@ def counted(scope: str = "kv+q+out") -> dict:
 
 
 def measure(resolutions: list[int]) -> list[dict]:
-    from subjectgen_training.benchmarks.train_bench import LivePeak, build_modules, config_for, live_bytes, make_folders
+    from subjectgen_training.benchmarks.bench_memory import LivePeak, live_bytes
+    from subjectgen_training.benchmarks.bench_models import build_modules, make_folders
+    from subjectgen_training.benchmarks.train_bench import config_for
     from subjectgen_training.models.model_parts import parts_from_modules
     from subjectgen_training.models.token_rows import prompt_with_token
     from subjectgen_training.trainer.loop import Trainer

@@ -66,87 +66,16 @@ from pathlib import Path
 
 import torch
 
-
-def clip_text_config(width: int, layers: int, heads: int, act: str):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                          num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=width,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-
-
-def sdxl_unet_config() -> dict:
-    """``unet/config.json`` of stabilityai/stable-diffusion-xl-base-1.0 (the keys that shape it)."""
-    return dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                use_linear_projection=True, addition_embed_type="text_time", addition_embed_type_num_heads=64,
-                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
-
-
-def broadcast_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter becomes one random value broadcast to its shape (see the module docstring)."""
-    generator = torch.Generator().manual_seed(seed)
-    for sub in module.modules():
-        for name, param in list(sub._parameters.items()):
-            if param is not None:
-                value = torch.randn(1, generator=generator) * 0.02
-                sub._parameters[name] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
-        for name, buffer in list(sub._buffers.items()):  # built on the meta device: CLIP's position ids
-            if buffer is not None and buffer.is_meta:
-                if name != "position_ids":
-                    raise ValueError(f"cannot materialise buffer {name!r}")
-                sub._buffers[name] = torch.arange(buffer.shape[-1]).expand(buffer.shape)
-    return module
-
-
-def build_modules(model: str, broadcast: bool = False):
-    """``(family, tokenizers, text_encoders, vae, unet, scheduler_config)`` of a benchmark model, random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from subjectgen_diffusers.families import get_family
-    from subjectgen_diffusers.tokenizer import build_clip_tokenizer
-    from subjectgen_training.models import tiny_models
-
-    torch.manual_seed(0)
-    schedule = tiny_models.tiny_scheduler().config
-    if model == "tiny":
-        return (get_family("sd1"), {"tokenizer": build_clip_tokenizer()}, {"text_encoder": tiny_models.tiny_text_encoder()},
-                tiny_models.tiny_vae(), tiny_models.tiny_unet(), schedule)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512)
-    if model == "sdxl":
-        vae.register_to_config(scaling_factor=0.13025, sample_size=1024)
-        with torch.device("meta" if broadcast else "cpu"):  # broadcast: the real weights need never exist
-            encoders = {"text_encoder": CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu")),
-                        "text_encoder_2": CLIPTextModelWithProjection(clip_text_config(1280, 32, 20, "gelu"))}
-            unet = UNet2DConditionModel(**sdxl_unet_config())
-        if broadcast:
-            for module in (*encoders.values(), unet):
-                broadcast_weights(module)
-        return (get_family("sdxl"), {"tokenizer": build_clip_tokenizer(), "tokenizer_2": build_clip_tokenizer()},
-                encoders, vae, unet, schedule)
-    text = CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu"))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    return get_family("sd1"), {"tokenizer": build_clip_tokenizer()}, {"text_encoder": text}, vae, unet, schedule
-
-
-def make_folders(root: Path) -> tuple[Path, Path]:
-    from PIL import Image
-    from skimage import data
-
-    photos, reg = root / "photos", root / "reg"
-    photos.mkdir()
-    reg.mkdir()
-    image = Image.fromarray(data.astronaut())
-    for i in range(4):
-        image.rotate(3 * i).save(photos / f"p{i}.png")
-    for i in range(2):
-        image.transpose(Image.FLIP_LEFT_RIGHT).rotate(4 * i).save(reg / f"r{i}.png")
-    return photos, reg
+from subjectgen_training.benchmarks.bench_check import (  # noqa: F401 - the check's names, re-exported
+    CLOCKS,
+    DEFAULT_TOLERANCE,
+    GOALS,
+    check_ratios,
+    ratios,
+    recorded_results,
+)
+from subjectgen_training.benchmarks.bench_memory import LivePeak, live_bytes, memory_tracker
+from subjectgen_training.benchmarks.bench_models import build_modules, make_folders
 
 
 def config_for(method: str, resolution: int, steps: int, photos: Path, reg: Path, out: Path, **extra):
@@ -167,24 +96,6 @@ def train_step(trainer, step: int, params: list[torch.Tensor]) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
-def memory_tracker():
-    """torch's ``MemTracker``, taught that frozen parameters take no gradient hook (it assumes every parameter trains)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    class NoHook:
-        def remove(self) -> None:
-            pass
-
-    class FrozenAwareMemTracker(MemTracker):
-        def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
-            for param in module.parameters():
-                if not param.requires_grad and self._param_to_grad_hook_handles.get(param) is None:
-                    self._param_to_grad_hook_handles[param] = (NoHook(), NoHook())
-            return super()._track_module_params_and_buffers(module, install_grad_hooks)
-
-    return FrozenAwareMemTracker()
-
-
 def measure_memory(trainer) -> dict:
     """Peak bytes of live tensors in one step, by kind (see the module docstring). The AdamW moments are made first
     by a step on zero gradients (as after any real step; no forward pass needed), so they count as in a long run."""
@@ -199,43 +110,6 @@ def measure_memory(trainer) -> dict:
         train_step(trainer, 1, params)
     peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
     return {str(getattr(kind, "value", kind)): int(size) for kind, size in peak.items()}
-
-
-def live_bytes() -> int:
-    """Bytes held by malloc'ed blocks now (glibc ``mallinfo2``: in-use arena bytes + mmap'ed blocks)."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-class LivePeak:
-    """Samples :func:`live_bytes` after every torch operation inside the ``with`` block; ``peak`` is the largest."""
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class Sampler(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker.peak = max(tracker.peak, live_bytes())
-                return out
-
-        self.peak = live_bytes()
-        self.mode = Sampler()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
 
 
 def measure_ours(trainer, steps: int) -> tuple[list[tuple[float, float]], dict]:
@@ -326,55 +200,6 @@ def measure_naive(trainer, steps: int) -> tuple[list[tuple[float, float]], dict]
 
 # (model, method) -> the most ours/naive may be (issue 29: at SD 1.5's shapes our Custom Diffusion step costs at most
 # half the example loop's).
-GOALS = {("sd15", "cd"): 0.5}
-# How far above the recorded ratio a measured one may lie before it counts as a regression: single timings swing by
-# tens of percent on a shared machine (train_bench_results.md), the ratio much less as both loops share the load.
-DEFAULT_TOLERANCE = 0.15
-
-
-CLOCKS = {"wall": "seconds_per_step", "cpu": "cpu_seconds_per_step"}
-
-
-def ratios(rows: list[dict], clock: str = "wall") -> dict[tuple, float]:
-    """``(model, method, resolution) -> ours / naive`` (median step times by ``clock``: ``wall`` seconds, or ``cpu``
-    seconds of the process, which a loaded machine's time slicing does not stretch) for every pair present in
-    ``rows`` that has that clock."""
-    key = CLOCKS[clock]
-    times = {(r["model"], r["method"], r["resolution"], r["implementation"]): r[key] for r in rows if key in r}
-    return {key[:3]: times[key] / times[(*key[:3], "naive")]
-            for key in times if key[3] == "ours" and (*key[:3], "naive") in times}
-
-
-def check_ratios(measured: dict[tuple, float], recorded: dict[tuple, float], goals: dict[tuple, float],
-                 tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, list[str]]:
-    """``(ok, lines)``: one line per measured configuration saying whether it meets its goal and the recorded ratio."""
-    ok, lines = True, []
-    for key in sorted(measured):
-        model, method, resolution = key
-        ratio, parts = measured[key], []
-        goal = goals.get((model, method))
-        if goal is not None:
-            met = ratio <= goal
-            ok &= met
-            parts.append(f"goal <= {goal:.2f}: {'met' if met else 'OFF'}")
-        before = recorded.get(key)
-        if before is None:
-            parts.append("no recorded ratio to compare")
-        else:
-            held = ratio <= before * (1 + tolerance)
-            ok &= held
-            parts.append(f"recorded {before:.2f} (+{tolerance:.0%} allowed): {'held' if held else 'OFF, slower than recorded'}")
-        lines.append(f"{model} {resolution}px {method}: ratio {ratio:.2f}; " + "; ".join(parts))
-    if not measured:
-        ok = False
-        lines.append("no ours/naive pair to check")
-    return ok, lines
-
-
-def recorded_results(model: str) -> Path:
-    return Path(__file__).with_name(f"train_bench_{model}.json")
-
-
 def run_one(model: str, method: str, resolution: int, implementation: str, steps: int, threads: int,
             extra: dict | None = None, broadcast: bool = False) -> dict:
     from subjectgen_training.models.model_parts import parts_from_modules
