@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from subjectgen_training.toy import detectors, world
-from subjectgen_training.toy.train_base import BaseTrainConfig, detail_map, main
+from subjectgen_training.toy.train_base import BaseTrainConfig, main
+from subjectgen_training.toy.train_vae import detail_map
 
 
 def test_the_second_style_draws_the_same_face_with_hard_edges():
