@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from subjectgen_training.toy import detectors, world
-from subjectgen_training.toy.train_base import BaseTrainConfig, main
+from subjectgen_training.toy.train_base import main
 from subjectgen_training.toy.train_vae import detail_map
 
 
