@@ -235,6 +235,28 @@ def test_the_torchvision_filter_drops_only_that_warning(caplog):
     assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
 
 
+def test_quieting_the_libraries_imports_neither_and_acts_when_they_load():
+    """The CLI quiets diffusers/transformers for every command; doing so must not import them (about 8 s of CPU a
+    command that stops at a bad input would pay first). The switch runs right after a module's own import instead."""
+    script = """
+import sys
+from subjectgen_training.quiet import after_import, quiet_libraries
+quiet_libraries()
+print(sorted(name for name in ("diffusers", "transformers", "torch") if name in sys.modules))
+seen = []
+after_import("colorsys", lambda module: seen.append(module.__name__))
+print(seen)
+import colorsys
+print(seen, colorsys.rgb_to_hsv(1.0, 0.0, 0.0))
+after_import("colorsys", lambda module: seen.append("again"))
+print(seen)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "[]", "['colorsys'] (0.0, 1.0, 1.0)", "['colorsys', 'again']"]
+
+
 # -- item 10: a decompression bomb among the photos, a value of the wrong type ----------------------------------------
 
 def _huge_png(path: Path, side: int = 20000) -> Path:
