@@ -92,23 +92,39 @@ def signal_when(args, ready: Callable[[], bool], *, probes: dict, sig: int = sig
 
 
 # -- the probes (run inside the subprocess) ------------------------------------------------------------------------
-def model_load_entry_points() -> list:
-    """The classes whose ``from_pretrained`` every model load goes through (diffusers models and pipelines,
-    transformers models); tokenizers and scheduler configs are not models and stay loadable."""
-    import diffusers
-    import transformers
+# Where each class whose ``from_pretrained`` every model load goes through is defined: diffusers models and pipelines,
+# transformers models (tokenizers and scheduler configs are not models and stay loadable).
+MODEL_LOAD_ENTRY_POINTS = (("diffusers.models.modeling_utils", "ModelMixin"),
+                           ("diffusers.pipelines.pipeline_utils", "DiffusionPipeline"),
+                           ("transformers.modeling_utils", "PreTrainedModel"))
 
-    return [diffusers.ModelMixin, diffusers.DiffusionPipeline, transformers.PreTrainedModel]
+
+def model_load_entry_points() -> list:
+    """The classes of :data:`MODEL_LOAD_ENTRY_POINTS` (imports diffusers and transformers)."""
+    import importlib
+
+    return [getattr(importlib.import_module(module), name) for module, name in MODEL_LOAD_ENTRY_POINTS]
+
+
+def _refuse_load(cls, *args, **kwargs):
+    raise ModelLoadedTooEarly(f"{cls.__name__}.from_pretrained{args} was called")
 
 
 def forbid_model_loads(setattr=setattr) -> None:
-    """Make every model load raise :class:`ModelLoadedTooEarly` (pass ``monkeypatch.setattr`` to undo it later)."""
-
-    def load(cls, *args, **kwargs):
-        raise ModelLoadedTooEarly(f"{cls.__name__}.from_pretrained{args} was called")
-
+    """Make every model load raise :class:`ModelLoadedTooEarly`, now (pass ``monkeypatch.setattr`` to undo it later)."""
     for owner in model_load_entry_points():
-        setattr(owner, "from_pretrained", classmethod(load))
+        setattr(owner, "from_pretrained", classmethod(_refuse_load))
+
+
+def forbid_model_loads_when_imported() -> None:
+    """The same in a subprocess, without importing the libraries first: each class is patched right after the module
+    defining it is imported (before any subclass or caller can use it), so a command that stops at a bad input runs
+    with the imports it really makes."""
+    from subjectgen_training.quiet import after_import
+
+    for module, name in MODEL_LOAD_ENTRY_POINTS:
+        after_import(module, lambda loaded, name=name: setattr(getattr(loaded, name), "from_pretrained",
+                                                                classmethod(_refuse_load)))
 
 
 def _hold(release_when: str | None = None) -> None:
@@ -186,14 +202,15 @@ def _fake_hf_api(record: str) -> None:
     atexit.register(lambda: Path(record).write_text(json.dumps(calls, default=str)))
 
 
-def install_probes(probes: dict, setattr=setattr) -> None:
+def install_probes(probes: dict, setattr=setattr, subprocess: bool = False) -> None:
     """Install ``probes`` in this process (pass ``monkeypatch.setattr`` to undo them after a test; ``fake_hf_api``
-    is for subprocesses only)."""
+    is for subprocesses only; ``subprocess``: this process is the CLI under test, so a model-load probe waits for the
+    libraries' own import instead of importing them)."""
     known = {"forbid_model_loads", "pause_when", "fake_hf_api"}
     if set(probes) - known:
         raise ValueError(f"unknown probes {sorted(set(probes) - known)}; known: {sorted(known)}")
     if probes.get("forbid_model_loads"):
-        forbid_model_loads(setattr)
+        forbid_model_loads_when_imported() if subprocess else forbid_model_loads(setattr)
     if "pause_when" in probes:
         _pause_when(probes["pause_when"], setattr)
     if "fake_hf_api" in probes:
@@ -203,7 +220,7 @@ def install_probes(probes: dict, setattr=setattr) -> None:
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent  # the tests folder is not part of the program under test
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    install_probes(json.loads(os.environ.get(PROBES_ENV, "{}")))
+    install_probes(json.loads(os.environ.get(PROBES_ENV, "{}")), subprocess=True)
     from subjectgen_training.cli import main
 
     code = main(sys.argv[1:])
