@@ -14,6 +14,13 @@ from typing import Any
 from .errors import SubjectgenError
 
 
+def looks_like_a_path(name: str | Path) -> bool:
+    """A name no Hub id can be (``owner/name`` has no leading ``/``, ``.``, ``~`` and at most one ``/``): a local
+    path, so a missing one is named as a missing folder, not sent to the Hub."""
+    text = str(name)
+    return isinstance(name, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
 def read_base_json(base: str | Path, filename: str, missing: str, revision: str | None = None) -> dict[str, Any]:
     """``<base>/<filename>`` (a local folder or a Hub id) as a dict; ``missing`` says what a local folder without
     the file is not. Any failure is a :class:`SubjectgenError` saying what to do."""
@@ -22,6 +29,8 @@ def read_base_json(base: str | Path, filename: str, missing: str, revision: str 
         path = folder / filename
         if not path.is_file():
             raise SubjectgenError(f"{folder} has no {filename}: {missing}")
+    elif looks_like_a_path(base):
+        raise SubjectgenError(f"{base} does not exist: pass a diffusers model folder or a Hub id (owner/name).")
     else:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

@@ -230,3 +230,29 @@ def test_cli_reports_a_missing_model_as_a_user_error(tmp_path):
                      "--out", str(tmp_path / "out"), timeout=120, env=ONE_THREAD)
     assert result.returncode == 2
     assert "error: could not load --model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, path", [("/no/such/model", True), ("./model", True), ("~/models/sd", True),
+                                        ("a/b/c", True), ("stable-diffusion-v1-5/stable-diffusion-v1-5", False),
+                                        ("RunDiffusion/Juggernaut-XL-v9", False), ("gpt2", False)])
+def test_a_missing_local_model_is_named_as_a_folder_and_never_sent_to_the_hub(name, path, monkeypatch, tmp_path):
+    """A name no Hub id can be is a local path: missing, it is named as such (before any library loads), and only a
+    Hub-shaped name is looked up on the Hub (here: a stand-in that records the call)."""
+    import huggingface_hub
+
+    from subjectgen_diffusers.base_configs import looks_like_a_path, read_model_index
+    from subjectgen_diffusers.errors import SubjectgenError
+
+    asked = []
+
+    def offline(repo_id, *args, **kwargs):
+        asked.append(repo_id)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_a_path(name) is path
+    with pytest.raises(SubjectgenError) as error:
+        read_model_index(name)
+    assert asked == ([] if path else [name])
+    assert ("does not exist: pass a diffusers model folder" in str(error.value)) is path

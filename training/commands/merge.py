@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subjectgen_diffusers import SubjectPipeline
     from subjectgen_diffusers.compress import check_new_folder
     from subjectgen_diffusers.errors import SubjectgenError
     from subjectgen_diffusers.merge import check_mergeable, merge_subjects, read_for_merge, with_token
@@ -48,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         base_path = resolve_model(base)
         for path in args.subjects:
             check_subject(path, base_path)
+        from subjectgen_diffusers import SubjectPipeline  # after every check: importing diffusers takes seconds
+
         pipe = SubjectPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
                                                requires_safety_checker=False)
     except (OSError, ValueError) as error:

@@ -19,12 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from subjectgen_training.config_flags import config_from_args
     from subjectgen_training.sampling.regularize import RegularizeConfig, generate_regularization, indices_on_disk
 
     out = generate_regularization(config_from_args(args, RegularizeConfig))
+    from accelerate import PartialState
+
     if PartialState().is_main_process:
         print(f"{len(indices_on_disk(out))} regularisation images in {out} (manifest.jsonl lists their prompts)")
     return 0

@@ -262,8 +262,23 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def check_model_is_there(config: RegularizeConfig) -> None:
+    """A model that is neither a diffusers folder nor a Hub id reachable (or cached) is named from its
+    ``model_index.json`` alone, before torch and diffusers load: a typo costs a second, not a library import."""
+    from subjectgen_diffusers.base_configs import read_model_index
+    from subjectgen_training.models.builtin_models import resolve_model
+
+    try:
+        read_model_index(resolve_model(config.model))
+    except SubjectgenError as error:
+        raise RegularizeError(
+            f"could not load --model {config.model}: {error} (Hub ids look like stable-diffusion-v1-5/"
+            "stable-diffusion-v1-5 or RunDiffusion/Juggernaut-XL-v9.)") from error
+
+
 def generate_regularization(config: RegularizeConfig) -> Path:
     """Make the missing images of the set in ``config.out`` and return the folder (images + manifest.jsonl)."""
+    check_model_is_there(config)
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
