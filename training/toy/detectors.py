@@ -39,6 +39,13 @@ SURFACE_DISTANCE = 60.0  # how near a world colour a pixel must be to count for 
 # against the world palette loses half the face and the head is missed. The head is therefore also fitted against
 # the face's *measured* tone (the median of its cheeks under a first fit); the better-matching fit is kept.
 FIT_MEASURED_TONE = True
+# The measured tone is the densest colour of the cheek window (the median of the window's pixels within this distance
+# of the pixel that has the most such neighbours), not the window's per-channel median: a mark, an eye's lower rim or
+# a mouth inside the window pulls a median off the face's shade (a near-white face came out grey, (219, 222, 215),
+# and lost to the world's white hair). Half the surface distance: the tone's cluster lies inside the surface it
+# decides. DENSEST_TONE = False gives issue 28's first rule (the median).
+DENSEST_TONE = True
+TONE_RADIUS = SURFACE_DISTANCE / 2
 MEASURED_SIDES = True
 LONG_HAIR_FRACTION = 0.3  # share of the band beside the cheeks that must be hair
 LONG_HAIR_BAND = (0.0, 6.0)  # rows of that band, relative to the head centre
@@ -146,15 +153,25 @@ def skin_mask(pixels: np.ndarray, only_skin: str | None = None, tone: np.ndarray
 FACE_CORE = (np.abs(_X - world.CENTRE[0]) <= 4.0) & (_Y >= world.CENTRE[1] + 2.5) & (_Y <= world.CENTRE[1] + 6.5)
 
 
+def face_tone(core: np.ndarray) -> np.ndarray:
+    """The face's own shade from the cheek window's pixels ``[N, 3]``: the densest colour (``DENSEST_TONE``; see
+    ``TONE_RADIUS``), or the per-channel median."""
+    core = core.astype(np.float64)
+    if not DENSEST_TONE:
+        return np.median(core, axis=0)
+    near = np.linalg.norm(core[:, None, :] - core[None, :, :], axis=-1) < TONE_RADIUS
+    return np.median(core[near[near.sum(1).argmax()]], axis=0)
+
+
 def fit_head(pixels: np.ndarray) -> tuple[tuple[str, float, float, float], bool]:
     """``(locate_head's fit, whether the measured tone won)``: the head fitted on the surface read against the world
     palette and, with ``FIT_MEASURED_TONE``, again with the world's skin tones replaced by the face's own measured
-    tone (the median of ``FACE_CORE``, used when a world skin tone is within ``MAX_COLOUR_DISTANCE`` of it); the fit
+    tone (:func:`face_tone` of ``FACE_CORE``, used when a world skin tone is within ``MAX_COLOUR_DISTANCE`` of it); the fit
     that matches its ellipse better wins."""
     palette_fit = locate_head(skin_mask(pixels))
     if not FIT_MEASURED_TONE:
         return palette_fit, False
-    tone = np.median(pixels[FACE_CORE], axis=0)
+    tone = face_tone(pixels[FACE_CORE])
     if nearest(tone[None], world.SKINS)[0] < 0:
         return palette_fit, False
     measured_fit = locate_head(skin_mask(pixels, tone=tone))
