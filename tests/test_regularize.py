@@ -177,6 +177,21 @@ def test_damaged_file_is_made_again_and_other_settings_are_refused(base_set, tin
     assert indices_on_disk(out) == [0, 1, 2, 3]
 
 
+def test_a_finished_set_reruns_without_its_model_and_a_larger_one_names_it(base_set, tmp_path):
+    """The model is checked (from its model_index.json, before torch loads) only when images are missing: a finished
+    set made on another machine, whose model is not here, still reruns; extending it names the missing model."""
+    out = tmp_path / "copy"
+    shutil.copytree(base_set, out)
+    gone = tmp_path / "model-on-another-machine"
+    settings = json.loads((out / "regularize.json").read_text())
+    (out / "regularize.json").write_text(json.dumps({**settings, "model": str(gone)}))
+    assert generate_regularization(config(gone, out)) == out
+    assert indices_on_disk(out) == [0, 1, 2, 3]
+    with pytest.raises(RegularizeError, match=r"could not load --model .*does not exist"):
+        generate_regularization(config(gone, out, num=5))
+    assert indices_on_disk(out) == [0, 1, 2, 3]
+
+
 def test_cli_killed_mid_run_resumes_to_exactly_n_whole_distinct_images(tiny_sdxl_dir, tmp_path):
     out = tmp_path / "killed"
     num = 6

@@ -278,7 +278,8 @@ def check_model_is_there(config: RegularizeConfig) -> None:
 
 def generate_regularization(config: RegularizeConfig) -> Path:
     """Make the missing images of the set in ``config.out`` and return the folder (images + manifest.jsonl)."""
-    check_model_is_there(config)
+    if set(range(config.num)) - set(indices_on_disk(config.out)):  # a finished set reruns without the model
+        check_model_is_there(config)
     from accelerate import PartialState
     from tqdm.auto import tqdm
 

@@ -172,7 +172,7 @@ def face_tone(core: np.ndarray) -> np.ndarray:
     return np.median(core[near[near.sum(1).argmax()]], axis=0)
 
 
-def fit_head(pixels: np.ndarray) -> tuple[tuple[str, float, float, float], bool]:
+def fit_head(pixels: np.ndarray, tone: np.ndarray | None = None) -> tuple[tuple[str, float, float, float], bool]:
     """``(locate_head's fit, whether the measured tone won)``: the head fitted on the surface read against the world
     palette and, with ``FIT_MEASURED_TONE``, again with the world's skin tones replaced by the face's own measured
     tone (:func:`face_tone` of ``FACE_CORE``, used when a world skin tone is within ``MAX_COLOUR_DISTANCE`` of it); the fit
@@ -180,17 +180,17 @@ def fit_head(pixels: np.ndarray) -> tuple[tuple[str, float, float, float], bool]
     palette_fit = locate_head(skin_mask(pixels))
     if not FIT_MEASURED_TONE:
         return palette_fit, False
-    tone = face_tone(pixels[FACE_CORE])
+    tone = face_tone(pixels[FACE_CORE]) if tone is None else tone
     if nearest(tone[None], world.SKINS)[0] < 0:
         return palette_fit, False
     measured_fit = locate_head(skin_mask(pixels, tone=tone))
     return (measured_fit, True) if measured_fit[3] > palette_fit[3] else (palette_fit, False)
 
 
-def faint_mark(pixels: np.ndarray, cx: float, cy: float) -> tuple[str, str] | None:
+def faint_mark(pixels: np.ndarray, cx: float, cy: float, tone: np.ndarray) -> tuple[str, str] | None:
     """The (colour, place) whose 3x3 patch at the located head lies furthest from the face's tone towards that mark
-    colour (see ``FAINT_MARK_FRACTION``), or None when none reaches the fraction."""
-    tone = face_tone(pixels[FACE_CORE])
+    colour (see ``FAINT_MARK_FRACTION``; ``tone``: the face's, :func:`face_tone`), or None when none reaches the
+    fraction."""
     best, found = FAINT_MARK_FRACTION, None
     for colour, rgb in world.MARK_COLOURS.items():
         towards = np.asarray(rgb, np.float64) - tone
@@ -216,7 +216,8 @@ def read_face(image: Image.Image | np.ndarray) -> FaceReading:
 
     skin_names = list(world.SKINS)
     skin_labels = nearest(pixels, world.SKINS, 60.0)
-    (shape, cx, cy, iou), measured_tone = fit_head(pixels)
+    tone = face_tone(pixels[FACE_CORE])  # the face's own shade: the head fit and the faint-mark step read it
+    (shape, cx, cy, iou), measured_tone = fit_head(pixels, tone)
     head_found = iou >= 0.5
     rx, ry = world.HEAD_SHAPES[shape]
     inside = ((_X - cx) / rx) ** 2 + ((_Y - cy) / ry) ** 2 <= 1.0
@@ -285,7 +286,7 @@ def read_face(image: Image.Image | np.ndarray) -> FaceReading:
         if min(distances) <= 3.0:
             mark = (list(world.MARK_COLOURS)[colour_index], places[int(np.argmin(distances))])
     if mark is None and head_found and FAINT_MARKS:
-        mark = faint_mark(pixels, cx, cy)
+        mark = faint_mark(pixels, cx, cy, tone)
     return FaceReading(background, skin, hair_colour, hair_style, eye_colour, accessory, mark, head_found)
 
 
