@@ -1,0 +1,85 @@
+"""The CPU convolution kernels :mod:`subjectgen_training.cpu_kernels` chooses between, at SD 1.5's 256 px shapes.
+
+For each 3x3 convolution shape (batch 2, a frozen weight, an input that needs its gradient), the forward plus the
+input-gradient backward is timed in process CPU time, best of ``--repeats`` rounds of ``--calls`` calls, for
+PyTorch's own choice (oneDNN), PyTorch's im2col kernel (``thnn_conv2d``, one product per image) and ours
+(:func:`~subjectgen_training.cpu_kernels.batch_gemm_conv2d`, one product for the batch). It prints a Markdown table
+and the largest difference of each kernel's output from oneDNN's. Run it under ``OMP_NUM_THREADS=1`` on a quiet
+machine::
+
+    OMP_NUM_THREADS=1 python -m subjectgen_training.benchmarks.conv_kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+# (in channels, out channels, map side, stride): the UNet's 3x3 convolutions at 256 px, and two larger maps
+SHAPES = ((1280, 1280, 4, 1), (2560, 1280, 4, 1), (1280, 1280, 8, 1), (2560, 1280, 8, 1), (1920, 1280, 8, 1),
+          (1280, 1280, 8, 2), (640, 640, 16, 1), (320, 320, 32, 1))
+
+
+def kernels():
+    import torch
+    import torch.nn.functional as F
+
+    from subjectgen_training.cpu_kernels import batch_gemm_conv2d
+
+    def onednn(x, w, b, stride):
+        return F.conv2d(x, w, b, stride, 1)
+
+    def thnn(x, w, b, stride):
+        return torch._C._nn.thnn_conv2d(x, w, tuple(w.shape[-2:]), b, (stride, stride), (1, 1))
+
+    def ours(x, w, b, stride):
+        return batch_gemm_conv2d(x, w, b, (stride, stride), (1, 1))
+
+    return {"oneDNN": onednn, "thnn im2col": thnn, "one GEMM (ours)": ours}
+
+
+def measure(shape, calls: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """``{kernel: (best ms per forward + backward, max |output - oneDNN's|)}`` for one shape."""
+    import torch
+
+    torch.manual_seed(0)
+    cin, cout, side, stride = shape
+    x0 = torch.randn(2, cin, side, side)
+    weight, bias = torch.randn(cout, cin, 3, 3) * 0.02, torch.randn(cout) * 0.1
+    reference = kernels()["oneDNN"](x0, weight, bias, stride)
+    grad = torch.randn_like(reference)
+    results = {}
+    for name, kernel in kernels().items():
+        x = x0.clone().requires_grad_(True)
+        error = float((kernel(x, weight, bias, stride).detach() - reference).abs().max())
+        kernel(x, weight, bias, stride).backward(grad)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            began = time.process_time()
+            for _ in range(calls):
+                x.grad = None
+                kernel(x, weight, bias, stride).backward(grad)
+            best = min(best, (time.process_time() - began) / calls * 1000)
+        results[name] = (best, error)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    names = list(kernels())
+    print("| conv | " + " | ".join(f"{n} (ms)" for n in names) + " | max diff from oneDNN |")
+    print("| --- |" + " ---: |" * len(names) + " --- |")
+    for shape in SHAPES:
+        cin, cout, side, stride = shape
+        results = measure(shape, args.calls, args.repeats)
+        label = f"{cin}->{cout} @ {side}x{side}" + (f" stride {stride}" if stride != 1 else "")
+        diff = max(e for _, e in results.values())
+        print(f"| {label} | " + " | ".join(f"{results[n][0]:.1f}" for n in names) + f" | {diff:.1e} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
