@@ -1,32 +1,47 @@
-"""Which CPU kernel runs a frozen UNet's convolutions on small feature maps during training.
+"""Which CPU kernel runs a frozen UNet's 3x3 convolutions on small feature maps during training.
 
 PyTorch sends a float32 3x3 convolution on the CPU to oneDNN, which reorders the weight into its blocked layout on
-every call, forward and backward. For a large frozen weight on a small map -- SD 1.5's 1280-channel 3x3 convolutions
-on the 4x4 and 8x8 latents of a 256 px step, 14 + 11 of them per forward -- that reorder costs more than the
-arithmetic. Written as one matrix product over the whole batch (``F.unfold`` of the input, then ``W @ columns`` with
-the weight as it lies), the same convolution reads the weight once and gives the GEMM ``batch * pixels`` columns
-instead of PyTorch's own im2col kernel (``thnn_conv2d``), which runs one product per image. Measured on this
+every call, forward and backward. For a large frozen weight on a small map -- SD 1.5's 1280-channel convolutions on
+the 4x4, 8x8 and 16x16 latents -- that reorder costs more than it saves. Two im2col kernels read the weight as it
+lies instead: for the smallest maps, one matrix product over the whole batch (:func:`batch_gemm_conv2d`: ``F.unfold``
+of the input, then ``W @ columns`` with ``batch * pixels`` columns); for maps up to 16x16, PyTorch's own im2col
+kernel (``thnn_conv2d``, one product per image), whose columns stay small enough to keep in cache. Measured on this
 project's CPU (AMD EPYC, AVX2, 1 thread, nothing else running; forward + input-gradient backward, batch 2, frozen
-weight, best of three, process CPU time; ``python -m subjectgen_training.benchmarks.conv_kernels``):
+weight, best of three, process CPU time; ``python -m subjectgen_training.benchmarks.conv_kernels``; the chosen
+kernel starred):
 
-=========================  ========  ============  ===============
-conv                       oneDNN    thnn im2col   one GEMM (ours)
-=========================  ========  ============  ===============
-1280->1280 @ 4x4           116 ms    49 ms         37 ms
-2560->1280 @ 4x4           224 ms    103 ms        76 ms
-1280->1280 @ 8x8           172 ms    107 ms        106 ms
-2560->1280 @ 8x8           344 ms    239 ms        218 ms
-1920->1280 @ 8x8           260 ms    175 ms        154 ms
-1280->1280 @ 8x8 stride 2  133 ms    50 ms         36 ms
-640->640 @ 16x16           87 ms     105 ms        109 ms
-320->320 @ 32x32           82 ms     95 ms         136 ms
-=========================  ========  ============  ===============
+===========================  ========  ============  ===============
+conv (output map)            oneDNN    thnn im2col   one GEMM (ours)
+===========================  ========  ============  ===============
+1280->1280 @ 4x4             108 ms    43 ms         33 ms *
+2560->1280 @ 4x4             215 ms    100 ms        72 ms *
+1280->1280 @ 8x8             165 ms    104 ms        96 ms *
+2560->1280 @ 8x8             326 ms    222 ms        199 ms *
+1920->1280 @ 8x8             248 ms    156 ms        144 ms *
+1280->1280 @ 4x4 (stride 2)  127 ms    46 ms         34 ms *
+1280->1280 @ 8x8 (stride 2)  184 ms    107 ms        97 ms *
+640->640 @ 8x8 (stride 2)    30 ms     27 ms         26 ms *
+2560->1280 @ 16x16           813 ms    714 ms *      804 ms
+1920->1280 @ 16x16           610 ms    526 ms *      601 ms
+1280->1280 @ 16x16           410 ms    338 ms *      348 ms
+1920->640 @ 16x16            253 ms *  261 ms        342 ms
+1280->640 @ 16x16            170 ms *  174 ms        187 ms
+960->640 @ 16x16             128 ms *  129 ms        140 ms
+640->640 @ 16x16             87 ms *   86 ms         93 ms
+640->640 @ 16x16 (stride 2)  96 ms *   94 ms         95 ms
+320->320 @ 32x32             81 ms *   88 ms         105 ms
+1280->1280 @ 32x32           1340 ms * 1474 ms       1566 ms
+===========================  ========  ============  ===============
 
-so only maps of at most :data:`MAX_PIXELS` pixels with a weight of at least :data:`MIN_WEIGHT_COLUMNS` input columns
-(``in_channels * kh * kw``) switch; everything else, every GPU tensor and anything under autocast (where the
-dispatcher chooses the dtype) keeps PyTorch's choice. The kernels compute the same sums in another order: outputs
-differ by float32 round-off only. Autograd differentiates the product and ``unfold`` (whose backward is ``fold``), so
-a trainable weight or bias would get its gradient too.
+(the 16x16 rows from a re-run with five repeats; over four to five runs, with 640 output channels the choice swings --
+1920->640 took 253-314 ms with oneDNN, 261-291 ms with thnn -- so those keep PyTorch's choice, while with 1280 output
+channels thnn won 1280->1280 in 5 of 5 runs, 1920->1280 in 4 of 4 and 2560->1280 in 3 of 4, by 12-17 %), so an
+output map of at most :data:`BATCH_GEMM_MAX_PIXELS` pixels with a weight of at least :data:`BATCH_GEMM_MIN_COLUMNS`
+input columns (``in_channels * kh * kw``) takes the one product, one of at most :data:`PER_IMAGE_MAX_PIXELS` pixels
+with a weight of at least :data:`PER_IMAGE_MIN_WEIGHT` values (1280 -> 1280 channels and up) takes ``thnn_conv2d``;
+everything else, every GPU tensor and anything under autocast (where the dispatcher chooses the dtype) keeps
+PyTorch's choice. The kernels compute the same sums in another order: outputs differ by float32 round-off only.
+Autograd differentiates all three, so a trainable weight or bias would get its gradient too.
 """
 
 from __future__ import annotations
@@ -35,8 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-MAX_PIXELS = 8 * 8
-MIN_WEIGHT_COLUMNS = 640 * 9
+BATCH_GEMM_MAX_PIXELS = 8 * 8
+BATCH_GEMM_MIN_COLUMNS = 640 * 9
+PER_IMAGE_MAX_PIXELS = 16 * 16
+PER_IMAGE_MIN_WEIGHT = 1280 * 1280 * 9
 
 
 def _pair(value) -> tuple[int, int] | None:
@@ -61,26 +78,54 @@ def batch_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out.view(-1, batch, out_h, out_w).transpose(0, 1).contiguous()
 
 
+def per_image_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """``F.conv2d`` (dilation 1, one group) through PyTorch's im2col kernel: one product per image."""
+    return torch._C._nn.thnn_conv2d(x, weight, tuple(weight.shape[-2:]), bias, stride, padding)
+
+
 def small_map_conv2d(args, kwargs) -> torch.Tensor | None:
-    """``F.conv2d(*args, **kwargs)`` through :func:`batch_gemm_conv2d` when it is the faster kernel (module
-    docstring), else None."""
+    """``F.conv2d(*args, **kwargs)`` through the faster im2col kernel where there is one (module docstring), else
+    None."""
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     given = dict(zip(names, args), **kwargs)
     x, weight = given.get("input"), given.get("weight")
     bias = given.get("bias")
     stride, padding = _pair(given.get("stride", 1)), _pair(given.get("padding", 0))
     if (x is None or weight is None or stride is None or padding is None or _pair(given.get("dilation", 1)) != (1, 1)
-            or given.get("groups", 1) != 1 or x.dim() != 4 or x.device.type != "cpu"
+            or given.get("groups", 1) != 1 or x.dim() != 4 or weight.dim() != 4 or x.device.type != "cpu"
             or x.dtype != torch.float32 or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
-            or torch.is_autocast_enabled("cpu") or x.shape[-1] * x.shape[-2] > MAX_PIXELS
-            or weight[0].numel() < MIN_WEIGHT_COLUMNS):
+            or torch.is_autocast_enabled("cpu")):
         return None
-    return batch_gemm_conv2d(x, weight, bias, stride, padding)
+    kernel = KERNELS.get(kernel_for(x.shape, weight.shape, stride, padding))
+    return kernel(x, weight, bias, stride, padding) if kernel is not None else None
+
+
+def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tuple[int, int]) -> str:
+    """The name of the kernel (a key of :data:`KERNELS`, or ``"onednn"`` for PyTorch's own choice) the rule in the
+    module docstring picks for a float32 CPU convolution of these shapes."""
+    out_pixels = 1
+    for side, pad, kernel, step in zip(input_shape[-2:], padding, weight_shape[-2:], stride):
+        out_pixels *= max((side + 2 * pad - kernel) // step + 1, 0)
+    columns = 1
+    for size in weight_shape[1:]:
+        columns *= size
+    weight_size = columns * weight_shape[0]
+    if out_pixels == 0:  # an empty or impossible output: PyTorch's own checks and error
+        return "onednn"
+    if out_pixels <= BATCH_GEMM_MAX_PIXELS and columns >= BATCH_GEMM_MIN_COLUMNS:
+        return "batch_gemm"
+    if out_pixels <= PER_IMAGE_MAX_PIXELS and weight_size >= PER_IMAGE_MIN_WEIGHT:
+        return "per_image_gemm"
+    return "onednn"
+
+
+KERNELS = {"batch_gemm": batch_gemm_conv2d, "per_image_gemm": per_image_gemm_conv2d}
 
 
 class SmallMapConvolutions(TorchFunctionMode):
-    """Inside the ``with`` block, qualifying ``F.conv2d`` calls run :func:`batch_gemm_conv2d`; autograd records its
-    backward."""
+    """Inside the ``with`` block, qualifying ``F.conv2d`` calls run an im2col kernel (:func:`kernel_for`); autograd
+    records its backward."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -1,10 +1,10 @@
-"""The CPU convolution kernels :mod:`subjectgen_training.cpu_kernels` chooses between, at SD 1.5's 256 px shapes.
+"""The CPU convolution kernels :mod:`subjectgen_training.cpu_kernels` chooses between, at SD 1.5's shapes.
 
 For each 3x3 convolution shape (batch 2, a frozen weight, an input that needs its gradient), the forward plus the
 input-gradient backward is timed in process CPU time, best of ``--repeats`` rounds of ``--calls`` calls, for
 PyTorch's own choice (oneDNN), PyTorch's im2col kernel (``thnn_conv2d``, one product per image) and ours
 (:func:`~subjectgen_training.cpu_kernels.batch_gemm_conv2d`, one product for the batch). It prints a Markdown table
-and the largest difference of each kernel's output from oneDNN's. Run it under ``OMP_NUM_THREADS=1`` on a quiet
+with the kernel the rule chooses and the largest difference of each kernel's output from oneDNN's. Run it under ``OMP_NUM_THREADS=1`` on a quiet
 machine::
 
     OMP_NUM_THREADS=1 python -m subjectgen_training.benchmarks.conv_kernels
@@ -15,9 +15,14 @@ from __future__ import annotations
 import argparse
 import time
 
-# (in channels, out channels, map side, stride): the UNet's 3x3 convolutions at 256 px, and two larger maps
+# (in channels, out channels, input map side, stride): SD 1.5's UNet 3x3 convolutions at 256 and 512 px
 SHAPES = ((1280, 1280, 4, 1), (2560, 1280, 4, 1), (1280, 1280, 8, 1), (2560, 1280, 8, 1), (1920, 1280, 8, 1),
-          (1280, 1280, 8, 2), (640, 640, 16, 1), (320, 320, 32, 1))
+          (1280, 1280, 8, 2), (1280, 1280, 16, 2), (640, 640, 16, 2), (2560, 1280, 16, 1), (1920, 1280, 16, 1),
+          (1280, 1280, 16, 1), (1920, 640, 16, 1), (1280, 640, 16, 1), (960, 640, 16, 1), (640, 640, 16, 1),
+          (640, 640, 32, 2), (320, 320, 32, 1), (1280, 1280, 32, 1))
+
+
+CHOSEN = {"onednn": "oneDNN", "per_image_gemm": "thnn im2col", "batch_gemm": "one GEMM (ours)"}
 
 
 def kernels():
@@ -69,15 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    from subjectgen_training.cpu_kernels import kernel_for
+
     names = list(kernels())
-    print("| conv | " + " | ".join(f"{n} (ms)" for n in names) + " | max diff from oneDNN |")
-    print("| --- |" + " ---: |" * len(names) + " --- |")
+    print("| conv (output map) | " + " | ".join(f"{n} (ms)" for n in names) + " | chosen | max diff from oneDNN |")
+    print("| --- |" + " ---: |" * len(names) + " --- | --- |")
     for shape in SHAPES:
         cin, cout, side, stride = shape
         results = measure(shape, args.calls, args.repeats)
-        label = f"{cin}->{cout} @ {side}x{side}" + (f" stride {stride}" if stride != 1 else "")
+        out_side = (side + 2 - 3) // stride + 1
+        label = f"{cin}->{cout} @ {out_side}x{out_side}" + (f" (stride {stride})" if stride != 1 else "")
+        chosen = CHOSEN[kernel_for((2, cin, side, side), (cout, cin, 3, 3), (stride, stride), (1, 1))]
         diff = max(e for _, e in results.values())
-        print(f"| {label} | " + " | ".join(f"{results[n][0]:.1f}" for n in names) + f" | {diff:.1e} |", flush=True)
+        print(f"| {label} | " + " | ".join(f"{results[n][0]:.1f}" for n in names) + f" | {chosen} | {diff:.1e} |",
+              flush=True)
     return 0
 
 
