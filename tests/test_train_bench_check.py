@@ -37,6 +37,8 @@ def test_check_names_which_bar_is_off():
     assert not ok and "goal <= 0.50: met" in lines[0] and "OFF, slower than recorded" in lines[0]
     ok, lines = check_ratios({("sd15", "cd", 256): 0.55}, {("sd15", "cd", 256): 0.60}, GOALS, 0.15)
     assert not ok and "goal <= 0.50: OFF" in lines[0] and "held" in lines[0]
+    ok, lines = check_ratios({("sd15", "cd", 256): 0.5036}, {}, GOALS)  # just over: the line must not read "0.50"
+    assert not ok and lines[0].startswith("sd15 256px cd: ratio 0.504; goal <= 0.50: OFF")
     ok, lines = check_ratios({}, recorded, GOALS)
     assert not ok and lines == ["no ours/naive pair to check"]
 
@@ -49,7 +51,7 @@ def test_check_cli_exits_non_zero_when_off(tmp_path):
     measured.write_text(json.dumps(rows(40.0, 19.0)))
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "sd15 256px cd: ratio 0.47; goal <= 0.50: met; recorded 0.45" in done.stdout and "check: ok" in done.stdout
+    assert "sd15 256px cd: ratio 0.475; goal <= 0.50: met; recorded 0.450" in done.stdout and "check: ok" in done.stdout
     measured.write_text(json.dumps(rows(40.0, 24.0)))
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 1 and "goal <= 0.50: OFF" in done.stdout and "check: OFF" in done.stdout

@@ -41,8 +41,8 @@ def check_ratios(measured: dict[tuple, float], recorded: dict[tuple, float], goa
         else:
             held = ratio <= before * (1 + tolerance)
             ok &= held
-            parts.append(f"recorded {before:.2f} (+{tolerance:.0%} allowed): {'held' if held else 'OFF, slower than recorded'}")
-        lines.append(f"{model} {resolution}px {method}: ratio {ratio:.2f}; " + "; ".join(parts))
+            parts.append(f"recorded {before:.3f} (+{tolerance:.0%} allowed): {'held' if held else 'OFF, slower than recorded'}")
+        lines.append(f"{model} {resolution}px {method}: ratio {ratio:.3f}; " + "; ".join(parts))
     if not measured:
         ok = False
         lines.append("no ours/naive pair to check")
