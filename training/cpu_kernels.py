@@ -46,6 +46,8 @@ Autograd differentiates all three, so a trainable weight or bias would get its g
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -107,9 +109,7 @@ def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tupl
     out_pixels = 1
     for side, pad, kernel, step in zip(input_shape[-2:], padding, weight_shape[-2:], stride):
         out_pixels *= max((side + 2 * pad - kernel) // step + 1, 0)
-    columns = 1
-    for size in weight_shape[1:]:
-        columns *= size
+    columns = math.prod(weight_shape[1:])
     weight_size = columns * weight_shape[0]
     if out_pixels == 0:  # an empty or impossible output: PyTorch's own checks and error
         return "onednn"
