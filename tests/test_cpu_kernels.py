@@ -1,6 +1,6 @@
-"""The training step's CPU kernel choice (subjectgen_training.cpu_kernels): large frozen 3x3 weights on the smallest
-maps run as one matrix product over the batch, the largest on 16x16 maps through PyTorch's per-image im2col kernel,
-with the same values and gradients as PyTorch's own choice; everything else is left alone."""
+"""The training step's CPU kernel choice (subjectgen_training.cpu_kernels): frozen 3x3 weights of SD-sized channel
+counts on 16x16 to 64x64 maps run Winograd's F(2x2, 3x3), large ones on the smallest maps one matrix product over the
+batch, with the same values and input gradients as PyTorch's own choice; everything else is left alone."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def runs_per_image(out: torch.Tensor) -> bool:
     return "SlowConv2DBackward0" in ops and "ConvolutionBackward0" not in ops
 
 
+def runs_winograd(out: torch.Tensor) -> bool:
+    ops = backward_ops(out)
+    return "_WinogradConv2dBackward" in ops and not any("Conv" in op and "Winograd" not in op for op in ops)
+
+
 def conv_with_grad(conv: torch.nn.Conv2d, x: torch.Tensor, mode: bool):
     x = x.clone().requires_grad_(True)
     if mode:
@@ -58,10 +63,10 @@ def test_large_weight_on_small_map_is_one_product_with_the_same_values_and_gradi
         torch.testing.assert_close(fast_grad, stock_grad, rtol=1e-5, atol=1e-5)
 
 
-def test_the_largest_weights_on_16x16_maps_run_per_image_with_the_same_values_and_gradients():
+def test_the_largest_weights_on_maps_under_16x16_run_per_image_with_the_same_values_and_gradients():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1280, 1280, 3, padding=1).requires_grad_(False)  # as SD 1.5's 1280 -> 1280 ones
-    for size in (16, 12):
+    for size in (14, 12):  # (16x16 and up: Winograd)
         x = torch.randn(2, 1280, size, size)
         fast, fast_grad = conv_with_grad(conv, x, mode=True)
         assert runs_per_image(fast) and not runs_as_one_product(fast)
@@ -111,3 +116,70 @@ def test_other_convolutions_keep_pytorchs_choice():
 def test_only_a_cpu_step_enters_the_mode():
     assert isinstance(small_map_convolutions(torch.device("cpu")), SmallMapConvolutions)
     assert not isinstance(small_map_convolutions(torch.device("meta")), SmallMapConvolutions)
+
+
+def test_frozen_sd_sized_convs_on_16x16_to_64x64_maps_run_winograd_with_the_same_values_and_input_gradients():
+    torch.manual_seed(0)
+    shapes = ((320, 320, 32, 32, True), (640, 320, 16, 24, False), (320, 640, 16, 16, True))
+    for cin, cout, height, width, bias in shapes:
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=bias).requires_grad_(False)
+        torch.nn.init.normal_(conv.weight, std=0.03)
+        x = torch.randn(2, cin, height, width)
+        fast, fast_grad = conv_with_grad(conv, x, mode=True)
+        assert runs_winograd(fast), (cin, cout, height, width)
+        stock, stock_grad = conv_with_grad(conv, x, mode=False)
+        assert not runs_winograd(stock)
+        assert fast.shape == stock.shape and fast.is_contiguous()
+        # float32 round-off of sums of thousands of terms: within 1e-5 of each tensor's scale
+        torch.testing.assert_close(fast, stock, rtol=0, atol=1e-5 * float(stock.abs().max()))
+        torch.testing.assert_close(fast_grad, stock_grad, rtol=0, atol=1e-5 * float(stock_grad.abs().max()))
+
+
+def test_chained_winograd_convs_sharing_one_workspace_get_their_own_weights_in_the_backward():
+    torch.manual_seed(0)
+    first, second = (torch.nn.Conv2d(320, 320, 3, padding=1).requires_grad_(False) for _ in range(2))
+    x = torch.randn(2, 320, 16, 16)
+    grads = []
+    for mode in (SmallMapConvolutions(), None):
+        leaf = x.clone().requires_grad_(True)
+        with mode if mode is not None else torch.enable_grad():
+            out = second(torch.nn.functional.silu(first(leaf)))  # second's transform overwrites first's
+        assert runs_winograd(out) == (mode is not None)
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_needs_a_frozen_weight_stride_1_padding_1_an_even_map_and_sd_sized_channels():
+    torch.manual_seed(0)
+    trainable = torch.nn.Conv2d(320, 320, 3, padding=1)  # Winograd computes no weight gradient
+    frozen = torch.nn.Conv2d(320, 320, 3, padding=1).requires_grad_(False)
+    toy = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False)  # the toy models' widths keep PyTorch's kernel
+    x = torch.randn(1, 320, 16, 16, requires_grad=True)
+    with SmallMapConvolutions():
+        out = trainable(x)
+        assert not runs_winograd(out)
+        out.sum().backward()
+        assert trainable.weight.grad is not None and trainable.bias.grad is not None
+        assert runs_winograd(frozen(x))
+        assert not runs_winograd(frozen(torch.randn(1, 320, 17, 16, requires_grad=True)))  # odd map
+        assert not runs_winograd(F.conv2d(x, frozen.weight, frozen.bias, stride=2, padding=1))
+        assert not runs_winograd(F.conv2d(x, frozen.weight, frozen.bias, padding=0))
+        assert not runs_winograd(toy(torch.randn(1, 64, 16, 16, requires_grad=True)))
+        assert not runs_winograd(frozen(torch.randn(1, 320, 66, 64, requires_grad=True)))  # past 64x64: oneDNN
+
+
+def test_a_weight_changed_in_place_before_the_backward_is_refused_not_used_stale():
+    conv = torch.nn.Conv2d(320, 320, 3, padding=1).requires_grad_(False)
+    x = torch.randn(1, 320, 16, 16, requires_grad=True)
+    with SmallMapConvolutions():
+        out = conv(x)
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    try:
+        out.sum().backward()
+    except RuntimeError as error:
+        assert "modified by an inplace operation" in str(error)
+    else:
+        raise AssertionError("the backward ran on a weight changed after the forward")

@@ -1,47 +1,61 @@
-"""Which CPU kernel runs a frozen UNet's 3x3 convolutions on small feature maps during training.
+"""Which CPU kernel runs a frozen UNet's 3x3 convolutions during training.
 
-PyTorch sends a float32 3x3 convolution on the CPU to oneDNN, which reorders the weight into its blocked layout on
-every call, forward and backward. For a large frozen weight on a small map -- SD 1.5's 1280-channel convolutions on
-the 4x4, 8x8 and 16x16 latents -- that reorder costs more than it saves. Two im2col kernels read the weight as it
-lies instead: for the smallest maps, one matrix product over the whole batch (:func:`batch_gemm_conv2d`: ``F.unfold``
-of the input, then ``W @ columns`` with ``batch * pixels`` columns); for maps up to 16x16, PyTorch's own im2col
-kernel (``thnn_conv2d``, one product per image), whose columns stay small enough to keep in cache. Measured on this
-project's CPU (AMD EPYC, AVX2, 1 thread, nothing else running; forward + input-gradient backward, batch 2, frozen
-weight, best of three, process CPU time; ``python -m subjectgen_training.benchmarks.conv_kernels``; the chosen
-kernel starred):
+PyTorch sends a float32 3x3 convolution on the CPU to oneDNN, which on this project's AVX2 CPUs computes the direct
+sum and reorders the weight into its blocked layout on every call, forward and backward. Three kernels beat it at
+SD's shapes:
 
-===========================  ========  ============  ===============
-conv (output map)            oneDNN    thnn im2col   one GEMM (ours)
-===========================  ========  ============  ===============
-1280->1280 @ 4x4             108 ms    43 ms         33 ms *
-2560->1280 @ 4x4             215 ms    100 ms        72 ms *
-1280->1280 @ 8x8             165 ms    104 ms        96 ms *
-2560->1280 @ 8x8             326 ms    222 ms        199 ms *
-1920->1280 @ 8x8             248 ms    156 ms        144 ms *
-1280->1280 @ 4x4 (stride 2)  127 ms    46 ms         34 ms *
-1280->1280 @ 8x8 (stride 2)  184 ms    107 ms        97 ms *
-640->640 @ 8x8 (stride 2)    30 ms     27 ms         26 ms *
-2560->1280 @ 16x16           813 ms    714 ms *      804 ms
-1920->1280 @ 16x16           610 ms    526 ms *      601 ms
-1280->1280 @ 16x16           410 ms    338 ms *      348 ms
-1920->640 @ 16x16            253 ms *  261 ms        342 ms
-1280->640 @ 16x16            170 ms *  174 ms        187 ms
-960->640 @ 16x16             128 ms *  129 ms        140 ms
-640->640 @ 16x16             87 ms *   86 ms         93 ms
-640->640 @ 16x16 (stride 2)  96 ms *   94 ms         95 ms
-320->320 @ 32x32             81 ms *   88 ms         105 ms
-1280->1280 @ 32x32           1340 ms * 1474 ms       1566 ms
-===========================  ========  ============  ===============
+- **Winograd F(2x2, 3x3)** (:mod:`subjectgen_training.winograd`: 2.25x fewer multiplications; oneDNN has it for
+  AVX-512 only) for stride-1, padding-1 convolutions of a frozen weight with at least
+  :data:`WINOGRAD_MIN_CHANNELS` input and output channels on even maps of :data:`WINOGRAD_MIN_PIXELS` to
+  :data:`WINOGRAD_MAX_PIXELS` output pixels: 19-49 % faster than oneDNN there, weight transforms included. On 8x8
+  maps it only ties the one product below; the toy models' 32- and 64-channel convolutions keep PyTorch's kernel.
+- **One matrix product over the whole batch** (:func:`batch_gemm_conv2d`: ``F.unfold`` of the input, then
+  ``W @ columns`` with ``batch * pixels`` columns) for the large weights on the smallest maps.
+- **PyTorch's own im2col kernel** (``thnn_conv2d``, one product per image) for the largest weights on the maps up to
+  16x16 that Winograd does not take (odd sides, strides of 2).
 
-(the 16x16 rows from a re-run with five repeats; over four to five runs, with 640 output channels the choice swings --
-1920->640 took 253-314 ms with oneDNN, 261-291 ms with thnn -- so those keep PyTorch's choice, while with 1280 output
-channels thnn won 1280->1280 in 5 of 5 runs, 1920->1280 in 4 of 4 and 2560->1280 in 3 of 4, by 12-17 %), so an
-output map of at most :data:`BATCH_GEMM_MAX_PIXELS` pixels with a weight of at least :data:`BATCH_GEMM_MIN_COLUMNS`
-input columns (``in_channels * kh * kw``) takes the one product, one of at most :data:`PER_IMAGE_MAX_PIXELS` pixels
-with a weight of at least :data:`PER_IMAGE_MIN_WEIGHT` values (1280 -> 1280 channels and up) takes ``thnn_conv2d``;
+Measured on this project's CPU (AMD EPYC, AVX2, 1 thread, nothing else running; forward + input-gradient backward,
+batch 2, frozen weight, best of three, process CPU time; ``python -m subjectgen_training.benchmarks.conv_kernels``;
+the chosen kernel starred):
+
+===========================  =======  ===========  ===============  ===============
+conv (output map)            oneDNN   thnn im2col  one GEMM (ours)  Winograd (ours)
+===========================  =======  ===========  ===============  ===============
+1280->1280 @ 4x4             138 ms   62 ms        43 ms *          166 ms
+2560->1280 @ 4x4             245 ms   106 ms       77 ms *          322 ms
+1280->1280 @ 8x8             182 ms   110 ms       100 ms *         106 ms
+2560->1280 @ 8x8             354 ms   271 ms       222 ms *         259 ms
+1920->1280 @ 8x8             277 ms   163 ms       149 ms *         163 ms
+1280->1280 @ 4x4 (stride 2)  142 ms   49 ms        36 ms *          -
+1280->1280 @ 8x8 (stride 2)  206 ms   113 ms       99 ms *          -
+640->640 @ 8x8 (stride 2)    36 ms    33 ms        30 ms *          -
+2560->1280 @ 16x16           842 ms   737 ms       854 ms           442 ms *
+1920->1280 @ 16x16           637 ms   552 ms       613 ms           324 ms *
+1280->1280 @ 16x16           440 ms   347 ms       364 ms           222 ms *
+1920->640 @ 16x16            261 ms   283 ms       395 ms           175 ms *
+1280->640 @ 16x16            170 ms   176 ms       213 ms           118 ms *
+960->640 @ 16x16             131 ms   131 ms       142 ms           87 ms *
+640->640 @ 16x16             84 ms    87 ms        95 ms            63 ms *
+320->640 @ 16x16             43 ms    44 ms        48 ms            34 ms *
+640->640 @ 16x16 (stride 2)  97 ms *  94 ms        99 ms            -
+320->320 @ 32x32             81 ms    90 ms        108 ms           57 ms *
+640->320 @ 32x32             162 ms   192 ms       330 ms           116 ms *
+960->320 @ 32x32             246 ms   325 ms       499 ms           156 ms *
+640->640 @ 32x32             320 ms   336 ms       435 ms           196 ms *
+1920->640 @ 32x32            994 ms   1281 ms      1455 ms          585 ms *
+1280->1280 @ 32x32           1370 ms  1388 ms      1602 ms          746 ms *
+320->320 @ 64x64             338 ms   424 ms       704 ms           275 ms *
+960->320 @ 64x64             1038 ms  1477 ms      2098 ms          888 ms *
+===========================  =======  ===========  ===============  ===============
+
+So a qualifying convolution takes Winograd first; then an output map of at most :data:`BATCH_GEMM_MAX_PIXELS`
+pixels with a weight of at least :data:`BATCH_GEMM_MIN_COLUMNS` input columns (``in_channels * kh * kw``) takes the one
+product, one of at most :data:`PER_IMAGE_MAX_PIXELS` pixels with a weight of at least :data:`PER_IMAGE_MIN_WEIGHT`
+values (1280 -> 1280 channels and up) takes ``thnn_conv2d`` (12-17 % faster than oneDNN there over five runs);
 everything else, every GPU tensor and anything under autocast (where the dispatcher chooses the dtype) keeps
 PyTorch's choice. The kernels compute the same sums in another order: outputs differ by float32 round-off only.
-Autograd differentiates all three, so a trainable weight or bias would get its gradient too.
+Autograd differentiates all of them; the two im2col kernels would give a trainable weight or bias its gradient too,
+Winograd is chosen for frozen ones only.
 """
 
 from __future__ import annotations
@@ -52,6 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from subjectgen_training.winograd import Workspace, supports, winograd_conv2d
+
+WINOGRAD_MIN_CHANNELS = 320
+WINOGRAD_MIN_PIXELS = 16 * 16
+WINOGRAD_MAX_PIXELS = 64 * 64
 BATCH_GEMM_MAX_PIXELS = 8 * 8
 BATCH_GEMM_MIN_COLUMNS = 640 * 9
 PER_IMAGE_MAX_PIXELS = 16 * 16
@@ -86,9 +105,9 @@ def per_image_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return torch._C._nn.thnn_conv2d(x, weight, tuple(weight.shape[-2:]), bias, stride, padding)
 
 
-def small_map_conv2d(args, kwargs) -> torch.Tensor | None:
-    """``F.conv2d(*args, **kwargs)`` through the faster im2col kernel where there is one (module docstring), else
-    None."""
+def small_map_conv2d(args, kwargs, workspace: Workspace | None = None) -> torch.Tensor | None:
+    """``F.conv2d(*args, **kwargs)`` through the faster kernel where there is one (module docstring), else None;
+    Winograd writes its weight transforms into ``workspace``."""
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     given = dict(zip(names, args), **kwargs)
     x, weight = given.get("input"), given.get("weight")
@@ -99,13 +118,19 @@ def small_map_conv2d(args, kwargs) -> torch.Tensor | None:
             or x.dtype != torch.float32 or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
             or torch.is_autocast_enabled("cpu")):
         return None
-    kernel = KERNELS.get(kernel_for(x.shape, weight.shape, stride, padding))
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    name = kernel_for(x.shape, weight.shape, stride, padding, frozen=frozen)
+    if name == "winograd":
+        return winograd_conv2d(x, weight, bias, workspace)
+    kernel = KERNELS.get(name)
     return kernel(x, weight, bias, stride, padding) if kernel is not None else None
 
 
-def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tuple[int, int]) -> str:
-    """The name of the kernel (a key of :data:`KERNELS`, or ``"onednn"`` for PyTorch's own choice) the rule in the
-    module docstring picks for a float32 CPU convolution of these shapes."""
+def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tuple[int, int], *,
+               frozen: bool = True) -> str:
+    """The name of the kernel (``"winograd"``, a key of :data:`KERNELS`, or ``"onednn"`` for PyTorch's own choice)
+    the rule in the module docstring picks for a float32 CPU convolution of these shapes; Winograd only for a
+    ``frozen`` weight and bias (it computes no weight gradient)."""
     out_pixels = 1
     for side, pad, kernel, step in zip(input_shape[-2:], padding, weight_shape[-2:], stride):
         out_pixels *= max((side + 2 * pad - kernel) // step + 1, 0)
@@ -113,6 +138,10 @@ def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tupl
     weight_size = columns * weight_shape[0]
     if out_pixels == 0:  # an empty or impossible output: PyTorch's own checks and error
         return "onednn"
+    if (frozen and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and supports(input_shape, weight_shape)
+            and min(weight_shape[0], weight_shape[1]) >= WINOGRAD_MIN_CHANNELS
+            and WINOGRAD_MIN_PIXELS <= out_pixels <= WINOGRAD_MAX_PIXELS):
+        return "winograd"
     if out_pixels <= BATCH_GEMM_MAX_PIXELS and columns >= BATCH_GEMM_MIN_COLUMNS:
         return "batch_gemm"
     if out_pixels <= PER_IMAGE_MAX_PIXELS and weight_size >= PER_IMAGE_MIN_WEIGHT:
@@ -120,25 +149,31 @@ def kernel_for(input_shape, weight_shape, stride: tuple[int, int], padding: tupl
     return "onednn"
 
 
-KERNELS = {"batch_gemm": batch_gemm_conv2d, "per_image_gemm": per_image_gemm_conv2d}
+KERNELS = {"batch_gemm": batch_gemm_conv2d, "per_image_gemm": per_image_gemm_conv2d}  # and "winograd"
 
 
 class SmallMapConvolutions(TorchFunctionMode):
-    """Inside the ``with`` block, qualifying ``F.conv2d`` calls run an im2col kernel (:func:`kernel_for`); autograd
-    records its backward."""
+    """Inside the ``with`` block, qualifying ``F.conv2d`` calls run the kernel :func:`kernel_for` picks; autograd
+    records its backward. Enter one instance on every step of a run: its workspace for Winograd's weight transforms
+    is then allocated once."""
+
+    def __init__(self):
+        super().__init__()
+        self.workspace = Workspace()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d:  # torch switches the mode off inside its own handler: the kernel's ops run plainly
-            out = small_map_conv2d(args, kwargs)
+            out = small_map_conv2d(args, kwargs, self.workspace)
             if out is not None:
                 return out
         return func(*args, **kwargs)
 
 
 def small_map_convolutions(device: torch.device):
-    """The context the training step's UNet forward runs in: :class:`SmallMapConvolutions` on a CPU, nothing else
-    elsewhere (a GPU keeps its own kernels and pays no per-call Python dispatch)."""
+    """The context the training steps' UNet forward runs in (create it once per run, enter it on every step):
+    :class:`SmallMapConvolutions` on a CPU, nothing else elsewhere (a GPU keeps its own kernels and pays no
+    per-call Python dispatch)."""
     from contextlib import nullcontext
 
     return SmallMapConvolutions() if torch.device(device).type == "cpu" else nullcontext()

@@ -2,10 +2,11 @@
 
 For each 3x3 convolution shape (batch 2, a frozen weight, an input that needs its gradient), the forward plus the
 input-gradient backward is timed in process CPU time, best of ``--repeats`` rounds of ``--calls`` calls, for
-PyTorch's own choice (oneDNN), PyTorch's im2col kernel (``thnn_conv2d``, one product per image) and ours
-(:func:`~subjectgen_training.cpu_kernels.batch_gemm_conv2d`, one product for the batch). It prints a Markdown table
-with the kernel the rule chooses and the largest difference of each kernel's output from oneDNN's. Run it under ``OMP_NUM_THREADS=1`` on a quiet
-machine::
+PyTorch's own choice (oneDNN), PyTorch's im2col kernel (``thnn_conv2d``, one product per image) and ours:
+:func:`~subjectgen_training.cpu_kernels.batch_gemm_conv2d` (one product for the batch) and
+:func:`~subjectgen_training.winograd.winograd_conv2d` (stride 1 only; its two weight transforms per call included, into
+one workspace kept between calls as in training). It prints a Markdown table with the kernel the rule chooses and the
+largest difference of each kernel's output from oneDNN's. Run it under ``OMP_NUM_THREADS=1`` on a quiet machine::
 
     OMP_NUM_THREADS=1 python -m subjectgen_training.benchmarks.conv_kernels
 """
@@ -19,10 +20,12 @@ import time
 SHAPES = ((1280, 1280, 4, 1), (2560, 1280, 4, 1), (1280, 1280, 8, 1), (2560, 1280, 8, 1), (1920, 1280, 8, 1),
           (1280, 1280, 8, 2), (1280, 1280, 16, 2), (640, 640, 16, 2), (2560, 1280, 16, 1), (1920, 1280, 16, 1),
           (1280, 1280, 16, 1), (1920, 640, 16, 1), (1280, 640, 16, 1), (960, 640, 16, 1), (640, 640, 16, 1),
-          (640, 640, 32, 2), (320, 320, 32, 1), (1280, 1280, 32, 1))
+          (320, 640, 16, 1), (640, 640, 32, 2), (320, 320, 32, 1), (640, 320, 32, 1), (960, 320, 32, 1),
+          (640, 640, 32, 1), (1920, 640, 32, 1), (1280, 1280, 32, 1), (320, 320, 64, 1), (960, 320, 64, 1))
 
 
-CHOSEN = {"onednn": "oneDNN", "per_image_gemm": "thnn im2col", "batch_gemm": "one GEMM (ours)"}
+CHOSEN = {"onednn": "oneDNN", "per_image_gemm": "thnn im2col", "batch_gemm": "one GEMM (ours)",
+          "winograd": "Winograd (ours)"}
 
 
 def kernels():
@@ -30,6 +33,9 @@ def kernels():
     import torch.nn.functional as F
 
     from subjectgen_training.cpu_kernels import batch_gemm_conv2d
+    from subjectgen_training.winograd import Workspace, supports, winograd_conv2d
+
+    workspace = Workspace()  # as in training: one buffer for the weight transforms, kept between calls
 
     def onednn(x, w, b, stride):
         return F.conv2d(x, w, b, stride, 1)
@@ -40,7 +46,12 @@ def kernels():
     def ours(x, w, b, stride):
         return batch_gemm_conv2d(x, w, b, (stride, stride), (1, 1))
 
-    return {"oneDNN": onednn, "thnn im2col": thnn, "one GEMM (ours)": ours}
+    def winograd(x, w, b, stride):
+        if stride != 1 or not supports(x.shape, w.shape):
+            return None
+        return winograd_conv2d(x, w, b, workspace)  # the weight's two transforms included
+
+    return {"oneDNN": onednn, "thnn im2col": thnn, "one GEMM (ours)": ours, "Winograd (ours)": winograd}
 
 
 def measure(shape, calls: int, repeats: int) -> dict[str, tuple[float, float]]:
@@ -56,6 +67,8 @@ def measure(shape, calls: int, repeats: int) -> dict[str, tuple[float, float]]:
     results = {}
     for name, kernel in kernels().items():
         x = x0.clone().requires_grad_(True)
+        if kernel(x, weight, bias, stride) is None:  # the kernel does not cover this shape
+            continue
         error = float((kernel(x, weight, bias, stride).detach() - reference).abs().max())
         kernel(x, weight, bias, stride).backward(grad)  # warm-up
         best = float("inf")
@@ -86,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{cin}->{cout} @ {out_side}x{out_side}" + (f" (stride {stride})" if stride != 1 else "")
         chosen = CHOSEN[kernel_for((2, cin, side, side), (cout, cin, 3, 3), (stride, stride), (1, 1))]
         diff = max(e for _, e in results.values())
-        print(f"| {label} | " + " | ".join(f"{results[n][0]:.1f}" for n in names) + f" | {chosen} | {diff:.1e} |",
+        cells = [f"{results[n][0]:.1f}" if n in results else "-" for n in names]
+        print(f"| {label} | " + " | ".join(cells) + f" | {chosen} | {diff:.1e} |",
               flush=True)
     return 0
 

@@ -3,9 +3,10 @@
 The naive loop (what ``train_custom_diffusion.py`` / ``textual_inversion.py`` do every step): VAE-encode the pixel
 batch (photos and class images), text-encode every prompt (class prompts included), optimise the whole token
 embedding matrix with AdamW and zero the other rows' gradients. Ours: latents encoded once (flips and rescale
-variants included), class-prompt encodings cached, only the new rows as parameters, and on a CPU one matrix product
-over the batch for the large 3x3 convolutions on small maps (``subjectgen_training.cpu_kernels``; the naive loop keeps
-PyTorch's default kernels, as the examples do). Same UNet (SDPA, Custom Diffusion processors), same batch (1 photo + 1 class
+variants included), class-prompt encodings cached, only the new rows as parameters, and on a CPU our kernels for
+the frozen UNet's 3x3 convolutions -- Winograd F(2x2, 3x3) on 16x16 to 64x64 maps, one matrix product over the batch
+on smaller ones (``subjectgen_training.cpu_kernels``; the naive loop keeps PyTorch's default kernels, as the examples
+do). Same UNet (SDPA, Custom Diffusion processors), same batch (1 photo + 1 class
 image), same method and resolution.
 
 Each row holds the median and minimum step in wall-clock seconds (``seconds_per_step``) and in the process's CPU

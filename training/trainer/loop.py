@@ -80,6 +80,7 @@ class Trainer:
         self.captions_by_person, self.instance, self.sampleable = caches.captions_by_person, caches.instance, caches.sampleable
         self.reg, self.reg_captions, self.class_states = caches.reg, caches.reg_captions, caches.class_states
         self.optimizer = setup.build_optimizer(config, self.accelerator, self.token_rows, self.method, self.rates)
+        self.conv_kernels = small_map_convolutions(self.device)  # one per run: Winograd's workspace is kept
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """By a stable name (checkpoints): ``token_rows`` (the first encoder's), ``token_rows.<encoder>`` for the
@@ -117,7 +118,7 @@ class Trainer:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        with self.autocast(), small_map_convolutions(self.device):  # CPU kernel choice only (cpu_kernels)
+        with self.autocast(), self.conv_kernels:  # CPU kernel choice only (cpu_kernels)
             states = cast_conditioning(states, self.weight_dtype)
             prediction = self.parts.unet(noisy.to(self.weight_dtype), timesteps, **states.unet_kwargs()).sample
         return prediction, target
