@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from subjectgen_training.benchmarks.train_bench import GOALS, check_ratios, ratios
 
 
@@ -27,6 +29,14 @@ def test_cpu_clock_pairs_the_cpu_seconds_and_skips_rows_without_them():
     assert ratios(timed, "cpu") == {("sd15", "cd", 256): 0.45}
     assert ratios(timed) == {("sd15", "cd", 256): 0.75}
     assert ratios(rows(40.0, 18.0), "cpu") == {}  # recorded before CPU time was kept: nothing to compare
+
+
+def test_repeated_pairs_give_the_median_of_each_pairs_own_ratio():
+    measured = []
+    for index, (naive, ours) in enumerate(((40.0, 18.0), (50.0, 20.0), (30.0, 30.0))):  # ratios 0.45, 0.40, 1.0
+        measured += [dict(row, pair=index) for row in rows(naive, ours)]
+    assert ratios(measured) == {("sd15", "cd", 256): 0.45}  # not the last pair's 1.0, not mean times' 68/120
+    assert ratios(measured[:4])[("sd15", "cd", 256)] == pytest.approx(0.425)  # two pairs: their mean
 
 
 def test_check_names_which_bar_is_off():

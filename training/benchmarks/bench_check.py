@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 GOALS = {("sd15", "cd"): 0.5}
@@ -16,11 +17,16 @@ CLOCKS = {"wall": "seconds_per_step", "cpu": "cpu_seconds_per_step"}
 def ratios(rows: list[dict], clock: str = "wall") -> dict[tuple, float]:
     """``(model, method, resolution) -> ours / naive`` (median step times by ``clock``: ``wall`` seconds, or ``cpu``
     seconds of the process, which a loaded machine's time slicing does not stretch) for every pair present in
-    ``rows`` that has that clock."""
+    ``rows`` that has that clock. Rows measured as several pairs (``--pairs``; each row's ``pair``, 0 without one)
+    give one ratio per pair, each ours over the naive loop measured beside it, and their median counts."""
     key = CLOCKS[clock]
-    times = {(r["model"], r["method"], r["resolution"], r["implementation"]): r[key] for r in rows if key in r}
-    return {key[:3]: times[key] / times[(*key[:3], "naive")]
-            for key in times if key[3] == "ours" and (*key[:3], "naive") in times}
+    times = {(r["model"], r["method"], r["resolution"], r.get("pair", 0), r["implementation"]): r[key]
+             for r in rows if key in r}
+    by_configuration: dict[tuple, list[float]] = {}
+    for found in times:
+        if found[4] == "ours" and (*found[:4], "naive") in times:
+            by_configuration.setdefault(found[:3], []).append(times[found] / times[(*found[:4], "naive")])
+    return {configuration: statistics.median(values) for configuration, values in by_configuration.items()}
 
 
 def check_ratios(measured: dict[tuple, float], recorded: dict[tuple, float], goals: dict[tuple, float],

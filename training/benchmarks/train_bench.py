@@ -37,7 +37,9 @@ was held before the first measured step (weights, caches, optimizer state); thei
 ``train_bench_results.md``), says which is off, and exits 1 when one is. ``--results FILE`` checks rows already
 measured (a file ``--out`` wrote) instead of measuring again. The ratio, not the absolute time, is compared: both loops
 run on the same machine in the same run, so a loaded machine slows both. ``--clock cpu`` compares the CPU-time ratio
-instead (against recorded rows that have it): the steadier figure when other jobs share the cores.
+instead (against recorded rows that have it): the steadier figure when other jobs share the cores. Even alone on the
+machine one process's speed can differ from the next one's by 10-15 % (the host's clock and memory bandwidth move);
+``--pairs N`` measures each configuration N times, naive then ours, and the check takes the median of the N ratios.
 
 ``--memory`` adds, for our trainer, the peak bytes of live tensors in one training step (forward, backward, clipping,
 optimizer step; the AdamW moments made beforehand, as in a long run), with and without gradient checkpointing
@@ -63,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -105,6 +108,7 @@ def measure_memory(trainer) -> dict:
         param.grad = torch.zeros_like(param)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.conv_kernels = nullcontext()  # the CPU's own convolution kernels and workspace: a GPU runs cuDNN's
     tracker = memory_tracker()
     tracker.track_external(trainer.parts.unet, *trainer.parts.text_encoders.values(), trainer.optimizer, *params)
     with tracker:
@@ -292,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --check: how far above the recorded ratio counts as slower (0.15 = 15%%)")
     parser.add_argument("--cd-scope", choices=["kv", "kv+q+out"], help="Custom Diffusion's scope (default: the recipe's)")
     parser.add_argument("--implementations", nargs="+", default=["naive", "ours"], choices=["naive", "ours"])
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="measure each configuration this many times, naive then ours; --check takes the median "
+                        "ratio (one process's speed can swing by 10-15%% on a shared host)")
     parser.add_argument("--broadcast-weights", action="store_true", help="hold no real weights (module docstring)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD/RES", "IMPLEMENTATION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -300,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args.model, method, int(resolution), args.one[1], args.steps, args.threads,
                                  extra_fields(args, args.checkpointing == "on"), args.broadcast_weights)))
         return 0
+    if args.pairs < 1:
+        parser.error(f"--pairs must be at least 1, got {args.pairs}")
     if args.results and not args.check:
         parser.error("--results needs --check")
     if args.results and not Path(args.results).is_file():
@@ -324,23 +333,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args) -> list[dict]:
-    """Each (resolution, method) pair in its own two processes (naive, ours); prints one line per pair."""
+    """Each (resolution, method) in ``--pairs`` pairs of processes (naive, then ours; each row keeps its ``pair``);
+    prints one line per pair."""
     rows = []
     for resolution in args.resolutions:
         for method in args.methods:
-            pair = {}
-            for implementation in args.implementations:
-                pair[implementation] = _subprocess(args, method, resolution, implementation)
-                rows.append(pair[implementation])
-            line = " | ".join(f"{name} {row['seconds_per_step'] * 1e3:8.1f} ms (CPU {row['cpu_seconds_per_step'] * 1e3:8.1f}) "
-                              f"{row['peak_rss_gb']:.2f} GB" for name, row in pair.items())
-            if len(pair) == 2:
-                line += (f" | ratio {pair['ours']['seconds_per_step'] / pair['naive']['seconds_per_step']:.2f}"
-                         f" (CPU {pair['ours']['cpu_seconds_per_step'] / pair['naive']['cpu_seconds_per_step']:.2f})")
-            line += " | load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-            print(f"{args.model:5s} {resolution:4d}px {method:6s} {line}", flush=True)
+            for index in range(args.pairs):
+                pair = {}
+                for implementation in args.implementations:
+                    pair[implementation] = dict(_subprocess(args, method, resolution, implementation), pair=index)
+                    rows.append(pair[implementation])
+                line = " | ".join(f"{name} {row['seconds_per_step'] * 1e3:8.1f} ms (CPU {row['cpu_seconds_per_step'] * 1e3:8.1f}) "
+                                  f"{row['peak_rss_gb']:.2f} GB" for name, row in pair.items())
+                if len(pair) == 2:
+                    line += (f" | ratio {pair['ours']['seconds_per_step'] / pair['naive']['seconds_per_step']:.3f}"
+                             f" (CPU {pair['ours']['cpu_seconds_per_step'] / pair['naive']['cpu_seconds_per_step']:.3f})")
+                line += " | load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+                label = f" #{index + 1}" if args.pairs > 1 else ""
+                print(f"{args.model:5s} {resolution:4d}px {method:6s}{label} {line}", flush=True)
     return rows
-
 
 if __name__ == "__main__":
     sys.exit(main())
