@@ -67,9 +67,10 @@ def measure(shape, calls: int, repeats: int) -> dict[str, tuple[float, float]]:
     results = {}
     for name, kernel in kernels().items():
         x = x0.clone().requires_grad_(True)
-        if kernel(x, weight, bias, stride) is None:  # the kernel does not cover this shape
+        out = kernel(x, weight, bias, stride)
+        if out is None:  # the kernel does not cover this shape
             continue
-        error = float((kernel(x, weight, bias, stride).detach() - reference).abs().max())
+        error = float((out.detach() - reference).abs().max())
         kernel(x, weight, bias, stride).backward(grad)  # warm-up
         best = float("inf")
         for _ in range(repeats):

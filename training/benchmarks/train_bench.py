@@ -353,5 +353,6 @@ def measure(args) -> list[dict]:
                 print(f"{args.model:5s} {resolution:4d}px {method:6s}{label} {line}", flush=True)
     return rows
 
+
 if __name__ == "__main__":
     sys.exit(main())
